@@ -1,0 +1,123 @@
+//! Running Rust with the GVL released, interruptibly and without letting a
+//! panic cross into Ruby.
+
+use std::ffi::c_void;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use magnus::Ruby;
+use message_bus_core::runtime::runtime;
+use message_bus_core::subscription::Subscription;
+use message_bus_core::{Error, Result};
+use tokio::sync::Notify;
+
+/// Set by Ruby's unblocking function (Thread#kill, Thread#raise, signals).
+#[derive(Default)]
+pub struct Cancel {
+    requested: AtomicBool,
+    notify: Notify,
+    subscription: Option<Arc<Subscription>>,
+}
+
+impl Cancel {
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+        if let Some(sub) = &self.subscription {
+            sub.interrupt();
+        }
+    }
+
+    /// Resolves once cancellation was requested.
+    pub async fn cancelled(&self) {
+        if self.requested.load(Ordering::SeqCst) {
+            return;
+        }
+        self.notify.notified().await
+    }
+}
+
+struct Call<F, T> {
+    func: Option<F>,
+    result: Option<Result<T>>,
+}
+
+unsafe extern "C" fn run_call<F, T>(data: *mut c_void) -> *mut c_void
+where
+    F: FnOnce() -> Result<T>,
+{
+    // SAFETY: `data` is the `Call` owned by `without_gvl`, alive for this call.
+    let call = unsafe { &mut *(data as *mut Call<F, T>) };
+    if let Some(func) = call.func.take() {
+        let outcome = catch_unwind(AssertUnwindSafe(func)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(Error::Backend(format!("internal error in message_bus native code: {what}")))
+        });
+        call.result = Some(outcome);
+    }
+    std::ptr::null_mut()
+}
+
+unsafe extern "C" fn unblock(data: *mut c_void) {
+    // SAFETY: `data` is the `Cancel` owned by `blocking`, alive while the call runs.
+    let cancel = unsafe { &*(data as *const Cancel) };
+    cancel.request();
+}
+
+fn without_gvl<F, T>(cancel: &Cancel, func: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T>,
+{
+    let mut call = Call { func: Some(func), result: None };
+    // SAFETY: both pointers outlive the call; the callbacks only use them as above.
+    unsafe {
+        rb_sys::rb_thread_call_without_gvl(
+            Some(run_call::<F, T>),
+            &mut call as *mut Call<F, T> as *mut c_void,
+            Some(unblock),
+            cancel as *const Cancel as *mut c_void,
+        );
+    }
+    call.result.unwrap_or(Err(Error::Interrupted))
+}
+
+/// Runs `func` without the GVL. When Ruby interrupts the thread, pending
+/// interrupts run (raising, or killing the thread) and, if they return,
+/// `func` is called again.
+pub fn blocking<T>(
+    ruby: &Ruby,
+    subscription: Option<Arc<Subscription>>,
+    mut func: impl FnMut(&Cancel) -> Result<T>,
+) -> std::result::Result<T, magnus::Error> {
+    loop {
+        let cancel = Cancel { subscription: subscription.clone(), ..Cancel::default() };
+        match without_gvl(&cancel, || func(&cancel)) {
+            Err(Error::Interrupted) => ruby.thread_check_ints()?,
+            other => return other.map_err(|e| crate::errors::to_ruby(ruby, e)),
+        }
+    }
+}
+
+/// Drives a future to completion on the process runtime, without the GVL.
+pub fn block_on<T, Fut>(ruby: &Ruby, mut make: impl FnMut() -> Fut) -> std::result::Result<T, magnus::Error>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    let rt = runtime().map_err(|e| crate::errors::to_ruby(ruby, e))?;
+    blocking(ruby, None, |cancel| {
+        let fut = make();
+        rt.block_on(async {
+            tokio::select! {
+                biased;
+                result = fut => result,
+                _ = cancel.cancelled() => Err(Error::Interrupted),
+            }
+        })
+    })
+}

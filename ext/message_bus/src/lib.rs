@@ -1,0 +1,23 @@
+//! Ruby binding of the message_bus core: conversion only, one file per class.
+
+mod backend;
+mod errors;
+mod gvl;
+mod subscription;
+
+use magnus::{prelude::*, Ruby};
+
+/// Called from Ruby by `fork` hooks: the child must not use the parent's runtime.
+fn after_fork() {
+    message_bus_core::runtime::forget_if_inherited();
+}
+
+#[magnus::init(name = "message_bus_native")]
+fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
+    let bus = ruby.define_module("MessageBus")?;
+    let native = bus.define_module("Native")?;
+    native.define_module_function("after_fork", magnus::function!(after_fork, 0))?;
+    backend::define(ruby, native)?;
+    subscription::define(ruby, native)?;
+    Ok(())
+}

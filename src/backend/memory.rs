@@ -1,0 +1,399 @@
+//! The in-process memory backend (COMPAT.md §4.4). Message ids are global ids;
+//! whole channels expire after `max_backlog_age` seconds without a publish.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{Backend, PublishOptions, Settings};
+use crate::bus::Hub;
+use crate::error::Result;
+use crate::message::Message;
+use crate::subscription::Subscription;
+
+/// Expired channels are swept at most this often (reads check expiry lazily).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Entry {
+    id: i64,
+    data: String,
+}
+
+struct Channel {
+    entries: VecDeque<Entry>,
+    last_id: i64,
+    newest: Instant,
+    /// Set by a publish with `max_backlog_age`; sticky for later publishes.
+    ttl_override: Option<i64>,
+}
+
+impl Channel {
+    fn expired(&self, now: Instant, default_ttl: i64) -> bool {
+        let ttl = self.ttl_override.unwrap_or(default_ttl).max(0) as u64;
+        now.duration_since(self.newest) > Duration::from_secs(ttl)
+    }
+
+    fn position_after(&self, id: i64) -> usize {
+        self.entries.partition_point(|e| e.id <= id)
+    }
+}
+
+struct Store {
+    counter: i64,
+    channels: HashMap<String, Channel>,
+    /// Every retained message by global id: (id, channel name).
+    global: VecDeque<(i64, Arc<str>)>,
+    last_sweep: Instant,
+}
+
+pub struct MemoryBackend {
+    settings: Settings,
+    hub: Arc<Hub>,
+    store: Mutex<Store>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        MemoryBackend {
+            settings: Settings::default(),
+            hub: Hub::new(),
+            store: Mutex::new(Store {
+                counter: 0,
+                channels: HashMap::new(),
+                global: VecDeque::new(),
+                last_sweep: Instant::now(),
+            }),
+        }
+    }
+
+    fn default_ttl(&self) -> i64 {
+        Settings::get(&self.settings.max_backlog_age)
+    }
+
+    /// The channel if it exists and has not expired (an expired one is removed).
+    fn live_channel<'a>(&self, store: &'a mut Store, name: &str) -> Option<&'a Channel> {
+        let expired = store
+            .channels
+            .get(name)?
+            .expired(Instant::now(), self.default_ttl());
+        if expired {
+            store.channels.remove(name);
+            return None;
+        }
+        store.channels.get(name)
+    }
+
+    fn sweep(&self, store: &mut Store, now: Instant) {
+        if now.duration_since(store.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        store.last_sweep = now;
+        let ttl = self.default_ttl();
+        store.channels.retain(|_, c| !c.expired(now, ttl));
+        let channels = &store.channels;
+        store
+            .global
+            .retain(|(_, name)| channels.contains_key(&**name));
+    }
+
+    fn trim(&self, store: &mut Store, name: &str, id: i64, max_size: i64) {
+        let max_global = Settings::get(&self.settings.max_global_backlog_size);
+        if id > max_global {
+            let cutoff = id - max_global;
+            while store.global.front().is_some_and(|(gid, _)| *gid <= cutoff) {
+                if let Some((gid, chan)) = store.global.pop_front() {
+                    if let Some(c) = store.channels.get_mut(&*chan) {
+                        let n = c.position_after(gid);
+                        c.entries.drain(..n);
+                    }
+                }
+            }
+        }
+        if let Some(c) = store.channels.get_mut(name) {
+            let keep = max_size.max(0) as usize;
+            if c.entries.len() > keep {
+                let excess = c.entries.len() - keep;
+                c.entries.drain(..excess);
+            }
+        }
+    }
+
+    fn global_backlog_locked(&self, store: &mut Store, last_id: i64) -> Vec<Message> {
+        let now = Instant::now();
+        let ttl = self.default_ttl();
+        let start = store.global.partition_point(|(id, _)| *id <= last_id);
+        let mut out = Vec::new();
+        for (id, name) in store.global.range(start..) {
+            let Some(c) = store.channels.get(&**name) else {
+                continue;
+            };
+            if c.expired(now, ttl) {
+                continue;
+            }
+            let pos = c.entries.partition_point(|e| e.id < *id);
+            if let Some(e) = c.entries.get(pos).filter(|e| e.id == *id) {
+                out.push(Message::new(e.id, e.id, &**name, e.data.clone()));
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) -> Result<Option<i64>> {
+        let mut store = self.store.lock();
+        let now = Instant::now();
+        self.sweep(&mut store, now);
+        // An expired channel starts afresh.
+        self.live_channel(&mut store, channel);
+        store.counter += 1;
+        let id = store.counter;
+        let name: Arc<str> = Arc::from(channel);
+        let entry = store
+            .channels
+            .entry(channel.to_string())
+            .or_insert_with(|| Channel {
+                entries: VecDeque::new(),
+                last_id: 0,
+                newest: now,
+                ttl_override: None,
+            });
+        if let Some(age) = opts.max_backlog_age {
+            entry.ttl_override = Some(age);
+        }
+        entry.entries.push_back(Entry {
+            id,
+            data: data.to_string(),
+        });
+        entry.last_id = id;
+        entry.newest = now;
+        store.global.push_back((id, name));
+        if id % self.settings.clear_every() == 0 {
+            let size = opts
+                .max_backlog_size
+                .unwrap_or_else(|| Settings::get(&self.settings.max_backlog_size));
+            self.trim(&mut store, channel, id, size);
+        }
+        // Delivered under the lock so that subscribers see global-id order.
+        self.hub.deliver(Message::new(id, id, channel, data));
+        Ok(Some(id))
+    }
+
+    async fn last_id(&self, channel: &str) -> Result<i64> {
+        let mut store = self.store.lock();
+        Ok(self
+            .live_channel(&mut store, channel)
+            .map_or(0, |c| c.last_id))
+    }
+
+    async fn last_ids(&self, channels: &[String]) -> Result<Vec<i64>> {
+        let mut store = self.store.lock();
+        Ok(channels
+            .iter()
+            .map(|name| self.live_channel(&mut store, name).map_or(0, |c| c.last_id))
+            .collect())
+    }
+
+    async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
+        let mut store = self.store.lock();
+        let Some(c) = self.live_channel(&mut store, channel) else {
+            return Ok(Vec::new());
+        };
+        let start = c.position_after(last_id);
+        Ok(c.entries
+            .range(start..)
+            .map(|e| Message::new(e.id, e.id, channel, e.data.clone()))
+            .collect())
+    }
+
+    async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
+        let mut store = self.store.lock();
+        Ok(self.global_backlog_locked(&mut store, last_id))
+    }
+
+    async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
+        let mut store = self.store.lock();
+        let Some(c) = self.live_channel(&mut store, channel) else {
+            return Ok(None);
+        };
+        let pos = c.entries.partition_point(|e| e.id < message_id);
+        Ok(c.entries
+            .get(pos)
+            .filter(|e| e.id == message_id)
+            .map(|e| Message::new(e.id, e.id, channel, e.data.clone())))
+    }
+
+    async fn reset(&self) -> Result<()> {
+        let mut store = self.store.lock();
+        store.counter = 0;
+        store.channels.clear();
+        store.global.clear();
+        self.hub.storage_reset();
+        Ok(())
+    }
+
+    async fn expire_all_backlogs(&self) -> Result<()> {
+        let mut store = self.store.lock();
+        store.channels.clear();
+        store.global.clear();
+        Ok(())
+    }
+
+    async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
+        let sub = Subscription::new();
+        let mut store = self.store.lock();
+        if let Some(last_id) = last_id {
+            sub.prefill(self.global_backlog_locked(&mut store, last_id));
+        }
+        self.hub.add_subscription(Arc::clone(&sub));
+        Ok(sub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::Batch;
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn publish(b: &MemoryBackend, channel: &str, data: &str) -> i64 {
+        block(b.publish(channel, data, &PublishOptions::default()))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn ids(messages: &[Message]) -> Vec<i64> {
+        messages.iter().map(|m| m.message_id).collect()
+    }
+
+    #[test]
+    fn message_ids_are_global_ids() {
+        let b = MemoryBackend::new();
+        assert_eq!(publish(&b, "/a", "1"), 1);
+        assert_eq!(publish(&b, "/b", "2"), 2);
+        assert_eq!(publish(&b, "/a", "3"), 3);
+        assert_eq!(block(b.last_id("/a")).unwrap(), 3);
+        assert_eq!(
+            block(b.last_ids(&["/b".into(), "/zz".into(), "/a".into()])).unwrap(),
+            vec![2, 0, 3]
+        );
+        assert_eq!(ids(&block(b.backlog("/a", 0)).unwrap()), vec![1, 3]);
+        assert_eq!(ids(&block(b.backlog("/a", 1)).unwrap()), vec![3]);
+        assert_eq!(ids(&block(b.global_backlog(1)).unwrap()), vec![2, 3]);
+        assert_eq!(block(b.get_message("/b", 2)).unwrap().unwrap().data, "2");
+        assert_eq!(block(b.get_message("/b", 3)).unwrap(), None);
+    }
+
+    #[test]
+    fn trims_channels_by_count_and_the_global_backlog_by_id_window() {
+        let b = MemoryBackend::new();
+        Settings::set(&b.settings.max_backlog_size, 2);
+        Settings::set(&b.settings.max_global_backlog_size, 3);
+        for i in 0..4 {
+            publish(&b, "/a", &i.to_string());
+        }
+        assert_eq!(ids(&block(b.backlog("/a", 0)).unwrap()), vec![3, 4]);
+        publish(&b, "/b", "x");
+        publish(&b, "/b", "y");
+        // global window: ids > 6 - 3
+        assert_eq!(ids(&block(b.global_backlog(0)).unwrap()), vec![4, 5, 6]);
+        assert_eq!(ids(&block(b.backlog("/a", 0)).unwrap()), vec![4]);
+        // the channel's last id survives trimming
+        assert_eq!(block(b.last_id("/a")).unwrap(), 4);
+    }
+
+    #[test]
+    fn clear_every_delays_trimming_and_per_publish_size_overrides() {
+        let b = MemoryBackend::new();
+        Settings::set(&b.settings.max_backlog_size, 1);
+        Settings::set(&b.settings.clear_every, 3);
+        publish(&b, "/a", "1");
+        publish(&b, "/a", "2");
+        assert_eq!(ids(&block(b.backlog("/a", 0)).unwrap()), vec![1, 2]);
+        let opts = PublishOptions {
+            max_backlog_size: Some(2),
+            ..Default::default()
+        };
+        block(b.publish("/a", "3", &opts)).unwrap();
+        assert_eq!(ids(&block(b.backlog("/a", 0)).unwrap()), vec![2, 3]);
+    }
+
+    #[test]
+    fn whole_channels_expire_and_their_ids_read_zero() {
+        let b = MemoryBackend::new();
+        let opts = PublishOptions {
+            max_backlog_age: Some(0),
+            ..Default::default()
+        };
+        block(b.publish("/a", "1", &opts)).unwrap();
+        publish(&b, "/keep", "2");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(block(b.last_id("/a")).unwrap(), 0);
+        assert!(block(b.backlog("/a", 0)).unwrap().is_empty());
+        assert_eq!(ids(&block(b.global_backlog(0)).unwrap()), vec![2]);
+        // the counter keeps counting
+        assert_eq!(publish(&b, "/a", "3"), 3);
+    }
+
+    #[test]
+    fn reset_restarts_ids_and_expire_keeps_the_counter() {
+        let b = MemoryBackend::new();
+        publish(&b, "/a", "1");
+        block(b.expire_all_backlogs()).unwrap();
+        assert_eq!(block(b.last_id("/a")).unwrap(), 0);
+        assert_eq!(publish(&b, "/a", "2"), 2);
+        block(b.reset()).unwrap();
+        assert_eq!(publish(&b, "/a", "3"), 1);
+    }
+
+    #[test]
+    fn subscription_with_last_id_replays_then_goes_live_without_duplicates() {
+        let b = MemoryBackend::new();
+        publish(&b, "/a", "1");
+        publish(&b, "/a", "2");
+        let sub = block(b.subscribe(Some(1))).unwrap();
+        publish(&b, "/a", "3");
+        match sub.next_batch(100, Duration::from_millis(10)).unwrap() {
+            Batch::Messages(m) => assert_eq!(
+                m.iter().map(|m| m.global_id).collect::<Vec<_>>(),
+                vec![2, 3]
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        block(b.global_unsubscribe());
+        assert!(matches!(
+            sub.next_batch(1, Duration::from_millis(10)).unwrap(),
+            Batch::Closed
+        ));
+        assert!(!b.is_subscribed());
+    }
+}

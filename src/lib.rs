@@ -1,0 +1,13 @@
+//! Core of the `message_bus` gem: pure Rust, no Ruby types. Backends store
+//! and read messages in the reference formats, the hub hands live messages to
+//! local subscriptions and to the web-client fan-out.
+
+pub mod backend;
+pub mod bus;
+pub mod error;
+pub mod message;
+pub mod runtime;
+pub mod subscription;
+
+pub use error::{Error, Result};
+pub use message::Message;
