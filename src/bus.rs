@@ -90,6 +90,16 @@ impl Hub {
         }
     }
 
+    /// After fork: subscriptions opened by the parent have no reader here.
+    pub fn close_inherited_subscriptions(&self) {
+        self.subscriptions.lock().retain(|s| {
+            if s.is_inherited() {
+                s.close();
+            }
+            !s.is_closed()
+        });
+    }
+
     pub fn add_sink(&self, sink: Arc<dyn Sink>) {
         self.sinks.write().push(sink);
     }

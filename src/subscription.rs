@@ -20,10 +20,21 @@ struct State {
     replay_floor: Option<i64>,
 }
 
-#[derive(Default)]
 pub struct Subscription {
     state: Mutex<State>,
     ready: Condvar,
+    /// The process that opened it: a forked child closes inherited ones.
+    owner_pid: u32,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Subscription {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            owner_pid: std::process::id(),
+        }
+    }
 }
 
 /// What a wait on a subscription returned.
@@ -107,6 +118,10 @@ impl Subscription {
 
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
+    }
+
+    pub fn is_inherited(&self) -> bool {
+        self.owner_pid != std::process::id()
     }
 
     pub fn queued(&self) -> usize {

@@ -15,7 +15,9 @@ profile = ENV.fetch("MESSAGE_BUS_CARGO_PROFILE", "release")
 profile_dir = profile == "dev" ? "debug" : profile
 cargo = ENV.fetch("CARGO", "cargo")
 
-abort "message_bus: cargo is required to build the native extension (https://rustup.rs)" unless system("#{cargo} --version", out: File::NULL, err: File::NULL)
+unless system("#{cargo} --version", out: File::NULL, err: File::NULL)
+  abort "message_bus: cargo is required to build the native extension (https://rustup.rs)"
+end
 
 File.write("Makefile", <<~MAKE)
   CARGO = #{cargo}

@@ -7,6 +7,23 @@ module MessageBus
     # storage in Rust: a subclass only builds `@native` (a
     # MessageBus::Native::Backend) in its constructor; everything else is here.
     class Base
+      # A queue of messages filled by Rust; `each` waits with the GVL released.
+      class Subscription
+        def initialize(native)
+          @native = native
+        end
+
+        def each
+          while (batch = @native._next_batch(BATCH_SIZE, WAIT_SLICE))
+            batch.each { |m| yield MessageBus::Message.new(*m) }
+          end
+        end
+
+        def close
+          @native._close
+        end
+      end
+
       class ConcreteClassMustImplementError < StandardError; end
 
       UNSUB_MESSAGE = "$$UNSUBSCRIBE"
@@ -93,10 +110,15 @@ module MessageBus
       def global_subscribe(last_id = nil, &blk)
         raise ArgumentError, "global_subscribe requires a block" unless blk
 
-        subscription = native._subscribe(last_id&.to_i)
-        each_message(subscription, &blk)
+        subscription = open_subscription(last_id)
+        subscription.each(&blk)
       ensure
-        subscription&._close
+        subscription&.close
+      end
+
+      # A firehose subscription registered at once; `each` drains it.
+      def open_subscription(last_id = nil)
+        Subscription.new(native._subscribe(last_id&.to_i))
       end
 
       # Like global_subscribe, only for one encoded channel; `last_id` is a
@@ -122,14 +144,8 @@ module MessageBus
 
       private
 
-      def each_message(subscription)
-        while (batch = subscription._next_batch(BATCH_SIZE, WAIT_SLICE))
-          batch.each { |m| yield to_message(m) }
-        end
-      end
-
       def to_message(array)
-        MessageBus::Message.new(array[0], array[1], array[2], array[3])
+        MessageBus::Message.new(*array)
       end
 
       def int_or_nil(value)

@@ -1,0 +1,618 @@
+# frozen_string_literal: true
+
+require "logger"
+require "monitor"
+require "json"
+
+require "message_bus/version"
+require "message_bus/errors"
+require "message_bus/message"
+require "message_bus/codec/base"
+require "message_bus/codec/json"
+require "message_bus/timer_thread"
+require "message_bus/message_bus_native"
+require "message_bus/backends/base"
+require "message_bus/replaying_subscriber"
+
+# A reliable, backlogged pub/sub bus for Ruby web apps, with a Rust core.
+# `MessageBus` itself is a bus; `MessageBus::Instance.new` makes independent ones.
+module MessageBus
+  BACKENDS = {} # rubocop:disable Style/MutableConstant -- third-party backends register here
+
+  # The bus API, shared by the MessageBus module and MessageBus::Instance.
+  module Implementation
+    ENCODE_SITE_TOKEN = "$|$"
+    GLOBAL_PREFIX = "/global/"
+    KEEPALIVE_CHANNEL = "/__mb_keepalive__/"
+    # How long `subscribe` waits for the backend to report the subscription.
+    SUBSCRIBE_WAIT = 0.1
+
+    def initialize
+      @config = {}
+      @mutex = Monitor.new
+      @off = false
+      @off_disable_publish = false
+      @destroyed = false
+      @subscriptions = {}
+      @subscriber_thread = nil
+      @timer = nil
+      @keepalive = nil
+      @last_message_at = monotonic_now
+      MessageBus.track_bus(self)
+    end
+
+    # --- configuration -----------------------------------------------------
+
+    def configure(config)
+      @config.merge!(config)
+    end
+
+    def config
+      @config
+    end
+
+    def logger=(logger)
+      configure(logger: logger)
+    end
+
+    def logger
+      return @config[:logger] if @config[:logger]
+
+      @mutex.synchronize do
+        @config[:logger] ||= Logger.new($stdout).tap { |l| l.level = Logger::INFO }
+      end
+    end
+
+    def long_polling_enabled?
+      @config[:long_polling_enabled] != false
+    end
+
+    def long_polling_enabled=(value)
+      configure(long_polling_enabled: value)
+    end
+
+    # Milliseconds a parked HTTP request is held.
+    def long_polling_interval
+      @config[:long_polling_interval] || 25_000
+    end
+
+    def long_polling_interval=(milliseconds)
+      configure(long_polling_interval: milliseconds)
+    end
+
+    def chunked_encoding_enabled?
+      @config[:chunked_encoding_enabled] != false
+    end
+
+    def chunked_encoding_enabled=(value)
+      configure(chunked_encoding_enabled: value)
+    end
+
+    def rack_hijack_enabled?
+      if @config[:rack_hijack_enabled].nil?
+        enabled = true
+        if defined?(::PhusionPassenger)
+          if ::PhusionPassenger.respond_to?(:advertised_concurrency_level)
+            ::PhusionPassenger.advertised_concurrency_level = 0
+          else
+            enabled = false
+          end
+        end
+        configure(rack_hijack_enabled: enabled)
+      end
+      @config[:rack_hijack_enabled]
+    end
+
+    def rack_hijack_enabled=(value)
+      configure(rack_hijack_enabled: value)
+    end
+
+    def max_active_clients
+      @config[:max_active_clients] || 1000
+    end
+
+    def max_active_clients=(count)
+      configure(max_active_clients: count)
+    end
+
+    def base_route
+      @config[:base_route] || "/"
+    end
+
+    def base_route=(route)
+      route = "/#{route}" unless route.start_with?("/")
+      route = "#{route}/" unless route.end_with?("/")
+      configure(base_route: route.gsub(%r{/{2,}}, "/"))
+    end
+
+    # An explicit false sticks; unset means "on in Rails development and test" (§9 Q38).
+    def allow_broadcast?
+      value = @config[:allow_broadcast]
+      return value unless value.nil?
+
+      defined?(::Rails.env) && (::Rails.env.test? || ::Rails.env.development?) ? true : false
+    end
+
+    def allow_broadcast=(value)
+      configure(allow_broadcast: value)
+    end
+
+    def transport_codec
+      @config[:transport_codec] ||= MessageBus::Codec::Json.new
+    end
+
+    def transport_codec=(codec)
+      configure(transport_codec: codec)
+    end
+
+    # Seconds between keepalive publishes; 20 or less disables them.
+    def keepalive_interval
+      @config[:keepalive_interval] || 60
+    end
+
+    def keepalive_interval=(seconds)
+      configure(keepalive_interval: seconds)
+    end
+
+    %i[site_id_lookup user_id_lookup group_ids_lookup is_admin_lookup extra_response_headers_lookup
+       on_middleware_error on_connect on_disconnect].each do |hook|
+      define_method(hook) do |&blk|
+        configure(hook => blk) if blk
+        @config[hook]
+      end
+    end
+
+    def client_message_filters
+      @config[:client_message_filters] ||= []
+    end
+
+    def register_client_message_filter(channel_prefix, &blk)
+      client_message_filters << [channel_prefix, blk] if blk
+    end
+
+    def redis_config=(config)
+      configure(backend: :redis, redis_config: config)
+    end
+
+    def redis_config
+      @config[:redis_config] || {}
+    end
+
+    def backend
+      @config[:backend] || :redis
+    end
+
+    def backend_instance=(instance)
+      configure(backend_instance: instance)
+    end
+
+    def backend_instance
+      @mutex.synchronize do
+        return nil if @destroyed
+
+        logger
+        @config[:backend_instance] ||= build_backend
+      end
+    end
+
+    def reliable_pub_sub
+      logger.warn("MessageBus.reliable_pub_sub is deprecated, use MessageBus.backend_instance instead.")
+      backend_instance
+    end
+
+    def reliable_pub_sub=(instance)
+      logger.warn("MessageBus.reliable_pub_sub= is deprecated, use MessageBus.backend_instance= instead.")
+      self.backend_instance = instance
+    end
+
+    # --- multisite ---------------------------------------------------------
+
+    def encode_channel_name(channel, site_id = nil)
+      return channel if channel.start_with?(GLOBAL_PREFIX)
+      return channel unless site_id || site_id_lookup
+
+      raise ArgumentError, channel if channel.include?(ENCODE_SITE_TOKEN)
+
+      "#{channel}#{ENCODE_SITE_TOKEN}#{site_id || site_id_lookup.call}"
+    end
+
+    def decode_channel_name(channel)
+      name, site = channel.split(ENCODE_SITE_TOKEN, 2)
+      site = site&.split(ENCODE_SITE_TOKEN, 2)&.first
+      [name, site.nil? || site.empty? ? nil : site]
+    end
+
+    # --- publishing --------------------------------------------------------
+
+    def publish(channel, data, opts = nil)
+      return if @off && @off_disable_publish
+
+      @mutex.synchronize { raise MessageBus::BusDestroyed if @destroyed }
+      check_channel!(channel)
+      opts ||= {}
+      user_ids, group_ids, client_ids, site_id = opts.values_at(:user_ids, :group_ids, :client_ids, :site_id)
+      if (user_ids || group_ids) && channel.start_with?(GLOBAL_PREFIX)
+        raise MessageBus::InvalidMessage, "user_ids and group_ids are not allowed on /global/ channels"
+      end
+      if [user_ids, group_ids, client_ids].any? { |ids| ids.respond_to?(:empty?) && ids.empty? }
+        raise MessageBus::InvalidMessageTarget, "user_ids, group_ids and client_ids must not be empty lists"
+      end
+
+      envelope = encode_envelope(data, user_ids, group_ids, client_ids)
+      backend_instance.publish(encode_channel_name(channel, site_id), envelope, backend_publish_options(opts))
+    end
+
+    # --- subscribing -------------------------------------------------------
+
+    def subscribe(channel = nil, last_id = -1, &blk)
+      subscribe_impl(channel, nil, last_id, &blk)
+    end
+
+    def local_subscribe(channel = nil, last_id = -1, &blk)
+      subscribe_impl(channel, local_site_key(channel), last_id, &blk)
+    end
+
+    def unsubscribe(channel = nil, &blk)
+      unsubscribe_impl(channel, nil, &blk)
+    end
+
+    def local_unsubscribe(channel = nil, &blk)
+      unsubscribe_impl(channel, local_site_key(channel), &blk)
+    end
+
+    # Blocks the calling thread until the backend subscription ends, yielding
+    # undecoded messages (encoded channel, raw envelope).
+    def blocking_subscribe(channel = nil, &blk)
+      if channel
+        backend_instance.subscribe(encode_channel_name(channel), &blk)
+      else
+        backend_instance.global_subscribe(&blk)
+      end
+    end
+
+    # --- reading -----------------------------------------------------------
+
+    def backlog(channel = nil, last_id = nil, site_id = nil)
+      last_id = message_id_arg(last_id)
+      messages =
+        if channel
+          check_channel!(channel)
+          backend_instance.backlog(encode_channel_name(channel, site_id), last_id)
+        else
+          backend_instance.global_backlog(last_id)
+        end
+      messages.each { |m| decode_message!(m) }
+    end
+
+    def global_backlog(last_id = nil)
+      backlog(nil, last_id)
+    end
+
+    def last_id(channel, site_id = nil)
+      check_channel!(channel)
+      backend_instance.last_id(encode_channel_name(channel, site_id))
+    end
+
+    def last_ids(*channels, site_id: nil)
+      channels.each { |c| check_channel!(c) }
+      ids = backend_instance.last_ids(*channels.map { |c| encode_channel_name(c, site_id) })
+      channels.zip(ids).to_h
+    end
+
+    def last_message(channel)
+      id = last_id(channel)
+      backlog(channel, id - 1).first
+    end
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def off(disable_publish: true)
+      @off = true
+      @off_disable_publish = disable_publish
+    end
+
+    def on
+      @destroyed = @off = @off_disable_publish = false
+    end
+
+    def off?
+      @off
+    end
+
+    def destroyed?
+      @destroyed
+    end
+
+    def destroy
+      backend = nil
+      @mutex.synchronize do
+        return if @destroyed
+
+        backend = @config[:backend_instance]
+        @destroyed = true
+      end
+      if backend
+        backend.global_unsubscribe
+        backend.destroy
+      end
+      thread = @subscriber_thread
+      thread.join(5) if thread && thread != Thread.current
+      @subscriber_thread = nil
+      @keepalive&.cancel
+      @timer&.stop
+      @timer = nil
+    end
+
+    def after_fork
+      MessageBus::Native.after_fork
+      backend_instance&.after_fork
+      ensure_subscriber_thread unless @subscriptions.empty? || @destroyed
+      timer.queue {}
+    end
+
+    def reset!
+      backend_instance&.reset!
+    end
+
+    def listening?
+      @subscriber_thread&.alive? ? true : false
+    end
+
+    def timer
+      @mutex.synchronize do
+        @timer ||= MessageBus::TimerThread.new.tap do |t|
+          t.on_error { |e| logger.warn("Failed to process job: #{e.class}: #{e.message} #{e.backtrace&.first}") }
+        end
+      end
+    end
+
+    # Introspection for operators: subscriptions, subscriber state, backend queues.
+    def diagnostics
+      backend = @config[:backend_instance]
+      {
+        listening: listening?,
+        subscriptions: @subscriptions.sum { |_, channels| channels.sum { |_, procs| procs.length } },
+        queued_publishes: backend.respond_to?(:queued_publishes) ? backend.queued_publishes : 0,
+        dropped_publishes: backend.respond_to?(:dropped_publishes) ? backend.dropped_publishes : 0
+      }
+    end
+
+    # --- internals shared with the middleware and DistributedCache -----------
+
+    # Fills in channel, site and the envelope fields of a stored message.
+    def decode_message!(msg)
+      msg.channel, msg.site_id = decode_channel_name(msg.channel)
+      envelope = transport_codec.decode(msg.data)
+      msg.data = envelope["data"]
+      msg.user_ids = envelope["user_ids"]
+      msg.group_ids = envelope["group_ids"]
+      msg.client_ids = envelope["client_ids"]
+      msg
+    end
+
+    private
+
+    def monotonic_now
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+
+    def build_backend
+      @config[:backend_options] ||= {}
+      name = backend
+      begin
+        require "message_bus/backends/#{name}"
+      rescue LoadError => e
+        raise ArgumentError, "unknown message_bus backend #{name.inspect} (#{e.message})"
+      end
+      klass = MessageBus::BACKENDS[name.to_sym]
+      raise ArgumentError, "message_bus backend #{name.inspect} did not register itself" unless klass
+
+      klass.new(@config)
+    end
+
+    def check_channel!(channel)
+      return if channel.is_a?(String)
+
+      raise ArgumentError, "channel must be a String, got #{channel.inspect}"
+    end
+
+    def message_id_arg(value)
+      case value
+      when nil, Integer then value
+      when Float then value.to_i
+      when /\A\s*-?\d+\s*\z/ then value.to_i
+      else raise ArgumentError, "message id must be an Integer, got #{value.inspect}"
+      end
+    end
+
+    def encode_envelope(data, user_ids, group_ids, client_ids)
+      envelope = { "data" => data, "user_ids" => user_ids, "group_ids" => group_ids, "client_ids" => client_ids }
+      begin
+        encoded = transport_codec.encode(envelope)
+      rescue StandardError => e
+        raise MessageBus::InvalidMessage, "the transport codec cannot encode this message: #{e.class}: #{e.message}"
+      end
+      raise MessageBus::InvalidMessage, "the transport codec must return a String" unless encoded.is_a?(String)
+
+      encoded
+    end
+
+    def backend_publish_options(opts)
+      result = {}
+      # Both limits are honoured when both are given (§9 Q3).
+      result[:max_backlog_age] = opts[:max_backlog_age] if opts[:max_backlog_age]
+      result[:max_backlog_size] = opts[:max_backlog_size] if opts[:max_backlog_size]
+      result[:queue_in_memory] = opts[:queue_in_memory] if opts.key?(:queue_in_memory)
+      result
+    end
+
+    def local_site_key(channel)
+      return nil unless site_id_lookup
+      return nil if channel&.start_with?(GLOBAL_PREFIX)
+
+      site_id_lookup.call
+    end
+
+    def subscribe_impl(channel, site_key, last_id, &blk)
+      return if @off
+      raise MessageBus::BusDestroyed if @destroyed
+      raise ArgumentError, "subscribe requires a block" unless blk
+
+      check_channel!(channel) if channel
+      last_id = message_id_arg(last_id) || -1
+      if last_id >= 0
+        replay = ReplayingSubscriber.new(self, channel, site_key, last_id, blk)
+        replay.run { register_subscriber(site_key, channel, replay.to_proc) }
+        blk = replay.to_proc
+      else
+        register_subscriber(site_key, channel, blk)
+      end
+      raise MessageBus::BusDestroyed if @destroyed
+
+      blk
+    end
+
+    def register_subscriber(site_key, channel, blk)
+      @mutex.synchronize do
+        ((@subscriptions[site_key] ||= {})[channel] ||= []) << blk
+      end
+      ensure_subscriber_thread
+    end
+
+    def unsubscribe_impl(channel, site_key, &blk)
+      @mutex.synchronize do
+        procs = @subscriptions.dig(site_key, channel)
+        next unless procs
+
+        blk ? procs.delete(blk) : procs.clear
+      end
+    end
+
+    def ensure_subscriber_thread
+      @mutex.synchronize do
+        start_subscriber_thread unless @destroyed || @subscriber_thread&.alive?
+      end
+      wait_for_subscription
+    end
+
+    def start_subscriber_thread
+      backend = backend_instance
+      subscription = backend.respond_to?(:open_subscription) ? backend.open_subscription(nil) : nil
+      @last_message_at = monotonic_now
+      @subscriber_thread = Thread.new do
+        if subscription
+          subscription.each { |msg| dispatch(msg) }
+        else
+          backend.global_subscribe { |msg| dispatch(msg) }
+        end
+      rescue Exception => e # rubocop:disable Lint/RescueException -- log why the thread ends
+        logger.warn("MessageBus subscriber thread stopped: #{e.class}: #{e.message}") unless e.is_a?(SignalException)
+        raise
+      ensure
+        subscription&.close
+      end
+      @subscriber_thread.name = "MessageBus subscriber"
+      @subscriber_thread.report_on_exception = false
+      start_keepalive
+    end
+
+    def wait_for_subscription
+      backend = backend_instance
+      return unless backend
+
+      deadline = monotonic_now + SUBSCRIBE_WAIT
+      sleep 0.001 until backend.subscribed || monotonic_now > deadline || @destroyed
+    end
+
+    def dispatch(msg)
+      @last_message_at = monotonic_now
+      begin
+        decode_message!(msg)
+      rescue StandardError => e
+        logger.warn("MessageBus failed to decode message #{msg.global_id} on #{msg.channel}: #{e.class}: #{e.message}")
+        return
+      end
+      subscribers_for(msg).each do |subscriber|
+        subscriber.call(msg)
+      rescue StandardError => e
+        logger.warn("MessageBus subscriber failed on #{msg.channel}: #{e.class}: #{e.message}\n" \
+                    "#{e.backtrace&.first(5)&.join("\n")}")
+      end
+    end
+
+    def subscribers_for(msg)
+      @mutex.synchronize do
+        site = msg.site_id
+        lists = [@subscriptions.dig(nil, msg.channel)]
+        lists << @subscriptions.dig(site, msg.channel) if site
+        lists << @subscriptions.dig(nil, nil)
+        lists << @subscriptions.dig(site, nil) if site
+        lists.compact.flatten
+      end
+    end
+
+    def start_keepalive
+      interval = keepalive_interval.to_i
+      @keepalive&.cancel
+      @keepalive = nil
+      return unless interval > 20
+
+      @keepalive = timer.every(interval) { keepalive_tick(interval) }
+    end
+
+    def keepalive_tick(interval)
+      unless !@destroyed && @subscriber_thread&.alive?
+        @keepalive&.cancel
+        return
+      end
+
+      publish(KEEPALIVE_CHANNEL, Process.pid, user_ids: [-1])
+      return unless monotonic_now - @last_message_at > 3 * interval
+
+      logger.warn("Global messages on #{Process.pid} timed out, message bus is no longer functioning correctly")
+    end
+  end
+
+  # An independent bus: own configuration, backend, subscriber thread, timer.
+  class Instance
+    include Implementation
+  end
+
+  @buses = ObjectSpace::WeakMap.new
+
+  class << self
+    # Every bus of this process, so that a fork can reset their native state.
+    def track_bus(bus)
+      @buses ||= ObjectSpace::WeakMap.new
+      @buses[bus] = true
+    end
+
+    def each_bus(&blk)
+      @buses.each_key(&blk)
+    end
+  end
+
+  extend Implementation
+  initialize
+
+  # Runs in the child of every fork: the parent's runtime threads and backend
+  # connections do not exist there (COMPAT.md §1.8, DESIGN "Fork safety").
+  module ForkHook
+    def _fork
+      pid = super
+      if pid.zero?
+        MessageBus::Native.after_fork
+        MessageBus.each_bus do |bus|
+          backend = bus.config[:backend_instance]
+          backend.after_fork if backend.respond_to?(:after_fork)
+        end
+      end
+      pid
+    end
+  end
+  Process.singleton_class.prepend(ForkHook) if Process.respond_to?(:_fork)
+end
+
+require "message_bus/backends/memory"
+require "message_bus/rack/middleware" if File.exist?(File.join(__dir__, "message_bus/rack/middleware.rb"))
+require "message_bus/rails/railtie" if defined?(Rails::Engine) && File.exist?(File.join(__dir__, "message_bus/rails/railtie.rb"))

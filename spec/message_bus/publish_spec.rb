@@ -1,0 +1,113 @@
+# frozen_string_literal: true
+
+RSpec.describe "MessageBus#publish" do
+  it "returns increasing message ids and stores the data" do
+    ids = 3.times.map { |i| bus.publish("/chan", "m#{i}") }
+    expect(ids).to eq(ids.sort)
+    expect(ids.uniq.length).to eq(3)
+    expect(bus.backlog("/chan").map(&:data)).to eq(%w[m0 m1 m2])
+  end
+
+  it "stores the codec envelope with targets, nil targets kept" do
+    bus.publish("/chan", { "a" => 1 }, user_ids: [1, 2], client_ids: ["c"])
+    raw = bus.backend_instance.backlog("/chan", 0).first
+    expect(raw.data).to eq('{"data":{"a":1},"user_ids":[1,2],"group_ids":null,"client_ids":["c"]}')
+    msg = bus.backlog("/chan").first
+    expect([msg.data, msg.user_ids, msg.group_ids, msg.client_ids]).to eq([{ "a" => 1 }, [1, 2], nil, ["c"]])
+  end
+
+  it "round-trips data through JSON (symbols become strings)" do
+    bus.publish("/chan", { sym: :val, n: 1.5 })
+    expect(bus.backlog("/chan").first.data).to eq({ "sym" => "val", "n" => 1.5 })
+  end
+
+  it "rejects user_ids and group_ids on /global/ channels but allows client_ids" do
+    expect { bus.publish("/global/x", "d", user_ids: [1]) }.to raise_error(MessageBus::InvalidMessage)
+    expect { bus.publish("/global/x", "d", group_ids: []) }.to raise_error(MessageBus::InvalidMessage)
+    expect(bus.publish("/global/x", "d", client_ids: ["a"])).to be_a(Integer)
+  end
+
+  it "rejects empty target lists with InvalidMessageTarget" do
+    %i[user_ids group_ids client_ids].each do |key|
+      expect { bus.publish("/chan", "d", key => []) }.to raise_error(MessageBus::InvalidMessageTarget)
+    end
+    expect(MessageBus::InvalidMessageTarget.ancestors).to include(MessageBus::InvalidMessage)
+  end
+
+  it "raises a clear error for a non-String channel and keeps working" do
+    bus.publish("/chan", "before")
+    expect { bus.publish(:chan, "d") }.to raise_error(ArgumentError, /channel must be a String/)
+    expect { bus.publish(nil, "d") }.to raise_error(ArgumentError)
+    bus.publish("/chan", "after")
+    expect(bus.backlog("/chan").map(&:data)).to eq(%w[before after])
+  end
+
+  it "raises ArgumentError for a channel containing the site token when sites apply" do
+    expect { bus.publish("/a$|$b", "d", site_id: "s") }.to raise_error(ArgumentError)
+    bus.site_id_lookup { "s" }
+    expect { bus.publish("/a$|$b", "d") }.to raise_error(ArgumentError)
+  end
+
+  it "raises InvalidMessage when the codec cannot encode the data, losing nothing stored" do
+    bus.publish("/chan", "ok")
+    expect { bus.publish("/chan", "\xff\xfe".dup.force_encoding("UTF-8")) }
+      .to raise_error(MessageBus::InvalidMessage, /cannot encode/)
+    expect { bus.publish("/chan", Float::NAN) }.to raise_error(MessageBus::InvalidMessage)
+    expect(bus.backlog("/chan").map(&:data)).to eq(["ok"])
+    expect(bus.publish("/chan", "still ok")).to be_a(Integer)
+  end
+
+  it "scopes to a site with site_id, which overrides the lookup and is ignored for /global/" do
+    bus.site_id_lookup { "lookup" }
+    bus.publish("/chan", "a", site_id: "explicit")
+    bus.publish("/chan", "b")
+    bus.publish("/global/g", "c", site_id: "explicit")
+    expect(bus.backlog("/chan", 0, "explicit").map(&:data)).to eq(["a"])
+    expect(bus.backlog("/chan").map(&:data)).to eq(["b"])
+    msg = bus.backlog("/chan", 0, "explicit").first
+    expect([msg.channel, msg.site_id]).to eq(%w[/chan explicit])
+    expect(bus.backlog("/global/g").first.site_id).to be_nil
+  end
+
+  it "honours max_backlog_size per publish" do
+    5.times { |i| bus.publish("/chan", i, max_backlog_size: 2) }
+    expect(bus.backlog("/chan").map(&:data)).to eq([3, 4])
+  end
+
+  it "honours max_backlog_size and max_backlog_age together" do
+    5.times { |i| bus.publish("/chan", i, max_backlog_size: 2, max_backlog_age: 100) }
+    expect(bus.backlog("/chan").map(&:data)).to eq([3, 4])
+  end
+
+  it "expires a channel after max_backlog_age seconds without publishes" do
+    bus.publish("/short", "x", max_backlog_age: 1)
+    bus.publish("/long", "y")
+    expect(bus.last_id("/short")).to be > 0
+    wait_for(timeout: 5, message: "expiry") { bus.last_id("/short").zero? }
+    expect(bus.backlog("/short")).to be_empty
+    expect(bus.backlog("/long").map(&:data)).to eq(["y"])
+  end
+
+  it "returns nil and stores nothing while off; publishes again after on" do
+    bus.off
+    expect(bus.publish("/chan", "x")).to be_nil
+    bus.on
+    expect(bus.backlog("/chan")).to be_empty
+    bus.off(disable_publish: false)
+    expect(bus.publish("/chan", "y")).to be_a(Integer)
+    expect(bus.backlog("/chan").map(&:data)).to eq(["y"])
+  end
+
+  it "raises BusDestroyed after destroy" do
+    b = new_bus
+    b.destroy
+    expect { b.publish("/chan", "x") }.to raise_error(MessageBus::BusDestroyed)
+  end
+
+  it "checks off before destroyed" do
+    b = new_bus
+    b.destroy
+    b.off
+    expect(b.publish("/chan", "x")).to be_nil
+  end
+end

@@ -1,0 +1,60 @@
+# frozen_string_literal: true
+
+require "logger"
+require "stringio"
+
+# Shared helpers: backend selection by MESSAGE_BUS_BACKEND, fresh buses that
+# are destroyed after each example, and waiting on a condition with a deadline.
+module SpecHelpers
+  def self.backend_name
+    (ENV["MESSAGE_BUS_BACKEND"] || "memory").to_sym
+  end
+
+  # Backend configuration for a fresh, empty store of the selected backend.
+  def self.backend_config
+    case backend_name
+    when :memory then { backend: :memory }
+    when :redis then { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 9 } }
+    else raise "unknown MESSAGE_BUS_BACKEND #{backend_name}"
+    end
+  end
+
+  def log_output
+    @log_output ||= StringIO.new
+  end
+
+  # A fresh bus on the selected backend, reset, destroyed after the example.
+  def new_bus(**config)
+    bus = MessageBus::Instance.new
+    bus.configure(SpecHelpers.backend_config.merge(logger: Logger.new(log_output), keepalive_interval: 0).merge(config))
+    bus.reset!
+    (@buses ||= []) << bus
+    bus
+  end
+
+  def bus
+    @bus ||= new_bus
+  end
+
+  # Waits until the block returns truthy; fails after `timeout` seconds.
+  def wait_for(timeout: 5, message: "condition")
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      result = yield
+      return result if result
+      raise "timed out after #{timeout}s waiting for #{message}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.005
+    end
+  end
+
+  def self.included(base)
+    base.after do
+      (@buses || []).each do |b|
+        b.on
+        b.reset!
+        b.destroy
+      end
+    end
+  end
+end
