@@ -16,6 +16,6 @@ Gem::Specification.new do |s|
                 "vendor/assets/javascripts/*.js", "README.md"]
   s.extensions = ["ext/message_bus/extconf.rb"]
   s.require_paths = ["lib"]
-  s.add_dependency "rack", ">= 1.1.3"
+  s.add_dependency "rack", ">= 1.1.3", "< 4"
   s.metadata["rubygems_mfa_required"] = "true"
 end
