@@ -70,7 +70,7 @@ RSpec.describe "MessageBus lifecycle" do
   it "kills a thread blocked in a native call cleanly" do
     b = new_bus
     sub = b.backend_instance.open_subscription
-    thread = Thread.new { sub.each { |m| m.data } }
+    thread = Thread.new { sub.each(&:data) }
     sleep 0.1
     expect(thread.status).to eq("sleep").or eq("run")
     thread.kill
@@ -82,7 +82,7 @@ RSpec.describe "MessageBus lifecycle" do
     b = new_bus
     sub = b.backend_instance.open_subscription
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    expect { Timeout.timeout(0.2) { sub.each { |m| m.data } } }.to raise_error(Timeout::Error)
+    expect { Timeout.timeout(0.2) { sub.each(&:data) } }.to raise_error(Timeout::Error)
     expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 1.5
   end
 
