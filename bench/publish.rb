@@ -1,0 +1,66 @@
+# frozen_string_literal: true
+
+# Publish / read / latency benchmark.
+#   ruby -Ilib bench/publish.rb                    (memory backend)
+#   MESSAGE_BUS_BACKEND=redis ruby -Ilib bench/publish.rb
+# Prints one line per measurement; bounded in time (about 10 s in all).
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "message_bus"
+require "logger"
+require "etc"
+
+backend = (ENV["MESSAGE_BUS_BACKEND"] || "memory").to_sym
+config = { backend: backend, logger: Logger.new(nil), keepalive_interval: 0 }
+config[:redis_config] = { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 14 } if backend == :redis
+bus = MessageBus::Instance.new
+bus.configure(config)
+bus.reset!
+bus.backend_instance.max_backlog_size = 100
+bus.backend_instance.max_global_backlog_size = 1000
+
+def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+def rate(label, seconds: 2.0, threads: 1)
+  count = 0
+  lock = Mutex.new
+  deadline = now + seconds
+  started = now
+  Array.new(threads) do |t|
+    Thread.new do
+      n = 0
+      while now < deadline
+        100.times { yield t, n += 1 }
+      end
+      lock.synchronize { count += n }
+    end
+  end.each(&:join)
+  printf("%-45s %12.0f /s\n", label, count / (now - started))
+end
+
+puts "backend: #{backend}, ruby #{RUBY_VERSION}, #{Etc.respond_to?(:nprocessors) ? Etc.nprocessors : '?'} cpus"
+rate("publish, 1 thread") { |_t, n| bus.publish("/bench/#{n % 10}", "hello") }
+rate("publish, 4 threads", threads: 4) { |t, n| bus.publish("/bench/#{t}/#{n % 10}", "hello") }
+100.times { |i| bus.publish("/bench/read", { "n" => i, "text" => "a chat message" }) }
+rate("backlog read (100 messages)") { bus.backlog("/bench/read") }
+channels = Array.new(100) { |i| "/bench/#{i}" }
+rate("last_ids for 100 channels") { bus.last_ids(*channels) }
+
+latencies = []
+done = Queue.new
+sent_at = {}
+bus.subscribe("/latency") do |m|
+  latencies << (now - sent_at[m.data]) * 1000
+  done << true if latencies.length == 2000
+end
+2000.times do |i|
+  sent_at[i] = now
+  bus.publish("/latency", i)
+  sleep 0.0005 if (i % 10).zero?
+end
+done.pop
+latencies.sort!
+printf("%-45s p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", "publish -> subscriber block latency",
+       latencies[latencies.length / 2], latencies[(latencies.length * 0.99).floor], latencies.last)
+bus.reset!
+bus.destroy
