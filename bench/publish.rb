@@ -29,9 +29,7 @@ def rate(label, seconds: 2.0, threads: 1)
   Array.new(threads) do |t|
     Thread.new do
       n = 0
-      while now < deadline
-        100.times { yield t, n += 1 }
-      end
+      100.times { yield t, n += 1 } while now < deadline
       lock.synchronize { count += n }
     end
   end.each(&:join)
