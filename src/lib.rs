@@ -4,7 +4,11 @@
 
 pub mod backend;
 pub mod bus;
+pub mod client;
+pub mod envelope;
 pub mod error;
+pub mod fanout;
+pub mod http;
 pub mod message;
 pub mod runtime;
 pub mod subscription;

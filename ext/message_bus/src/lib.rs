@@ -1,6 +1,7 @@
 //! Ruby binding of the message_bus core: conversion only, one file per class.
 
 mod backend;
+mod connections;
 mod errors;
 mod gvl;
 mod subscription;
@@ -19,5 +20,6 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("after_fork", magnus::function!(after_fork, 0))?;
     backend::define(ruby, native)?;
     subscription::define(ruby, native)?;
+    connections::define(ruby, native)?;
     Ok(())
 }

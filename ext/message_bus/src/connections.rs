@@ -1,0 +1,179 @@
+//! `MessageBus::Native::Connections`: the parked web clients of one
+//! middleware, fed straight from the backend's hub.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnus::{prelude::*, RArray, RHash, RString, Ruby};
+use message_bus_core::backend::Backend;
+use message_bus_core::bus::Sink;
+use message_bus_core::client::{self, Requested};
+use message_bus_core::envelope::Identity;
+use message_bus_core::fanout::Fanout;
+use message_bus_core::http::connection::{park, Session};
+use message_bus_core::http::frame::head_prefix;
+use message_bus_core::http::json::payload;
+use message_bus_core::runtime::runtime;
+use message_bus_core::Error;
+
+use crate::backend::{rstring, NativeBackend};
+use crate::errors::to_ruby;
+use crate::gvl::block_on;
+
+type RbResult<T> = Result<T, magnus::Error>;
+
+#[magnus::wrap(class = "MessageBus::Native::Connections", free_immediately, size)]
+pub struct NativeConnections {
+    backend: Arc<dyn Backend>,
+    fanout: Arc<Fanout>,
+}
+
+fn identity(
+    ruby: &Ruby,
+    client_id: RString,
+    site_id: Option<RString>,
+    user_json: RString,
+    groups_json: RString,
+) -> RbResult<Identity> {
+    let parse = |text: String, what: &str| {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| to_ruby(ruby, Error::Argument(format!("{what} is not JSON: {e}"))))
+    };
+    let groups = match parse(rstring(ruby, groups_json, "group ids")?, "group ids")? {
+        serde_json::Value::Array(list) => list,
+        serde_json::Value::Null => Vec::new(),
+        other => vec![other],
+    };
+    Ok(Identity {
+        client_id: rstring(ruby, client_id, "client id")?,
+        user_id: parse(rstring(ruby, user_json, "user id")?, "user id")?,
+        group_ids: groups,
+        site_id: site_id.map(|s| rstring(ruby, s, "site id")).transpose()?,
+    })
+}
+
+/// `[[channel, id or nil], ...]` → subscriptions.
+fn subscriptions(ruby: &Ruby, list: RArray) -> RbResult<Vec<Requested>> {
+    let mut out = Vec::with_capacity(list.len());
+    for pair in list.into_iter() {
+        let pair = RArray::try_convert(pair)?;
+        let channel = rstring(ruby, RString::try_convert(pair.entry(0)?)?, "channel")?;
+        let id: Option<i64> = pair.entry(1)?;
+        out.push((channel, id));
+    }
+    Ok(out)
+}
+
+fn headers(list: RArray) -> RbResult<Vec<(String, String)>> {
+    let mut out = Vec::with_capacity(list.len());
+    for pair in list.into_iter() {
+        let pair = RArray::try_convert(pair)?;
+        out.push((pair.entry::<String>(0)?, pair.entry::<String>(1)?));
+    }
+    Ok(out)
+}
+
+impl NativeConnections {
+    fn new(ruby: &Ruby, backend: &NativeBackend) -> RbResult<Self> {
+        let backend = Arc::clone(&backend.0);
+        let fanout = Fanout::new();
+        backend.hub().add_sink(Arc::clone(&fanout) as Arc<dyn Sink>);
+        block_on(ruby, || backend.ensure_listening())?;
+        Ok(NativeConnections { backend, fanout })
+    }
+
+    /// The JSON array answering a poll right away (rows A and D of §3.6).
+    fn poll(
+        ruby: &Ruby,
+        rb_self: &Self,
+        client_id: RString,
+        site_id: Option<RString>,
+        user_json: RString,
+        groups_json: RString,
+        channels: RArray,
+    ) -> RbResult<(RString, bool)> {
+        let who = identity(ruby, client_id, site_id, user_json, groups_json)?;
+        let subs = subscriptions(ruby, channels)?;
+        let backlog = block_on(ruby, || {
+            client::compute(rb_self.backend.as_ref(), &who, &subs)
+        })?;
+        Ok((
+            ruby.str_new(&payload(&backlog.messages, &backlog.status)),
+            backlog.is_empty(),
+        ))
+    }
+
+    /// Takes over a duplicate of `fd` and parks the client (rows B of §3.6).
+    fn park(ruby: &Ruby, rb_self: &Self, fd: i32, request: RHash) -> RbResult<()> {
+        let who = identity(
+            ruby,
+            request.fetch("client_id")?,
+            request.fetch("site_id")?,
+            request.fetch("user_json")?,
+            request.fetch("groups_json")?,
+        )?;
+        let session = Session {
+            client_id: who.client_id.clone(),
+            seq: request.fetch("seq")?,
+            identity: who,
+            subscriptions: subscriptions(ruby, request.fetch("channels")?)?,
+            chunked: request.fetch("chunked")?,
+            head_prefix: head_prefix(&headers(request.fetch("headers")?)?),
+            timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
+        };
+        // SAFETY: dup of a descriptor the caller keeps open for this call.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(to_ruby(
+                ruby,
+                Error::Connection(format!("cannot duplicate the client socket: {e}")),
+            ));
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
+        let _guard = rt.enter();
+        park(
+            owned,
+            session,
+            Arc::clone(&rb_self.fanout),
+            Arc::clone(&rb_self.backend),
+        )
+        .map_err(|e| to_ruby(ruby, e))
+    }
+
+    fn parked(&self) -> usize {
+        self.fanout.parked()
+    }
+
+    fn stats(ruby: &Ruby, rb_self: &Self) -> RbResult<RHash> {
+        let s = rb_self.fanout.stats();
+        let h = ruby.hash_new();
+        h.aset(ruby.to_symbol("parked"), s.parked)?;
+        h.aset(ruby.to_symbol("delivered"), s.delivered)?;
+        h.aset(ruby.to_symbol("slow_closed"), s.slow_closed)?;
+        h.aset(ruby.to_symbol("unreadable"), s.unreadable)?;
+        Ok(h)
+    }
+
+    /// Stops feeding this registry and closes its connections.
+    fn stop(&self) {
+        let sink: Arc<dyn Sink> = Arc::clone(&self.fanout) as Arc<dyn Sink>;
+        self.backend.hub().remove_sink(&sink);
+        self.fanout.close_all();
+    }
+}
+
+pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
+    let class = native.define_class("Connections", ruby.class_object())?;
+    class.undef_default_alloc_func();
+    class.define_singleton_method("new", magnus::function!(NativeConnections::new, 1))?;
+    class.define_method("_poll", magnus::method!(NativeConnections::poll, 5))?;
+    class.define_method("_park", magnus::method!(NativeConnections::park, 2))?;
+    class.define_method("_parked", magnus::method!(NativeConnections::parked, 0))?;
+    class.define_method("_stats", magnus::method!(NativeConnections::stats, 0))?;
+    class.define_method("_stop", magnus::method!(NativeConnections::stop, 0))?;
+    Ok(())
+}

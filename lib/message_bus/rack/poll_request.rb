@@ -1,0 +1,156 @@
+# frozen_string_literal: true
+
+require "json"
+require "uri"
+
+module MessageBus
+  module Rack
+    # One poll request, parsed and checked (COMPAT.md §3.2 steps 7-12, §3.3).
+    # Bad input raises BadRequest, answered with a 4xx and a message.
+    class PollRequest
+      class BadRequest < StandardError
+        attr_reader :status
+
+        def initialize(message, status = 400)
+          super(message)
+          @status = status
+        end
+      end
+
+      # Request bodies above this many bytes get a 413.
+      MAX_BODY_BYTES = 512 * 1024
+      # Polls subscribing to more channels get a 413.
+      MAX_CHANNELS = 1000
+      MAX_CLIENT_ID_BYTES = 128
+      CLIENT_ID_FORMAT = /\A[\w\-.~:@+=]*\z/
+      INTEGER = /\A\s*-?\d+\s*\z/
+      SEQ_RANGE = (-(2**63)..((2**63) - 1))
+
+      attr_reader :client_id, :site_id, :seq, :channels, :user_json, :groups_json
+
+      def initialize(env, bus, client_id)
+        @env = env
+        @bus = bus
+        @client_id = check_client_id(client_id)
+        user_id = bus.user_id_lookup&.call(env)
+        group_ids = bus.group_ids_lookup&.call(env) || []
+        @site_id = bus.site_id_lookup&.call(env)&.to_s
+        @user_json = JSON.generate(user_id)
+        @groups_json = JSON.generate(Array(group_ids))
+        @seq = 0
+        @channels = read_channels
+      end
+
+      # HTTP/1.1, no Dont-Chunk header, chunking enabled (§3.2 step 12).
+      def allow_chunked?
+        (@env["SERVER_PROTOCOL"] == "HTTP/1.1" || @env["HTTP_VERSION"] == "HTTP/1.1") &&
+          !@env.key?("HTTP_DONT_CHUNK") && @bus.chunked_encoding_enabled?
+      end
+
+      def park_params(headers, chunked, timeout_ms)
+        {
+          "client_id" => client_id, "site_id" => site_id, "user_json" => user_json, "groups_json" => groups_json,
+          "seq" => seq, "channels" => channels, "chunked" => chunked, "headers" => headers,
+          "timeout_ms" => Integer(timeout_ms)
+        }
+      end
+
+      private
+
+      def check_client_id(client_id)
+        if client_id.bytesize > MAX_CLIENT_ID_BYTES || !client_id.match?(CLIENT_ID_FORMAT)
+          raise BadRequest, "invalid client id: use at most #{MAX_CLIENT_ID_BYTES} letters, digits or -_.~:@+="
+        end
+
+        client_id
+      end
+
+      def read_channels
+        if (forced = @env["message_bus.channels"])
+          @seq = to_seq(@env["message_bus.seq"]) if @env.key?("message_bus.seq")
+          return forced.map { |channel, id| [check_channel(channel.to_s), to_last_id(channel, id)] }
+        end
+
+        pairs = body_pairs
+        raise BadRequest.new("too many channels in one poll (at most #{MAX_CHANNELS})", 413) if pairs.length > MAX_CHANNELS + 1
+
+        channels = {}
+        pairs.each do |key, value|
+          if key == "__seq"
+            @seq = to_seq(value)
+          else
+            channels[check_channel(key)] = to_last_id(key, value)
+          end
+        end
+        channels.to_a
+      end
+
+      def body_pairs
+        body = read_body
+        return [] if body.empty?
+
+        if @env["CONTENT_TYPE"].to_s.include?("application/json")
+          parsed = parse_json(body)
+          raise BadRequest, "a JSON poll body must be an object of channel => last id" unless parsed.is_a?(Hash)
+
+          parsed.to_a
+        else
+          URI.decode_www_form(body)
+        end
+      rescue ArgumentError => e
+        raise BadRequest, "invalid form body: #{e.message}"
+      end
+
+      def parse_json(body)
+        JSON.parse(body)
+      rescue JSON::ParserError => e
+        raise BadRequest, "invalid JSON body: #{e.message[0, 200]}"
+      end
+
+      def read_body
+        input = @env["rack.input"]
+        return "" unless input
+
+        declared = @env["CONTENT_LENGTH"].to_i
+        raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if declared > MAX_BODY_BYTES
+
+        input.rewind if input.respond_to?(:rewind)
+        body = input.read(MAX_BODY_BYTES + 1) || ""
+        raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if body.bytesize > MAX_BODY_BYTES
+
+        body.force_encoding(Encoding::UTF_8)
+      end
+
+      def check_channel(channel)
+        raise BadRequest, "channel names must be valid UTF-8" unless channel.dup.force_encoding(Encoding::UTF_8).valid_encoding?
+        raise BadRequest, "channel names must not contain #{MessageBus::Implementation::ENCODE_SITE_TOKEN}" \
+          if @site_id && channel.include?(MessageBus::Implementation::ENCODE_SITE_TOKEN)
+
+        channel.dup.force_encoding(Encoding::UTF_8)
+      end
+
+      # nil / "" → from now; integers (or their decimal text, or a JSON float) → that id.
+      def to_last_id(channel, value)
+        case value
+        when nil, "" then nil
+        when Integer then clamp(value)
+        when Float then value.finite? ? clamp(value.to_i) : invalid_id(channel, value)
+        when INTEGER then clamp(value.to_i)
+        else invalid_id(channel, value)
+        end
+      end
+
+      def invalid_id(channel, value)
+        raise BadRequest, "invalid last id #{value.to_s[0, 40].inspect} for channel #{channel.to_s[0, 100].inspect}"
+      end
+
+      def to_seq(value)
+        clamp(value.is_a?(Numeric) ? value.to_i : value.to_s.to_i)
+      end
+
+      def clamp(value)
+        value.clamp(SEQ_RANGE.min, SEQ_RANGE.max)
+      end
+    end
+  end
+end

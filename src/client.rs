@@ -1,0 +1,234 @@
+//! One web client's request: its subscriptions, and the backlog computation
+//! of COMPAT.md §3.4 (messages after the requested ids, `/__status` entries).
+
+use crate::backend::Backend;
+use crate::bus::{decode_channel, encode_channel};
+use crate::envelope::{Envelope, Identity};
+use crate::error::Result;
+use crate::http::json::OutMessage;
+
+/// A subscription as sent by the client: `None` means "from now" (an empty value).
+pub type Requested = (String, Option<i64>);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientBacklog {
+    pub messages: Vec<OutMessage>,
+    /// Channel → the bus's last id, for the `/__status` element.
+    pub status: Vec<(String, i64)>,
+    /// Channel → the id the client is now up to; live messages at or below it
+    /// were covered by this answer.
+    pub positions: Vec<(String, i64)>,
+    /// Stored messages that could not be read (not the JSON codec's format).
+    pub unreadable: usize,
+}
+
+impl ClientBacklog {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.status.is_empty()
+    }
+}
+
+pub async fn compute(
+    backend: &dyn Backend,
+    who: &Identity,
+    subscriptions: &[Requested],
+) -> Result<ClientBacklog> {
+    let site = who.site_id.as_deref();
+    let encoded = subscriptions
+        .iter()
+        .map(|(channel, _)| encode_channel(channel, site))
+        .collect::<Result<Vec<_>>>()?;
+    let bus_ids = if encoded.is_empty() {
+        Vec::new()
+    } else {
+        backend.last_ids(&encoded).await?
+    };
+    let mut out = ClientBacklog::default();
+    for (((channel, requested), encoded), bus_id) in
+        subscriptions.iter().zip(&encoded).zip(&bus_ids)
+    {
+        let bus_id = *bus_id;
+        // An empty value means "from now", resolved with the client's site (§9 Q37).
+        let requested = requested.unwrap_or(bus_id);
+        let mut position = bus_id;
+        let mut needs_status = false;
+        let start = if requested < -1 {
+            Some((bus_id + requested + 1).max(0))
+        } else if requested == -1 || requested > bus_id {
+            needs_status = true;
+            None
+        } else if requested == bus_id {
+            None
+        } else {
+            Some(requested)
+        };
+        if let Some(start) = start {
+            for m in backend.backlog(encoded, start).await? {
+                position = position.max(m.message_id);
+                let Ok(envelope) = Envelope::parse(&m.data) else {
+                    out.unreadable += 1;
+                    continue;
+                };
+                if envelope.allows(who) {
+                    let (name, _) = decode_channel(&m.channel);
+                    out.messages
+                        .push(OutMessage::from_stored(&m, name, envelope.data.get()));
+                } else {
+                    needs_status = true;
+                }
+            }
+        }
+        if needs_status {
+            out.status.push((channel.clone(), bus_id));
+        }
+        out.positions.push((channel.clone(), position));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::PublishOptions;
+    use serde_json::{json, Value};
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn envelope(data: &str, users: &str) -> String {
+        format!(r#"{{"data":{data},"user_ids":{users},"group_ids":null,"client_ids":null}}"#)
+    }
+
+    /// COMPAT.md §3.13's common state, on the memory backend (ids are global).
+    fn state() -> MemoryBackend {
+        let b = MemoryBackend::new();
+        for n in 1..=5 {
+            let data = format!(r#"{{"n":{n},"text":"notice {n}"}}"#);
+            block(b.publish(
+                "/notices",
+                &envelope(&data, "null"),
+                &PublishOptions::default(),
+            ))
+            .unwrap();
+        }
+        block(b.publish(
+            "/notices",
+            &envelope(r#""private""#, "[42]"),
+            &PublishOptions::default(),
+        ))
+        .unwrap();
+        for _ in 0..2 {
+            block(b.publish(
+                "/chat/room-1",
+                &envelope(r#""hi""#, "null"),
+                &PublishOptions::default(),
+            ))
+            .unwrap();
+        }
+        b
+    }
+
+    fn who(user: Value) -> Identity {
+        Identity {
+            client_id: "c".into(),
+            user_id: user,
+            group_ids: vec![],
+            site_id: None,
+        }
+    }
+
+    #[test]
+    fn example_one_status_for_minus_one_and_withheld_messages() {
+        let b = state();
+        let subs = vec![
+            ("/chat/room-1".to_string(), Some(-1)),
+            ("/notices".to_string(), Some(4)),
+        ];
+        let r = block(compute(&b, &who(Value::Null), &subs)).unwrap();
+        assert_eq!(
+            r.messages.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(
+            r.status,
+            vec![("/chat/room-1".to_string(), 8), ("/notices".to_string(), 6)]
+        );
+        let r42 = block(compute(&b, &who(json!(42)), &subs)).unwrap();
+        assert_eq!(
+            r42.messages
+                .iter()
+                .map(|m| m.message_id)
+                .collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+        assert_eq!(r42.status, vec![("/chat/room-1".to_string(), 8)]);
+    }
+
+    #[test]
+    fn look_behind_up_to_date_ahead_and_from_now() {
+        let b = state();
+        let up_to_date = block(compute(
+            &b,
+            &who(Value::Null),
+            &[("/chat/room-1".into(), Some(8))],
+        ))
+        .unwrap();
+        assert!(up_to_date.is_empty());
+        assert_eq!(up_to_date.positions, vec![("/chat/room-1".to_string(), 8)]);
+        let behind = block(compute(
+            &b,
+            &who(Value::Null),
+            &[("/chat/room-1".into(), Some(-2))],
+        ))
+        .unwrap();
+        assert_eq!(
+            behind
+                .messages
+                .iter()
+                .map(|m| m.message_id)
+                .collect::<Vec<_>>(),
+            vec![8]
+        );
+        assert!(behind.status.is_empty());
+        let ahead = block(compute(
+            &b,
+            &who(Value::Null),
+            &[("/chat/room-1".into(), Some(100))],
+        ))
+        .unwrap();
+        assert_eq!(ahead.status, vec![("/chat/room-1".to_string(), 8)]);
+        let now = block(compute(
+            &b,
+            &who(Value::Null),
+            &[("/chat/room-1".into(), None)],
+        ))
+        .unwrap();
+        assert!(now.is_empty());
+        let empty = block(compute(
+            &b,
+            &who(Value::Null),
+            &[("/nothing".into(), Some(-5))],
+        ))
+        .unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn sites_are_kept_apart() {
+        let b = MemoryBackend::new();
+        block(b.publish("/c$|$a", &envelope("1", "null"), &PublishOptions::default())).unwrap();
+        let mut site_b = who(Value::Null);
+        site_b.site_id = Some("b".into());
+        let r = block(compute(&b, &site_b, &[("/c".into(), Some(0))])).unwrap();
+        assert!(r.messages.is_empty());
+        let mut site_a = site_b.clone();
+        site_a.site_id = Some("a".into());
+        let r = block(compute(&b, &site_a, &[("/c".into(), Some(0))])).unwrap();
+        assert_eq!(r.messages[0].channel, "/c");
+    }
+}

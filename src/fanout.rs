@@ -1,0 +1,216 @@
+//! Parked web clients indexed by channel, fed by the hub: each live message
+//! is decoded and encoded once, then handed to every permitted client's
+//! bounded queue (COMPAT.md §3.10).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+use crate::bus::{decode_channel, Sink, GLOBAL_PREFIX};
+use crate::envelope::{Envelope, Identity};
+use crate::http::frame;
+use crate::http::json::{payload, OutMessage};
+use crate::message::Message;
+
+/// Live messages a connection may have waiting before it counts as a slow
+/// reader and is closed (the client reconnects with its last ids).
+pub const QUEUE_BOUND: usize = 256;
+
+/// A live message, encoded once for all clients.
+pub struct Live {
+    pub message: OutMessage,
+    /// `[message]` as JSON.
+    pub body: String,
+    /// `body` framed as one chunk.
+    pub chunk: Vec<u8>,
+}
+
+pub enum Event {
+    Live(Arc<Live>),
+    /// Replaced by a newer request of the same client.
+    Close,
+}
+
+/// What the registry keeps of one parked connection.
+pub struct Parked {
+    pub conn_id: u64,
+    pub seq: i64,
+    pub identity: Identity,
+    pub channels: Vec<String>,
+    pub events: mpsc::Sender<Event>,
+    /// Closes the connection at once, without the close output (slow reader).
+    pub kill: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Registry {
+    clients: HashMap<String, Arc<Parked>>,
+    /// Decoded channel → client ids subscribed to it.
+    index: HashMap<String, HashSet<String>>,
+}
+
+impl Registry {
+    fn remove(&mut self, client_id: &str) -> Option<Arc<Parked>> {
+        let parked = self.clients.remove(client_id)?;
+        for channel in &parked.channels {
+            if let Some(ids) = self.index.get_mut(channel) {
+                ids.remove(client_id);
+                if ids.is_empty() {
+                    self.index.remove(channel);
+                }
+            }
+        }
+        Some(parked)
+    }
+}
+
+#[derive(Default)]
+pub struct Fanout {
+    registry: Mutex<Registry>,
+    next_conn_id: AtomicU64,
+    delivered: AtomicU64,
+    slow_closed: AtomicU64,
+    unreadable: AtomicU64,
+}
+
+/// Outcome of parking a connection.
+pub enum Admission {
+    Parked,
+    /// A newer request of this client is already parked: close at once.
+    Stale,
+}
+
+impl Fanout {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Fanout::default())
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a connection, replacing (and closing) an older request of
+    /// the same client id (§3.10).
+    pub fn admit(&self, client_id: &str, parked: Arc<Parked>) -> Admission {
+        let mut reg = self.registry.lock();
+        if let Some(existing) = reg.clients.get(client_id) {
+            if existing.seq > parked.seq {
+                return Admission::Stale;
+            }
+            if let Some(old) = reg.remove(client_id) {
+                if old.events.try_send(Event::Close).is_err() {
+                    old.kill.notify_one();
+                }
+            }
+        }
+        for channel in &parked.channels {
+            reg.index
+                .entry(channel.clone())
+                .or_default()
+                .insert(client_id.to_string());
+        }
+        reg.clients.insert(client_id.to_string(), parked);
+        Admission::Parked
+    }
+
+    /// Removes a connection, only if it is still the registered one (§9 Q36).
+    pub fn release(&self, client_id: &str, conn_id: u64) {
+        let mut reg = self.registry.lock();
+        if reg
+            .clients
+            .get(client_id)
+            .is_some_and(|p| p.conn_id == conn_id)
+        {
+            reg.remove(client_id);
+        }
+    }
+
+    pub fn parked(&self) -> usize {
+        self.registry.lock().clients.len()
+    }
+
+    /// Closes every parked connection (middleware stopped, bus destroyed).
+    pub fn close_all(&self) {
+        let mut reg = self.registry.lock();
+        for (_, parked) in reg.clients.drain() {
+            if parked.events.try_send(Event::Close).is_err() {
+                parked.kill.notify_one();
+            }
+        }
+        reg.index.clear();
+    }
+
+    pub fn stats(&self) -> FanoutStats {
+        FanoutStats {
+            parked: self.parked(),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            slow_closed: self.slow_closed.load(Ordering::Relaxed),
+            unreadable: self.unreadable.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutStats {
+    pub parked: usize,
+    pub delivered: u64,
+    pub slow_closed: u64,
+    pub unreadable: u64,
+}
+
+impl Sink for Fanout {
+    fn deliver(&self, message: &Arc<Message>) {
+        let (channel, site) = decode_channel(&message.channel);
+        let global = channel.starts_with(GLOBAL_PREFIX);
+        let mut reg = self.registry.lock();
+        let Some(ids) = reg.index.get(channel) else {
+            return;
+        };
+        let Ok(envelope) = Envelope::parse(&message.data) else {
+            self.unreadable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut live: Option<Arc<Live>> = None;
+        let mut slow = Vec::new();
+        for client_id in ids {
+            let Some(parked) = reg.clients.get(client_id) else {
+                continue;
+            };
+            // /global/ messages reach clients of every site (§9 Q35).
+            if !global && parked.identity.site_id.as_deref() != site {
+                continue;
+            }
+            if !envelope.allows(&parked.identity) {
+                continue;
+            }
+            let live = live
+                .get_or_insert_with(|| {
+                    let message = OutMessage::from_stored(message, channel, envelope.data.get());
+                    let body = payload(std::slice::from_ref(&message), &[]);
+                    let chunk = frame::chunk(&body);
+                    Arc::new(Live {
+                        message,
+                        body,
+                        chunk,
+                    })
+                })
+                .clone();
+            match parked.events.try_send(Event::Live(live)) {
+                Ok(()) => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push(client_id.clone()),
+                Err(mpsc::error::TrySendError::Closed(_)) => slow.push(client_id.clone()),
+            }
+        }
+        for client_id in slow {
+            if let Some(parked) = reg.remove(&client_id) {
+                self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                parked.kill.notify_one();
+            }
+        }
+    }
+}
