@@ -1,0 +1,40 @@
+# frozen_string_literal: true
+
+# The app the integration specs run under a real server. Configuration comes
+# from the environment; identities from request headers; `/publish` publishes
+# inside the server process (the memory backend is per process).
+$LOAD_PATH.unshift(File.expand_path("../../../lib", __dir__))
+require "message_bus"
+require "json"
+require "logger"
+require_relative "../spec_helpers"
+
+MessageBus.configure(SpecHelpers.backend_config)
+MessageBus.configure(
+  logger: Logger.new($stderr, level: Logger::WARN),
+  keepalive_interval: 0,
+  long_polling_interval: Integer(ENV.fetch("MB_LONG_POLLING_INTERVAL", "2000")),
+  max_active_clients: Integer(ENV.fetch("MB_MAX_ACTIVE_CLIENTS", "1000")),
+  allow_broadcast: ENV["MB_ALLOW_BROADCAST"] == "1",
+  base_route: ENV.fetch("MB_BASE_ROUTE", "/")
+)
+MessageBus.reset! if ENV["MB_RESET"] == "1"
+MessageBus.user_id_lookup { |env| env["HTTP_X_USER_ID"] && JSON.parse(env["HTTP_X_USER_ID"]) }
+MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"] && JSON.parse(env["HTTP_X_GROUP_IDS"]) }
+MessageBus.site_id_lookup { |env = nil| env && env["HTTP_X_SITE_ID"] } if ENV["MB_MULTISITE"] == "1"
+MessageBus.extra_response_headers_lookup { |env| { "x-extra" => "yes" } if env["HTTP_X_WANT_EXTRA"] }
+
+use MessageBus::Rack::Middleware
+run lambda { |env|
+  case env["PATH_INFO"]
+  when "/publish"
+    req = JSON.parse(env["rack.input"].read)
+    opts = (req["opts"] || {}).transform_keys(&:to_sym)
+    id = MessageBus.publish(req["channel"], req["data"], opts)
+    [200, { "content-type" => "application/json" }, [JSON.generate(id)]]
+  when "/pid"
+    [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
+  else
+    [200, { "content-type" => "text/plain" }, ["app"]]
+  end
+}
