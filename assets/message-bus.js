@@ -220,6 +220,8 @@
       var callbacks = me.callbacks.slice();
       for (var i = 0; i < callbacks.length; i++) {
         var cb = callbacks[i];
+        // a callback removed by an earlier callback for this message is skipped
+        if (me.callbacks.indexOf(cb) < 0) continue;
         if (cb.channel === message.channel) {
           cb.last_id = message.message_id;
           try {

@@ -238,3 +238,17 @@ test("diagnostics() logs and reports counters", () => {
   assert.ok(env.logs.some((l) => /Total ajax calls: 1/.test(l)));
   assert.ok(env.logs.some((l) => /20 seconds ago/.test(l)));
 });
+
+test("a callback that unsubscribes another one stops it from receiving the same message", () => {
+  const env = createEnv({ hidden: true });
+  const got = [];
+  const second = (d) => got.push("second " + d);
+  env.MB.subscribe("/x", (d) => {
+    got.push("first " + d);
+    env.MB.unsubscribe("/x", second);
+  });
+  env.MB.subscribe("/x", second);
+  env.advance(2500);
+  env.last().respondJSON([msg("/x", 1, "m")]);
+  assert.deepEqual(got, ["first m"]);
+});
