@@ -1,0 +1,252 @@
+"use strict";
+// Test harness: loads assets/message-bus.js (and the ajax adapter) into a fresh
+// vm context with a fake clock, fake timers, fake XMLHttpRequest, fake document
+// and fake localStorage. No server, no network.
+
+const vm = require("node:vm");
+const fs = require("node:fs");
+const path = require("node:path");
+
+const ASSETS = path.join(__dirname, "..", "..", "assets");
+const CLIENT_SRC = fs.readFileSync(path.join(ASSETS, "message-bus.js"), "utf8");
+const ADAPTER_SRC = fs.readFileSync(path.join(ASSETS, "message-bus-ajax.js"), "utf8");
+
+const SEP = "\r\n|\r\n";
+
+function createEnv(opts = {}) {
+  const {
+    hidden = false,
+    localStorage: withStorage = true,
+    progress = true,
+    adapter = true,
+    document: withDocument = true,
+    extraGlobals = {},
+  } = opts;
+
+  // ---- clock and timers ----
+  const clock = { now: 1_700_000_000_000 };
+  let timers = [];
+  let nextTimerId = 1;
+  function setTimeout(fn, ms) {
+    const id = nextTimerId++;
+    timers.push({ id, at: clock.now + Math.max(0, Number(ms) || 0), fn });
+    return id;
+  }
+  function clearTimeout(id) {
+    timers = timers.filter((t) => t.id !== id);
+  }
+  function advance(ms) {
+    const end = clock.now + ms;
+    for (;;) {
+      timers.sort((a, b) => a.at - b.at || a.id - b.id);
+      const t = timers[0];
+      if (!t || t.at > end) break;
+      timers.shift();
+      clock.now = t.at;
+      t.fn();
+    }
+    clock.now = end;
+  }
+
+  // ---- XMLHttpRequest ----
+  const requests = [];
+  class FakeXHR {
+    constructor() {
+      if (progress) this.onprogress = null;
+      this.onreadystatechange = null;
+      this.readyState = 0;
+      this.status = 0;
+      this.statusText = "";
+      this.responseText = "";
+      this.requestHeaders = {};
+      this.headerOrder = [];
+      this.responseHeaders = {};
+      this.aborted = false;
+      this.sent = false;
+    }
+    open(method, url) {
+      this.method = method;
+      this.url = url;
+      this.readyState = 1;
+    }
+    setRequestHeader(name, value) {
+      this.requestHeaders[name] = String(value);
+      this.headerOrder.push(name);
+    }
+    send(body) {
+      this.body = body;
+      this.sent = true;
+      this.sentAt = clock.now;
+      requests.push(this);
+    }
+    getResponseHeader(name) {
+      if (this.readyState < 2) return null;
+      for (const k of Object.keys(this.responseHeaders)) {
+        if (k.toLowerCase() === name.toLowerCase()) return this.responseHeaders[k];
+      }
+      return null;
+    }
+    abort() {
+      this.aborted = true;
+      if (this.readyState >= 1 && this.readyState < 4 && this.sent) {
+        this.readyState = 4;
+        this.status = 0;
+        this.statusText = "";
+        if (this.onreadystatechange) this.onreadystatechange();
+      }
+      this.readyState = 0;
+    }
+    // ---- driven by the tests, playing the server ----
+    get done() {
+      return this.readyState === 4 || this.aborted;
+    }
+    get form() {
+      return parseForm(this.body);
+    }
+    headers(headers) {
+      this.responseHeaders = headers;
+      this.status = 200;
+      this.statusText = "OK";
+      this.readyState = 2;
+      return this;
+    }
+    stream(text, headers = { "Content-Type": "text/plain; charset=utf-8" }) {
+      if (this.readyState < 2) this.headers(headers);
+      this.readyState = 3;
+      this.responseText += text;
+      if (this.onprogress) this.onprogress({ type: "progress" });
+      return this;
+    }
+    end() {
+      this.readyState = 4;
+      if (this.onreadystatechange) this.onreadystatechange();
+      return this;
+    }
+    respond(status, body = "", headers = { "Content-Type": "application/json; charset=utf-8" }, statusText) {
+      this.responseHeaders = headers;
+      this.status = status;
+      this.statusText = statusText !== undefined ? statusText : status === 200 ? "OK" : "Error";
+      this.responseText += body;
+      this.readyState = 4;
+      if (this.onreadystatechange) this.onreadystatechange();
+      return this;
+    }
+    respondJSON(messages) {
+      return this.respond(200, JSON.stringify(messages));
+    }
+  }
+
+  // ---- document ----
+  let document;
+  if (withDocument) {
+    const listeners = {};
+    document = {
+      hidden,
+      addEventListener(type, fn) {
+        (listeners[type] = listeners[type] || []).push(fn);
+      },
+      removeEventListener(type, fn) {
+        listeners[type] = (listeners[type] || []).filter((f) => f !== fn);
+      },
+      listenerCount(type) {
+        return (listeners[type] || []).length;
+      },
+      setHidden(value) {
+        this.hidden = value;
+        for (const fn of (listeners.visibilitychange || []).slice()) fn({ type: "visibilitychange" });
+      },
+    };
+  }
+
+  // ---- localStorage ----
+  let localStorage;
+  const storageLog = [];
+  if (withStorage) {
+    const data = new Map();
+    localStorage = {
+      getItem(k) {
+        return data.has(k) ? data.get(k) : null;
+      },
+      setItem(k, v) {
+        storageLog.push(["set", k, String(v)]);
+        data.set(k, String(v));
+      },
+      removeItem(k) {
+        storageLog.push(["remove", k]);
+        data.delete(k);
+      },
+      keys() {
+        return [...data.keys()];
+      },
+    };
+  }
+
+  const logs = [];
+  const fakeConsole = {
+    log: (...args) => logs.push(args.map(String).join(" ")),
+    error: (...args) => logs.push(args.map(String).join(" ")),
+    warn: (...args) => logs.push(args.map(String).join(" ")),
+  };
+
+  const sandbox = {
+    setTimeout,
+    clearTimeout,
+    XMLHttpRequest: FakeXHR,
+    URLSearchParams,
+    console: fakeConsole,
+    __clock: clock,
+    ...extraGlobals,
+  };
+  if (document) sandbox.document = document;
+  if (localStorage) sandbox.localStorage = localStorage;
+  const context = vm.createContext(sandbox);
+  vm.runInContext("Date.now = function () { return __clock.now; };", context);
+
+  function load(src, name) {
+    vm.runInContext(src, context, { filename: name });
+  }
+  load(CLIENT_SRC, "message-bus.js");
+  if (adapter) load(ADAPTER_SRC, "message-bus-ajax.js");
+
+  const MB = context.MessageBus;
+
+  return {
+    MB,
+    context,
+    clock,
+    advance,
+    timers: () => timers.slice(),
+    requests,
+    last: () => requests[requests.length - 1],
+    pending: () => requests.filter((r) => !r.done),
+    document,
+    localStorage,
+    storageLog,
+    logs,
+    FakeXHR,
+    load,
+  };
+}
+
+function parseForm(body) {
+  if (typeof body !== "string" || body === "") return [];
+  return body.split("&").map((pair) => {
+    const i = pair.indexOf("=");
+    const dec = (s) => decodeURIComponent(s.replace(/\+/g, " "));
+    return [dec(pair.slice(0, i)), dec(pair.slice(i + 1))];
+  });
+}
+
+function msg(channel, message_id, data, global_id) {
+  return { global_id: global_id === undefined ? message_id : global_id, message_id, channel, data };
+}
+
+function status(map) {
+  return { global_id: -1, message_id: -1, channel: "/__status", data: map };
+}
+
+function record(messages) {
+  return JSON.stringify(messages) + SEP;
+}
+
+module.exports = { createEnv, parseForm, msg, status, record, SEP, CLIENT_SRC, ADAPTER_SRC, ASSETS };
