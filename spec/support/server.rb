@@ -1,12 +1,14 @@
 # frozen_string_literal: true
 
 require "socket"
+require "tmpdir"
+require "uri"
 require "json"
 
 # Runs a real app server on a free port for integration specs, and speaks raw
 # HTTP to it. Every server is stopped by pid after the example.
 module ServerHelpers
-  APP = File.expand_path("apps/bus_app.ru", __dir__)
+  APP = File.expand_path("../apps/bus_app.ru", __dir__)
   Server = Struct.new(:pid, :port, :log)
 
   def free_port
@@ -23,7 +25,7 @@ module ServerHelpers
       case kind
       when :puma
         args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{threads}:#{threads}", "-e", "test"]
-        args += ["-w", workers.to_s, "-C", File.expand_path("apps/puma_cluster.rb", __dir__)] if workers.positive?
+        args += ["-w", workers.to_s, "-C", File.expand_path("../apps/puma_cluster.rb", __dir__)] if workers.positive?
         args + [app]
       when :unicorn then ["unicorn", "-l", "127.0.0.1:#{port}", "-E", "none", app]
       when :thin then ["thin", "-a", "127.0.0.1", "-p", port.to_s, "-R", app, "start"]
@@ -69,7 +71,7 @@ module ServerHelpers
 
   def poll_request(client_id, body, query: nil, headers: {}, version: "1.1", method: "POST", route: "/message-bus/")
     path = "#{route}#{client_id}/poll#{"?#{query}" if query}"
-    lines = ["#{method} #{path} HTTP/#{version}", "Host: 127.0.0.1"]
+    lines = ["#{method} #{path} HTTP/#{version}", "Host: 127.0.0.1", "Connection: close"]
     headers = { "Content-Type" => "application/x-www-form-urlencoded" }.merge(headers)
     headers.each { |k, v| lines << "#{k}: #{v}" }
     lines << "Content-Length: #{body.bytesize}"

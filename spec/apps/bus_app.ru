@@ -3,11 +3,11 @@
 # The app the integration specs run under a real server. Configuration comes
 # from the environment; identities from request headers; `/publish` publishes
 # inside the server process (the memory backend is per process).
-$LOAD_PATH.unshift(File.expand_path("../../../lib", __dir__))
+$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
 require "message_bus"
 require "json"
 require "logger"
-require_relative "../spec_helpers"
+require_relative "../support/spec_helpers"
 
 MessageBus.configure(SpecHelpers.backend_config)
 MessageBus.configure(
