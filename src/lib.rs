@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod bus;
 pub mod error;
+pub mod log;
 pub mod message;
 pub mod runtime;
 pub mod subscription;
