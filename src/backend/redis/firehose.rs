@@ -28,15 +28,25 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 pub(super) enum Step {
     /// It is the next one: hand it over.
     Deliver,
-    /// Gap, reordering, duplicate or reset: read the global backlog instead.
+    /// A gap: read the global backlog up to it.
     CatchUp,
+    /// Already handed over by a catch-up that ran ahead of the stream.
+    Duplicate,
+    /// Lower than an id the stream already carried: storage was reset (ids
+    /// restarted), or the message is foreign traffic (§9 Q15). To be checked.
+    Backwards,
 }
 
-pub(super) fn next_step(highest: Option<i64>, global_id: i64) -> Step {
+/// `highest`: the highest id handed over; `stream_pos`: the highest id seen
+/// on this pub/sub connection (one server publishes in id order, so the
+/// stream never goes back unless ids restarted).
+pub(super) fn next_step(highest: Option<i64>, stream_pos: i64, global_id: i64) -> Step {
     match highest {
         None => Step::Deliver,
         Some(h) if global_id == h.saturating_add(1) => Step::Deliver,
-        Some(_) => Step::CatchUp,
+        Some(h) if global_id > h => Step::CatchUp,
+        Some(_) if global_id > stream_pos => Step::Duplicate,
+        Some(_) => Step::Backwards,
     }
 }
 
@@ -96,10 +106,12 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
         .map_err(|e| inner.to_error(e))?;
     {
         let mut delivery = proc.delivery.lock().await;
-        match delivery.highest {
-            None => delivery.highest = Some(inner.global_id().await?),
-            Some(_) => inner.catch_up(&mut delivery).await?,
+        if delivery.highest.is_none() {
+            delivery.highest = Some(inner.global_id().await?);
         }
+        // Whatever this connection carries comes after this position.
+        delivery.stream_pos = delivery.highest.unwrap_or(0);
+        inner.catch_up(&mut delivery).await?;
     }
     proc.subscribed.store(true, Ordering::SeqCst);
     *confirmed = true;
@@ -153,14 +165,45 @@ async fn on_payload(inner: &Inner, proc: &ProcState, payload: &[u8]) -> Result<(
     deliver_or_catch_up(inner, &mut delivery, message).await
 }
 
-async fn deliver_or_catch_up(inner: &Inner, delivery: &mut Delivery, message: Message) -> Result<()> {
-    match next_step(delivery.highest, message.global_id) {
+async fn deliver_or_catch_up(
+    inner: &Inner,
+    delivery: &mut Delivery,
+    message: Message,
+) -> Result<()> {
+    let step = next_step(delivery.highest, delivery.stream_pos, message.global_id);
+    if step != Step::Backwards {
+        delivery.stream_pos = delivery.stream_pos.max(message.global_id);
+    }
+    match step {
         Step::Deliver => {
             delivery.highest = Some(message.global_id);
             inner.hub.deliver(message);
             Ok(())
         }
         Step::CatchUp => inner.catch_up(delivery).await,
+        Step::Duplicate => Ok(()),
+        Step::Backwards => {
+            // Ours only if our storage holds exactly this message.
+            let stored = inner
+                .get_message(&message.channel, message.message_id)
+                .await?;
+            if stored.as_ref() == Some(&message) {
+                log::warn(format!(
+                    "message_bus: global ids on {} restarted at or below {} (storage reset or failover); catching up from 0",
+                    inner.url, message.global_id
+                ));
+                delivery.highest = Some(0);
+                delivery.stream_pos = message.global_id;
+                inner.hub.storage_reset();
+                inner.catch_up(delivery).await
+            } else {
+                log::warn(format!(
+                    "message_bus: ignoring a message for {} on {} that is not in this database (another database publishing on the same pub/sub channel?)",
+                    message.channel, inner.pubsub_channel
+                ));
+                Ok(())
+            }
+        }
     }
 }
 
@@ -174,12 +217,17 @@ mod tests {
 
     #[test]
     fn only_the_next_id_is_delivered_directly() {
-        assert_eq!(next_step(None, 7), Step::Deliver);
-        assert_eq!(next_step(Some(6), 7), Step::Deliver);
-        assert_eq!(next_step(Some(5), 7), Step::CatchUp); // gap
-        assert_eq!(next_step(Some(7), 7), Step::CatchUp); // duplicate
-        assert_eq!(next_step(Some(9), 1), Step::CatchUp); // reset or reordering
-        assert_eq!(next_step(Some(0), 1), Step::Deliver);
+        assert_eq!(next_step(None, 0, 7), Step::Deliver);
+        assert_eq!(next_step(Some(6), 6, 7), Step::Deliver);
+        assert_eq!(next_step(Some(0), 0, 1), Step::Deliver);
+        assert_eq!(next_step(Some(5), 5, 7), Step::CatchUp); // gap
+                                                             // a catch-up delivered up to 9 while the stream was at 6
+        assert_eq!(next_step(Some(9), 6, 7), Step::Duplicate);
+        assert_eq!(next_step(Some(9), 7, 9), Step::Duplicate);
+        // the stream went back: reset, failover or foreign traffic
+        assert_eq!(next_step(Some(9), 9, 1), Step::Backwards);
+        assert_eq!(next_step(Some(9), 9, 9), Step::Backwards);
+        assert_eq!(next_step(Some(9), 5, 5), Step::Backwards);
     }
 
     #[test]
@@ -189,7 +237,10 @@ mod tests {
             ids(select_catch_up(3, vec![m(2), m(3), m(5), m(8), m(9)])),
             vec![5, 8, 9]
         );
-        assert_eq!(ids(select_catch_up(0, vec![m(1), m(1), m(4), m(2)])), vec![1, 4]);
+        assert_eq!(
+            ids(select_catch_up(0, vec![m(1), m(1), m(4), m(2)])),
+            vec![1, 4]
+        );
         assert!(select_catch_up(10, vec![m(1), m(2)]).is_empty());
     }
 }

@@ -100,12 +100,7 @@ fn redact_userinfo(url: &str) -> String {
         // `redis://secret@host` : a lone userinfo is the password for Redis URLs.
         None => "***".to_string(),
     };
-    format!(
-        "{}{}@{}",
-        &url[..rest_start],
-        redacted,
-        &rest[at + 1..]
-    )
+    format!("{}{}@{}", &url[..rest_start], redacted, &rest[at + 1..])
 }
 
 #[cfg(test)]

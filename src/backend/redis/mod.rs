@@ -86,10 +86,12 @@ impl ProcState {
     }
 }
 
-/// The highest global id handed to the hub (`None`: not known yet).
 #[derive(Debug, Default)]
 struct Delivery {
+    /// The highest global id handed to the hub (`None`: not known yet).
     highest: Option<i64>,
+    /// The highest global id seen on the current pub/sub connection.
+    stream_pos: i64,
 }
 
 struct Inner {
@@ -259,12 +261,19 @@ impl Inner {
     }
 
     /// Queues a publish for the flush task (starting it if needed).
-    fn enqueue(self: &Arc<Self>, proc: &Arc<ProcState>, channel: &str, data: &str, opts: &PublishOptions) {
+    fn enqueue(
+        self: &Arc<Self>,
+        proc: &Arc<ProcState>,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) {
         let bound = Settings::get(&self.settings.max_in_memory_publish_backlog);
         let mut queue = proc.queue.lock();
         let dropped = queue.push(channel, data, opts, bound);
         if !dropped.is_empty() {
-            self.dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            self.dropped
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
             for d in &dropped {
                 log::warn(format!(
                     "message_bus: in-memory publish queue full ({bound} messages): dropped the oldest, to {}",
@@ -279,7 +288,9 @@ impl Inner {
                     let task = rt.spawn(flush(Arc::clone(self), Arc::clone(proc)));
                     *proc.flusher.lock() = Some(task);
                 }
-                Err(e) => log::warn(format!("message_bus: cannot start the publish flusher: {e}")),
+                Err(e) => log::warn(format!(
+                    "message_bus: cannot start the publish flusher: {e}"
+                )),
             }
         }
     }
@@ -576,6 +587,7 @@ impl Backend for RedisBackend {
         if delivery.highest.is_some() {
             delivery.highest = Some(0);
         }
+        delivery.stream_pos = 0;
         self.inner.hub.storage_reset();
         Ok(())
     }
