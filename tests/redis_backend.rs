@@ -66,8 +66,13 @@ fn free_port() -> u16 {
 
 impl Server {
     fn start_on(port: u16) -> Server {
+        // Replication may write an RDB file: keep it out of the work tree.
+        let dir = std::env::temp_dir().join(format!("mb-redis-test-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new("redis-server")
             .args([
+                "--dir",
+                dir.to_str().unwrap(),
                 "--port",
                 &port.to_string(),
                 "--bind",

@@ -22,12 +22,7 @@ pub fn rstring(ruby: &Ruby, value: RString, what: &str) -> RbResult<String> {
     // SAFETY: the bytes are copied before any other Ruby call.
     let bytes = unsafe { value.as_slice() }.to_vec();
     String::from_utf8(bytes).map_err(|_| {
-        to_ruby(
-            ruby,
-            Error::InvalidMessage(format!(
-                "{what} must be valid UTF-8 (message_bus stores text)"
-            )),
-        )
+        to_ruby(ruby, Error::InvalidMessage(format!("{what} must be valid UTF-8 (message_bus stores text)")))
     })
 }
 
@@ -61,12 +56,7 @@ impl NativeBackend {
             "max_backlog_age" => &s.max_backlog_age,
             "clear_every" => &s.clear_every,
             "max_in_memory_publish_backlog" => &s.max_in_memory_publish_backlog,
-            other => {
-                return Err(to_ruby(
-                    ruby,
-                    Error::Argument(format!("unknown backend setting {other}")),
-                ))
-            }
+            other => return Err(to_ruby(ruby, Error::Argument(format!("unknown backend setting {other}")))),
         })
     }
 
@@ -76,10 +66,7 @@ impl NativeBackend {
 
     fn set_setting(ruby: &Ruby, rb_self: &Self, name: String, value: i64) -> RbResult<i64> {
         if name == "clear_every" && value < 1 {
-            return Err(to_ruby(
-                ruby,
-                Error::Argument("clear_every must be at least 1".into()),
-            ));
+            return Err(to_ruby(ruby, Error::Argument("clear_every must be at least 1".into())));
         }
         Settings::set(rb_self.setting(ruby, &name)?, value);
         Ok(value)
@@ -96,11 +83,7 @@ impl NativeBackend {
     ) -> RbResult<Option<i64>> {
         let channel = rstring(ruby, channel, "channel")?;
         let data = rstring(ruby, data, "encoded message")?;
-        let opts = PublishOptions {
-            max_backlog_age,
-            max_backlog_size,
-            queue_in_memory,
-        };
+        let opts = PublishOptions { max_backlog_age, max_backlog_size, queue_in_memory };
         let backend = &rb_self.0;
         block_on(ruby, || backend.publish(&channel, &data, &opts))
     }
@@ -133,12 +116,7 @@ impl NativeBackend {
         messages_to_ruby(ruby, &messages)
     }
 
-    fn get_message(
-        ruby: &Ruby,
-        rb_self: &Self,
-        channel: RString,
-        id: i64,
-    ) -> RbResult<Option<RArray>> {
+    fn get_message(ruby: &Ruby, rb_self: &Self, channel: RString, id: i64) -> RbResult<Option<RArray>> {
         let channel = rstring(ruby, channel, "channel")?;
         let message = block_on(ruby, || rb_self.0.get_message(&channel, id))?;
         message.map(|m| message_to_ruby(ruby, &m)).transpose()
@@ -152,11 +130,7 @@ impl NativeBackend {
         block_on(ruby, || rb_self.0.expire_all_backlogs())
     }
 
-    fn subscribe(
-        ruby: &Ruby,
-        rb_self: &Self,
-        last_id: Option<i64>,
-    ) -> RbResult<NativeSubscription> {
+    fn subscribe(ruby: &Ruby, rb_self: &Self, last_id: Option<i64>) -> RbResult<NativeSubscription> {
         let sub = block_on(ruby, || rb_self.0.subscribe(last_id))?;
         Ok(NativeSubscription(sub))
     }
@@ -197,45 +171,21 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     class.undef_default_alloc_func();
     class.define_singleton_method("memory", magnus::function!(NativeBackend::memory, 0))?;
     class.define_method("_setting", magnus::method!(NativeBackend::get_setting, 1))?;
-    class.define_method(
-        "_set_setting",
-        magnus::method!(NativeBackend::set_setting, 2),
-    )?;
+    class.define_method("_set_setting", magnus::method!(NativeBackend::set_setting, 2))?;
     class.define_method("_publish", magnus::method!(NativeBackend::publish, 5))?;
     class.define_method("_last_id", magnus::method!(NativeBackend::last_id, 1))?;
     class.define_method("_last_ids", magnus::method!(NativeBackend::last_ids, 1))?;
     class.define_method("_backlog", magnus::method!(NativeBackend::backlog, 2))?;
-    class.define_method(
-        "_global_backlog",
-        magnus::method!(NativeBackend::global_backlog, 1),
-    )?;
-    class.define_method(
-        "_get_message",
-        magnus::method!(NativeBackend::get_message, 2),
-    )?;
+    class.define_method("_global_backlog", magnus::method!(NativeBackend::global_backlog, 1))?;
+    class.define_method("_get_message", magnus::method!(NativeBackend::get_message, 2))?;
     class.define_method("_reset", magnus::method!(NativeBackend::reset, 0))?;
-    class.define_method(
-        "_expire_all_backlogs",
-        magnus::method!(NativeBackend::expire_all_backlogs, 0),
-    )?;
+    class.define_method("_expire_all_backlogs", magnus::method!(NativeBackend::expire_all_backlogs, 0))?;
     class.define_method("_subscribe", magnus::method!(NativeBackend::subscribe, 1))?;
-    class.define_method(
-        "_global_unsubscribe",
-        magnus::method!(NativeBackend::global_unsubscribe, 0),
-    )?;
+    class.define_method("_global_unsubscribe", magnus::method!(NativeBackend::global_unsubscribe, 0))?;
     class.define_method("_destroy", magnus::method!(NativeBackend::destroy, 0))?;
     class.define_method("_after_fork", magnus::method!(NativeBackend::after_fork, 0))?;
-    class.define_method(
-        "_subscribed?",
-        magnus::method!(NativeBackend::is_subscribed, 0),
-    )?;
-    class.define_method(
-        "_queued_publishes",
-        magnus::method!(NativeBackend::queued_publishes, 0),
-    )?;
-    class.define_method(
-        "_dropped_publishes",
-        magnus::method!(NativeBackend::dropped_publishes, 0),
-    )?;
+    class.define_method("_subscribed?", magnus::method!(NativeBackend::is_subscribed, 0))?;
+    class.define_method("_queued_publishes", magnus::method!(NativeBackend::queued_publishes, 0))?;
+    class.define_method("_dropped_publishes", magnus::method!(NativeBackend::dropped_publishes, 0))?;
     Ok(())
 }

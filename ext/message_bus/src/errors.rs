@@ -14,23 +14,11 @@ fn exception_class(ruby: &Ruby, path: &[&str]) -> Option<ExceptionClass> {
 
 pub fn to_ruby(ruby: &Ruby, error: Error) -> magnus::Error {
     let (path, fallback): (&[&str], ExceptionClass) = match &error {
-        Error::InvalidMessage(_) => (
-            &["MessageBus", "InvalidMessage"],
-            ruby.exception_arg_error(),
-        ),
+        Error::InvalidMessage(_) => (&["MessageBus", "InvalidMessage"], ruby.exception_arg_error()),
         Error::Argument(_) => (&["ArgumentError"], ruby.exception_arg_error()),
-        Error::Connection(_) => (
-            &["MessageBus", "ConnectionError"],
-            ruby.exception_runtime_error(),
-        ),
-        Error::Backend(_) => (
-            &["MessageBus", "BackendError"],
-            ruby.exception_runtime_error(),
-        ),
-        Error::Destroyed => (
-            &["MessageBus", "BusDestroyed"],
-            ruby.exception_runtime_error(),
-        ),
+        Error::Connection(_) => (&["MessageBus", "ConnectionError"], ruby.exception_runtime_error()),
+        Error::Backend(_) => (&["MessageBus", "BackendError"], ruby.exception_runtime_error()),
+        Error::Destroyed => (&["MessageBus", "BusDestroyed"], ruby.exception_runtime_error()),
         Error::Interrupted => (&["Interrupt"], ruby.exception_interrupt()),
     };
     let class = exception_class(ruby, path).unwrap_or(fallback);

@@ -57,9 +57,7 @@ where
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(Error::Backend(format!(
-                "internal error in message_bus native code: {what}"
-            )))
+            Err(Error::Backend(format!("internal error in message_bus native code: {what}")))
         });
         call.result = Some(outcome);
     }
@@ -76,10 +74,7 @@ fn without_gvl<F, T>(cancel: &Cancel, func: F) -> Result<T>
 where
     F: FnOnce() -> Result<T>,
 {
-    let mut call = Call {
-        func: Some(func),
-        result: None,
-    };
+    let mut call = Call { func: Some(func), result: None };
     // SAFETY: both pointers outlive the call; the callbacks only use them as above.
     unsafe {
         rb_sys::rb_thread_call_without_gvl(
@@ -101,10 +96,7 @@ pub fn blocking<T>(
     mut func: impl FnMut(&Cancel) -> Result<T>,
 ) -> std::result::Result<T, magnus::Error> {
     loop {
-        let cancel = Cancel {
-            subscription: subscription.clone(),
-            ..Cancel::default()
-        };
+        let cancel = Cancel { subscription: subscription.clone(), ..Cancel::default() };
         match without_gvl(&cancel, || func(&cancel)) {
             Err(Error::Interrupted) => ruby.thread_check_ints()?,
             other => return other.map_err(|e| crate::errors::to_ruby(ruby, e)),
@@ -113,10 +105,7 @@ pub fn blocking<T>(
 }
 
 /// Drives a future to completion on the process runtime, without the GVL.
-pub fn block_on<T, Fut>(
-    ruby: &Ruby,
-    mut make: impl FnMut() -> Fut,
-) -> std::result::Result<T, magnus::Error>
+pub fn block_on<T, Fut>(ruby: &Ruby, mut make: impl FnMut() -> Fut) -> std::result::Result<T, magnus::Error>
 where
     Fut: Future<Output = Result<T>>,
 {

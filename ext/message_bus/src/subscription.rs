@@ -15,17 +15,10 @@ pub struct NativeSubscription(pub Arc<Subscription>);
 
 impl NativeSubscription {
     /// Up to `max` messages; `[]` when `timeout` seconds passed; nil once closed.
-    fn next_batch(
-        ruby: &Ruby,
-        rb_self: &Self,
-        max: usize,
-        timeout: f64,
-    ) -> Result<Option<RArray>, magnus::Error> {
+    fn next_batch(ruby: &Ruby, rb_self: &Self, max: usize, timeout: f64) -> Result<Option<RArray>, magnus::Error> {
         let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
         let sub = Arc::clone(&rb_self.0);
-        let batch = blocking(ruby, Some(Arc::clone(&sub)), |_| {
-            sub.next_batch(max, timeout)
-        })?;
+        let batch = blocking(ruby, Some(Arc::clone(&sub)), |_| sub.next_batch(max, timeout))?;
         match batch {
             Batch::Closed => Ok(None),
             Batch::TimedOut => Ok(Some(ruby.ary_new())),
@@ -51,14 +44,8 @@ impl NativeSubscription {
 pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), magnus::Error> {
     let class = native.define_class("Subscription", ruby.class_object())?;
     class.undef_default_alloc_func();
-    class.define_method(
-        "_next_batch",
-        magnus::method!(NativeSubscription::next_batch, 2),
-    )?;
+    class.define_method("_next_batch", magnus::method!(NativeSubscription::next_batch, 2))?;
     class.define_method("_close", magnus::method!(NativeSubscription::close, 0))?;
-    class.define_method(
-        "_closed?",
-        magnus::method!(NativeSubscription::is_closed, 0),
-    )?;
+    class.define_method("_closed?", magnus::method!(NativeSubscription::is_closed, 0))?;
     Ok(())
 }
