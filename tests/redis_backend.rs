@@ -683,3 +683,27 @@ fn invalid_urls_are_argument_errors_and_construction_never_connects() {
     let unix = RedisBackend::new("redis+unix:///tmp/nonexistent.sock?db=3", "_message_bus_3");
     assert!(unix.is_ok());
 }
+
+#[test]
+fn concurrent_publishers_are_delivered_once_each_in_global_id_order() {
+    let server = Server::start();
+    let b = Arc::new(server.backend());
+    let sub = block(b.subscribe(None)).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    assert!(publish(&b, &format!("/c{}", t % 3), &format!("{t}-{i}")).is_some());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = receive(&sub, 400);
+    assert_eq!(global_ids(&got), (1..=400).collect::<Vec<i64>>());
+    block(b.destroy());
+}

@@ -127,6 +127,24 @@ RSpec.describe MessageBus::Backends::Redis do
       expect(thread.join(5)).to be_truthy
     end
 
+    it "works in a forked child after after_fork" do
+      bus.publish("/fork", "parent")
+      received = Queue.new
+      thread = Thread.new { bus.global_subscribe { |m| received << m } }
+      sleep 0.02 until bus.subscribed
+      pid = fork do
+        MessageBus::Native.after_fork
+        bus.after_fork
+        ok = bus.publish("/fork", "child") == 2 && bus.backlog("/fork").map(&:data) == %w[parent child]
+        exit!(ok ? 0 : 1)
+      end
+      Process.wait(pid)
+      expect($?.exitstatus).to eq(0)
+      expect(Timeout.timeout(5) { received.pop }.data).to eq("child")
+      bus.global_unsubscribe
+      thread.join(5)
+    end
+
     it "resets and expires backlogs" do
       bus.publish("/a", "1")
       bus.expire_all_backlogs!
