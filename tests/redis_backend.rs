@@ -54,6 +54,7 @@ impl Drop for Db {
 struct Server {
     port: u16,
     child: Child,
+    dir: std::path::PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -86,7 +87,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed");
-        let server = Server { port, child };
+        let server = Server { port, child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut con) = server.client().get_connection() {
@@ -124,6 +125,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

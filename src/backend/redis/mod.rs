@@ -36,9 +36,10 @@ use crate::message::{escape_channel, ruby_to_i, truncate, Message};
 use crate::subscription::Subscription;
 
 /// Time allowed to open a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Time allowed for one command's answer.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for one command's answer (a publish that times out is
+/// queued in memory, so keep this short; every command here is quick).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to read the global id when a firehose starts.
 const START_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retry delays of the in-memory publish queue.
