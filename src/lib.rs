@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod log;
 pub mod message;
 pub mod runtime;
 pub mod subscription;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use magnus::{prelude::*, RArray, RString, Ruby};
 use message_bus_core::backend::memory::MemoryBackend;
+use message_bus_core::backend::redis::RedisBackend;
 use message_bus_core::backend::{Backend, PublishOptions, Settings};
 use message_bus_core::{Error, Message};
 
@@ -51,6 +52,14 @@ fn messages_to_ruby(ruby: &Ruby, messages: &[Message]) -> RbResult<RArray> {
 impl NativeBackend {
     fn memory() -> Self {
         NativeBackend(Arc::new(MemoryBackend::new()))
+    }
+
+    /// Never connects: connections are made on first use.
+    fn redis(ruby: &Ruby, url: RString, pubsub_channel: RString) -> RbResult<Self> {
+        let url = rstring(ruby, url, "Redis URL")?;
+        let pubsub_channel = rstring(ruby, pubsub_channel, "pub/sub channel")?;
+        let backend = RedisBackend::new(&url, &pubsub_channel).map_err(|e| to_ruby(ruby, e))?;
+        Ok(NativeBackend(Arc::new(backend)))
     }
 
     fn setting<'a>(&'a self, ruby: &Ruby, name: &str) -> RbResult<&'a AtomicI64> {
@@ -197,6 +206,7 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     let class = native.define_class("Backend", ruby.class_object())?;
     class.undef_default_alloc_func();
     class.define_singleton_method("memory", magnus::function!(NativeBackend::memory, 0))?;
+    class.define_singleton_method("redis", magnus::function!(NativeBackend::redis, 2))?;
     class.define_method("_setting", magnus::method!(NativeBackend::get_setting, 1))?;
     class.define_method(
         "_set_setting",

@@ -1,0 +1,103 @@
+# frozen_string_literal: true
+
+require "uri"
+require "message_bus/backends/base"
+
+module MessageBus
+  module Backends
+    # Redis storage shared with reference message_bus processes (COMPAT.md
+    # §4.2). The storage, publish script, firehose and read-only buffer are in
+    # Rust; this class only turns `config[:redis_config]` into a URL and the
+    # pub/sub channel name.
+    class Redis < Base
+      DEFAULT_HOST = "127.0.0.1"
+      DEFAULT_PORT = 6379
+
+      # `config` is the bus configuration; only `config[:redis_config]`
+      # reaches Redis (`url`, `host`, `port`, `db`, `username`, `password`,
+      # `path`, `ssl`). Nothing connects here.
+      def initialize(config = {}, max_backlog_size = 1000)
+        redis_config = config[:redis_config] || {}
+        @native = MessageBus::Native::Backend.redis(
+          self.class.url_for(redis_config),
+          self.class.pubsub_channel_for(redis_config)
+        )
+        super
+      end
+
+      # `_message_bus_<db>`: only an explicit `db:` counts, not one inside
+      # `url:` (the reference gem's rule, which processes sharing the Redis
+      # must agree on; COMPAT.md §9 Q15).
+      def self.pubsub_channel_for(redis_config)
+        "_message_bus_#{redis_config[:db] || 0}"
+      end
+
+      # The Redis URL for a redis-rb style option hash. Explicit options
+      # override the parts of `url`, as in redis-rb.
+      def self.url_for(redis_config)
+        opts = {}
+        redis_config.each { |key, value| opts[key.to_sym] = value }
+        raise ArgumentError, "message_bus: Redis Sentinel (:sentinels) is not supported yet" if opts[:sentinels]
+
+        parts = opts[:url] ? parse_url(opts[:url].to_s) : {}
+        %i[host port db username password path].each { |k| parts[k] = opts[k] if opts.key?(k) && !opts[k].nil? }
+        parts[:ssl] = opts[:ssl] ? true : false if opts.key?(:ssl)
+        parts[:username] ||= opts[:user] if opts[:user]
+        build_url(parts)
+      end
+
+      def self.parse_url(url)
+        uri = URI.parse(url)
+        parts = {}
+        query = uri.query ? URI.decode_www_form(uri.query).to_h : {}
+        case uri.scheme
+        when "unix", "redis+unix"
+          parts[:path] = uri.path
+          parts[:db] = query["db"] if query["db"]
+          parts[:username] = query["user"] if query["user"]
+          parts[:password] = query["pass"] || query["password"] if query["pass"] || query["password"]
+        when "redis", "rediss", "valkey", "valkeys"
+          parts[:ssl] = %w[rediss valkeys].include?(uri.scheme)
+          parts[:host] = uri.hostname if uri.hostname && !uri.hostname.empty?
+          parts[:port] = uri.port if uri.port
+          db = uri.path.to_s.delete_prefix("/")
+          parts[:db] = db unless db.empty?
+          parts[:username] = URI.decode_www_form_component(uri.user) if uri.user && !uri.user.empty?
+          parts[:password] = URI.decode_www_form_component(uri.password) if uri.password
+        else
+          raise ArgumentError, "message_bus: unsupported Redis URL scheme #{uri.scheme.inspect}"
+        end
+        parts
+      end
+
+      def self.build_url(parts)
+        db = Integer(parts[:db] || 0)
+        if parts[:path]
+          query = { "db" => db.to_s }
+          query["user"] = parts[:username].to_s if parts[:username]
+          query["pass"] = parts[:password].to_s if parts[:password]
+          return "unix://#{parts[:path]}?#{URI.encode_www_form(query)}"
+        end
+
+        host = (parts[:host] || DEFAULT_HOST).to_s
+        host = "[#{host}]" if host.include?(":") && !host.start_with?("[")
+        port = Integer(parts[:port] || DEFAULT_PORT)
+        userinfo = ""
+        if parts[:password]
+          userinfo = "#{escape(parts[:username] || '')}:#{escape(parts[:password])}@"
+        elsif parts[:username]
+          userinfo = "#{escape(parts[:username])}@"
+        end
+        "#{parts[:ssl] ? 'rediss' : 'redis'}://#{userinfo}#{host}:#{port}/#{db}"
+      end
+
+      def self.escape(value)
+        URI.encode_www_form_component(value.to_s).gsub("+", "%20")
+      end
+
+      private_class_method :parse_url, :build_url, :escape
+    end
+  end
+end
+
+MessageBus::BACKENDS[:redis] = MessageBus::Backends::Redis

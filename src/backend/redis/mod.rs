@@ -1,0 +1,657 @@
+//! The Redis backend (COMPAT.md §4.2), storage-compatible with the reference
+//! gem: same keys, same sorted-set members, same Lua publish algorithm and the
+//! same pub/sub payloads, so reference processes and ours can share a Redis.
+//!
+//! Deviations allowed by COMPAT.md §9: both per-publish limits are honoured
+//! (Q3), `expire_all_backlogs` also deletes channel backlogs (Q4), nothing is
+//! broadcast on unsubscribe and a foreign `$$UNSUBSCRIBE` is ignored (Q5),
+//! the in-memory publish queue keeps options and never gives up (Q17), also
+//! buffers on connection errors, catch-up treats vanished messages as holes
+//! (Q18), and maintenance uses SCAN (Q21).
+//!
+//! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
+//! child never touches what it inherited (it is leaked) and builds its own.
+
+mod firehose;
+pub mod keys;
+mod queue;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{cmd, pipe, Client, ErrorKind, RedisError, Script};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use self::keys::*;
+use self::queue::PublishQueue;
+use super::{Backend, PublishOptions, Settings};
+use crate::bus::Hub;
+use crate::error::{Error, Result};
+use crate::log;
+use crate::message::{escape_channel, ruby_to_i, truncate, Message};
+use crate::subscription::Subscription;
+
+/// Time allowed to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for one command's answer (a publish that times out is
+/// queued in memory, so keep this short; every command here is quick).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to read the global id when a firehose starts.
+const START_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retry delays of the in-memory publish queue.
+const FLUSH_MIN_DELAY: Duration = Duration::from_millis(50);
+const FLUSH_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Everything that belongs to one process: connections, tasks, the delivery
+/// position and the in-memory publish queue.
+struct ProcState {
+    pid: u32,
+    conn: Mutex<Option<ConnectionManager>>,
+    /// Held while handing messages to the hub, and while a new subscription
+    /// reads its replay, so that the two never interleave.
+    delivery: tokio::sync::Mutex<Delivery>,
+    firehose: Mutex<Option<JoinHandle<()>>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// The pub/sub subscription is confirmed and the connection is up.
+    subscribed: AtomicBool,
+    queue: Mutex<PublishQueue>,
+}
+
+impl ProcState {
+    fn new() -> Arc<Self> {
+        Arc::new(ProcState {
+            pid: std::process::id(),
+            conn: Mutex::new(None),
+            delivery: tokio::sync::Mutex::new(Delivery::default()),
+            firehose: Mutex::new(None),
+            flusher: Mutex::new(None),
+            subscribed: AtomicBool::new(false),
+            queue: Mutex::new(PublishQueue::default()),
+        })
+    }
+
+    /// Stops the tasks of this (current-process) state.
+    fn shut_down(&self) {
+        if let Some(task) = self.firehose.lock().take() {
+            task.abort();
+        }
+        if let Some(task) = self.flusher.lock().take() {
+            task.abort();
+        }
+        self.conn.lock().take();
+        self.subscribed.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Delivery {
+    /// The highest global id handed to the hub (`None`: not known yet).
+    highest: Option<i64>,
+    /// The highest global id seen on the current pub/sub connection.
+    stream_pos: i64,
+}
+
+struct Inner {
+    settings: Settings,
+    hub: Arc<Hub>,
+    client: Client,
+    /// The URL without its password, for messages.
+    url: String,
+    pubsub_channel: String,
+    script: Script,
+    dropped: AtomicU64,
+    state: Mutex<Arc<ProcState>>,
+}
+
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+/// How a failed publish is handled.
+fn is_readonly(e: &RedisError) -> bool {
+    e.code() == Some("READONLY") || e.to_string().contains("READONLY")
+}
+
+fn is_connection(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(e.kind(), ErrorKind::Io)
+}
+
+/// Errors after which a queued publish is retried rather than dropped.
+fn is_transient(e: &RedisError) -> bool {
+    is_readonly(e)
+        || is_connection(e)
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "CLUSTERDOWN")
+        )
+}
+
+impl RedisBackend {
+    /// `url`: redis://, rediss://, redis+unix:// or unix://, with db and
+    /// password; `pubsub_channel`: `_message_bus_<db>` (computed by the Ruby
+    /// side, COMPAT.md §9 Q15). Never connects: connections are made on first use.
+    pub fn new(url: &str, pubsub_channel: &str) -> Result<Self> {
+        let redacted = redact_url(url);
+        let client = Client::open(url)
+            .map_err(|e| Error::Argument(format!("invalid Redis URL {redacted}: {e}")))?;
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                settings: Settings::default(),
+                hub: Hub::new(),
+                client,
+                url: redacted,
+                pubsub_channel: pubsub_channel.to_string(),
+                script: Script::new(PUBLISH_SCRIPT),
+                dropped: AtomicU64::new(0),
+                state: Mutex::new(ProcState::new()),
+            }),
+        })
+    }
+
+    pub fn pubsub_channel(&self) -> &str {
+        &self.inner.pubsub_channel
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        let state = self.inner.state.lock();
+        if state.pid == std::process::id() {
+            state.shut_down();
+        }
+    }
+}
+
+impl Inner {
+    /// The state of the current process (a fresh one after a fork; the
+    /// inherited one is leaked: its tasks belong to the parent's runtime).
+    fn proc(&self) -> Arc<ProcState> {
+        let mut slot = self.state.lock();
+        if slot.pid != std::process::id() {
+            let inherited = std::mem::replace(&mut *slot, ProcState::new());
+            std::mem::forget(inherited);
+        }
+        Arc::clone(&slot)
+    }
+
+    fn to_error(&self, e: RedisError) -> Error {
+        if is_connection(&e) {
+            Error::Connection(format!("cannot reach Redis at {}: {e}", self.url))
+        } else {
+            Error::Backend(format!("Redis at {}: {e}", self.url))
+        }
+    }
+
+    fn conn(&self, proc: &ProcState) -> Result<ConnectionManager> {
+        self.conn_raw(proc).map_err(|e| self.to_error(e))
+    }
+
+    /// The shared multiplexed connection of this process, made on first use.
+    fn conn_raw(&self, proc: &ProcState) -> std::result::Result<ConnectionManager, RedisError> {
+        let mut slot = proc.conn.lock();
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs one command on the shared multiplexed connection.
+    async fn query<T: ::redis::FromRedisValue>(&self, command: &::redis::Cmd) -> Result<T> {
+        let proc = self.proc();
+        let mut conn = self.conn(&proc)?;
+        command
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.to_error(e))
+    }
+
+    /// Runs the publish script; on READONLY the connection is dropped so that
+    /// the next attempt reconnects (the name may point at a new primary).
+    async fn publish_now(
+        &self,
+        proc: &ProcState,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) -> std::result::Result<i64, RedisError> {
+        let s = &self.settings;
+        let age = opts
+            .max_backlog_age
+            .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
+        let size = opts
+            .max_backlog_size
+            .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
+        let global_size = Settings::get(&s.max_global_backlog_size);
+        let mut conn = self.conn_raw(proc)?;
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(GLOBAL_ID_KEY)
+            .key(backlog_id_key(channel))
+            .key(backlog_key(channel))
+            .key(GLOBAL_BACKLOG_KEY)
+            .arg(format!("{}|{}", escape_channel(channel), data))
+            .arg(age)
+            .arg(size)
+            .arg(global_size)
+            .arg(s.clear_every())
+            .arg(&self.pubsub_channel)
+            .arg(channel);
+        let result = invocation.invoke_async(&mut conn).await;
+        if let Err(e) = &result {
+            if is_readonly(e) {
+                proc.conn.lock().take();
+            }
+        }
+        result
+    }
+
+    /// Queues a publish for the flush task (starting it if needed).
+    fn enqueue(
+        self: &Arc<Self>,
+        proc: &Arc<ProcState>,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) {
+        let bound = Settings::get(&self.settings.max_in_memory_publish_backlog);
+        let mut queue = proc.queue.lock();
+        let dropped = queue.push(channel, data, opts, bound);
+        if !dropped.is_empty() {
+            self.dropped
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            for d in &dropped {
+                log::warn(format!(
+                    "message_bus: in-memory publish queue full ({bound} messages): dropped the oldest, to {}",
+                    d.channel
+                ));
+            }
+        }
+        if !queue.flushing && !queue.is_empty() {
+            match crate::runtime::runtime() {
+                Ok(rt) => {
+                    queue.flushing = true;
+                    let task = rt.spawn(flush(Arc::clone(self), Arc::clone(proc)));
+                    *proc.flusher.lock() = Some(task);
+                }
+                Err(e) => log::warn(format!(
+                    "message_bus: cannot start the publish flusher: {e}"
+                )),
+            }
+        }
+    }
+
+    async fn global_id(&self) -> Result<i64> {
+        let value: Option<Vec<u8>> = self.query(cmd("GET").arg(GLOBAL_ID_KEY)).await?;
+        Ok(parse_int(value))
+    }
+
+    fn decode(&self, key: &str, raw: &[u8]) -> Option<Message> {
+        let text = match std::str::from_utf8(raw) {
+            Ok(text) => text,
+            Err(_) => {
+                log::warn(format!("message_bus: skipping a non-UTF-8 entry of {key}"));
+                return None;
+            }
+        };
+        match Message::decode(text) {
+            Ok(m) => Some(m),
+            Err(_) => {
+                log::warn(format!(
+                    "message_bus: skipping an entry of {key} not in the message_bus format: {}",
+                    truncate(text, 80)
+                ));
+                None
+            }
+        }
+    }
+
+    async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
+        let key = backlog_key(channel);
+        let raw: Vec<Vec<u8>> = self
+            .query(
+                cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(last_id.saturating_add(1))
+                    .arg("+inf"),
+            )
+            .await?;
+        Ok(raw.iter().filter_map(|r| self.decode(&key, r)).collect())
+    }
+
+    async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
+        let key = backlog_key(channel);
+        let raw: Vec<Vec<u8>> = self
+            .query(
+                cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(message_id)
+                    .arg(message_id),
+            )
+            .await?;
+        Ok(raw.iter().find_map(|r| self.decode(&key, r)))
+    }
+
+    async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
+        let members: Vec<Vec<u8>> = self
+            .query(
+                cmd("ZRANGEBYSCORE")
+                    .arg(GLOBAL_BACKLOG_KEY)
+                    .arg(last_id.saturating_add(1))
+                    .arg("+inf"),
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(members.len());
+        for member in &members {
+            let parsed = std::str::from_utf8(member)
+                .ok()
+                .and_then(parse_global_member);
+            match parsed {
+                Some((id, channel)) => entries.push((id, backlog_key(channel))),
+                None => log::warn(format!(
+                    "message_bus: skipping a {GLOBAL_BACKLOG_KEY} member not in the message_bus format: {}",
+                    truncate(&String::from_utf8_lossy(member), 80)
+                )),
+            }
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = pipe();
+        for (id, key) in &entries {
+            pipeline.cmd("ZRANGEBYSCORE").arg(key).arg(*id).arg(*id);
+        }
+        let proc = self.proc();
+        let mut conn = self.conn(&proc)?;
+        let results: Vec<Vec<Vec<u8>>> = pipeline
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.to_error(e))?;
+        Ok(entries
+            .iter()
+            .zip(results.iter())
+            .filter_map(|((_, key), raw)| raw.iter().find_map(|r| self.decode(key, r)))
+            .collect())
+    }
+
+    /// Deletes every key matching `pattern`, SCANning (§9 Q21).
+    async fn delete_matching(&self, pattern: &str) -> Result<()> {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .query(
+                    cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            if !keys.is_empty() {
+                self.query::<()>(cmd("DEL").arg(&keys)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Starts this process's firehose task if it is not running.
+    async fn ensure_firehose(self: &Arc<Self>, proc: &Arc<ProcState>) -> Result<()> {
+        let running = |proc: &ProcState| {
+            proc.firehose
+                .lock()
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        };
+        if running(proc) {
+            return Ok(());
+        }
+        {
+            // Start from the current position so that nothing published from
+            // now on is missed, even before the subscription is confirmed.
+            let mut delivery = proc.delivery.lock().await;
+            if delivery.highest.is_none() {
+                if let Ok(Ok(id)) = tokio::time::timeout(START_TIMEOUT, self.global_id()).await {
+                    delivery.highest = Some(id);
+                }
+            }
+        }
+        let rt = crate::runtime::runtime()?;
+        let mut slot = proc.firehose.lock();
+        if slot.as_ref().is_some_and(|task| !task.is_finished()) {
+            return Ok(());
+        }
+        *slot = Some(rt.spawn(firehose::run(Arc::clone(self), Arc::clone(proc))));
+        Ok(())
+    }
+
+    /// Hands over, in order, every retained message after the delivery
+    /// position (§4.2.5; vanished messages are holes, §9 Q18).
+    async fn catch_up(&self, delivery: &mut Delivery) -> Result<()> {
+        let current = self.global_id().await?;
+        let mut highest = delivery.highest.unwrap_or(0);
+        if highest > current {
+            // Storage was reset (by another process): ids restart.
+            highest = 0;
+            delivery.highest = Some(0);
+            self.hub.storage_reset();
+        }
+        let backlog = self.global_backlog(highest).await?;
+        for message in firehose::select_catch_up(highest, backlog) {
+            delivery.highest = Some(message.global_id);
+            self.hub.deliver(message);
+        }
+        if delivery.highest.is_none() {
+            delivery.highest = Some(highest);
+        }
+        Ok(())
+    }
+}
+
+fn parse_int(value: Option<Vec<u8>>) -> i64 {
+    value.map_or(0, |v| ruby_to_i(&String::from_utf8_lossy(&v)))
+}
+
+/// Publishes the queued messages in order once Redis accepts writes again.
+async fn flush(inner: Arc<Inner>, proc: Arc<ProcState>) {
+    let mut delay = FLUSH_MIN_DELAY;
+    loop {
+        let head = {
+            let mut queue = proc.queue.lock();
+            match queue.front() {
+                Some(head) => head.clone(),
+                None => {
+                    queue.flushing = false;
+                    return;
+                }
+            }
+        };
+        let opts = PublishOptions {
+            queue_in_memory: Some(false),
+            ..head.opts.clone()
+        };
+        match inner
+            .publish_now(&proc, &head.channel, &head.data, &opts)
+            .await
+        {
+            Ok(_) => {
+                proc.queue.lock().pop_if(head.seq);
+                delay = FLUSH_MIN_DELAY;
+            }
+            Err(e) if is_transient(&e) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(FLUSH_MAX_DELAY);
+            }
+            Err(e) => {
+                if proc.queue.lock().pop_if(head.seq) {
+                    inner.dropped.fetch_add(1, Ordering::Relaxed);
+                    log::warn(format!(
+                        "message_bus: dropping undeliverable message to {}: {}",
+                        head.channel,
+                        inner.to_error(e)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) -> Result<Option<i64>> {
+        let inner = &self.inner;
+        let proc = inner.proc();
+        let may_queue = opts.queue_in_memory != Some(false);
+        if may_queue && !proc.queue.lock().is_empty() {
+            // Earlier publishes are waiting: keep the order.
+            inner.enqueue(&proc, channel, data, opts);
+            return Ok(None);
+        }
+        match inner.publish_now(&proc, channel, data, opts).await {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if may_queue && (is_readonly(&e) || is_connection(&e)) => {
+                log::warn(format!(
+                    "message_bus: publish to {channel} queued in memory: {}",
+                    inner.to_error(e)
+                ));
+                inner.enqueue(&proc, channel, data, opts);
+                Ok(None)
+            }
+            Err(e) => Err(inner.to_error(e)),
+        }
+    }
+
+    async fn last_id(&self, channel: &str) -> Result<i64> {
+        let value: Option<Vec<u8>> = self
+            .inner
+            .query(cmd("GET").arg(backlog_id_key(channel)))
+            .await?;
+        Ok(parse_int(value))
+    }
+
+    async fn last_ids(&self, channels: &[String]) -> Result<Vec<i64>> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = channels.iter().map(|c| backlog_id_key(c)).collect();
+        let values: Vec<Option<Vec<u8>>> = self.inner.query(cmd("MGET").arg(&keys)).await?;
+        Ok(values.into_iter().map(parse_int).collect())
+    }
+
+    async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
+        self.inner.backlog(channel, last_id).await
+    }
+
+    async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
+        self.inner.global_backlog(last_id).await
+    }
+
+    async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
+        self.inner.get_message(channel, message_id).await
+    }
+
+    async fn reset(&self) -> Result<()> {
+        let proc = self.inner.proc();
+        let mut delivery = proc.delivery.lock().await;
+        self.inner.delete_matching(ALL_KEYS_PATTERN).await?;
+        if delivery.highest.is_some() {
+            delivery.highest = Some(0);
+        }
+        delivery.stream_pos = 0;
+        self.inner.hub.storage_reset();
+        Ok(())
+    }
+
+    async fn expire_all_backlogs(&self) -> Result<()> {
+        self.inner
+            .query::<()>(cmd("DEL").arg(GLOBAL_BACKLOG_KEY))
+            .await?;
+        self.inner.delete_matching(CHANNEL_BACKLOGS_PATTERN).await
+    }
+
+    async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
+        let proc = self.inner.proc();
+        self.inner.ensure_firehose(&proc).await?;
+        let sub = Subscription::new();
+        let _delivery = proc.delivery.lock().await;
+        if let Some(last_id) = last_id {
+            sub.prefill(self.inner.global_backlog(last_id).await?);
+        }
+        self.inner.hub.add_subscription(Arc::clone(&sub));
+        Ok(sub)
+    }
+
+    async fn ensure_listening(&self) -> Result<()> {
+        let proc = self.inner.proc();
+        self.inner.ensure_firehose(&proc).await
+    }
+
+    async fn destroy(&self) {
+        self.inner.hub.close_subscriptions();
+        let old = {
+            let mut slot = self.inner.state.lock();
+            std::mem::replace(&mut *slot, ProcState::new())
+        };
+        if old.pid != std::process::id() {
+            std::mem::forget(old);
+            return;
+        }
+        old.shut_down();
+        let lost = old.queue.lock().clear();
+        if lost > 0 {
+            self.inner.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            log::warn(format!(
+                "message_bus: destroyed with {lost} publishes still queued in memory; they are lost"
+            ));
+        }
+    }
+
+    fn after_fork(&self) {
+        self.inner.proc();
+    }
+
+    fn is_subscribed(&self) -> bool {
+        let proc = self.inner.proc();
+        proc.subscribed.load(Ordering::SeqCst)
+            && (self.inner.hub.has_subscriptions() || self.inner.hub.has_sinks())
+    }
+
+    fn queued_publishes(&self) -> usize {
+        self.inner.proc().queue.lock().len()
+    }
+
+    fn dropped_publishes(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}

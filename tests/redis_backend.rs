@@ -1,0 +1,711 @@
+//! The Redis backend against real servers: the shared one on 127.0.0.1:6379
+//! (each test on its own database, 8–15, flushed before and after) and, for
+//! failover and reconnect cases, private `redis-server`s started here.
+//! Redis must be running: these tests fail, not skip, without it.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use message_bus_core::backend::redis::RedisBackend;
+use message_bus_core::backend::{Backend, PublishOptions, Settings};
+use message_bus_core::subscription::{Batch, Subscription};
+use message_bus_core::{Error, Message};
+use redis::Commands;
+
+fn block<F: Future>(f: F) -> F::Output {
+    message_bus_core::runtime::runtime().unwrap().block_on(f)
+}
+
+/// One database of the shared server, flushed at start and end.
+struct Db {
+    n: u8,
+    con: redis::Connection,
+}
+
+impl Db {
+    fn new(n: u8) -> Db {
+        let client = redis::Client::open(format!("redis://127.0.0.1:6379/{n}")).unwrap();
+        let mut con = client
+            .get_connection()
+            .expect("Redis must be running on 127.0.0.1:6379");
+        redis::cmd("FLUSHDB").exec(&mut con).unwrap();
+        Db { n, con }
+    }
+
+    fn backend(&self) -> RedisBackend {
+        RedisBackend::new(
+            &format!("redis://127.0.0.1:6379/{}", self.n),
+            &format!("_message_bus_{}", self.n),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = redis::cmd("FLUSHDB").exec(&mut self.con);
+    }
+}
+
+/// A private redis-server, killed (by pid) when dropped.
+struct Server {
+    port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start_on(port: u16) -> Server {
+        // Replication may write an RDB file: keep it out of the work tree.
+        let dir = std::env::temp_dir().join(format!("mb-redis-test-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--dir",
+                dir.to_str().unwrap(),
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let server = Server { port, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut con) = server.client().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start() -> Server {
+        Server::start_on(free_port())
+    }
+
+    fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port)).unwrap()
+    }
+
+    fn con(&self) -> redis::Connection {
+        self.client().get_connection().unwrap()
+    }
+
+    fn backend(&self) -> RedisBackend {
+        RedisBackend::new(
+            &format!("redis://127.0.0.1:{}/0", self.port),
+            "_message_bus_0",
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn publish(b: &RedisBackend, channel: &str, data: &str) -> Option<i64> {
+    block(b.publish(channel, data, &PublishOptions::default())).unwrap()
+}
+
+fn zrange(con: &mut redis::Connection, key: &str) -> Vec<(String, f64)> {
+    con.zrange_withscores(key, 0, -1).unwrap()
+}
+
+fn members(con: &mut redis::Connection, key: &str) -> Vec<String> {
+    con.zrange(key, 0, -1).unwrap()
+}
+
+fn scores(con: &mut redis::Connection, key: &str) -> Vec<i64> {
+    zrange(con, key)
+        .into_iter()
+        .map(|(_, s)| s as i64)
+        .collect()
+}
+
+/// Collects messages from a subscription until `n` arrived or 5 s passed.
+fn receive(sub: &Arc<Subscription>, n: usize) -> Vec<Message> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if let Batch::Messages(batch) = sub.next_batch(100, Duration::from_millis(50)).unwrap() {
+            out.extend(batch.iter().map(|m| (**m).clone()));
+        }
+    }
+    out
+}
+
+fn global_ids(messages: &[Message]) -> Vec<i64> {
+    messages.iter().map(|m| m.global_id).collect()
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const ENVELOPE: &str = r#"{"data":"s","user_ids":[1,2],"group_ids":null,"client_ids":["c"]}"#;
+
+#[test]
+fn publish_writes_the_reference_keys_and_members() {
+    let mut db = Db::new(8);
+    let b = db.backend();
+    assert_eq!(publish(&b, "/foo$|$s1", "123"), Some(1));
+    assert_eq!(publish(&b, "/foo|bar", "x|y"), Some(1));
+    assert_eq!(publish(&b, "/foo$|$s1", ENVELOPE), Some(2));
+    assert_eq!(publish(&b, "/global/x", "g"), Some(1));
+
+    let con = &mut db.con;
+    assert_eq!(
+        zrange(con, "__mb_backlog_n_/foo$|$s1"),
+        vec![
+            ("1|1|/foo$$$123$$$s1|123".to_string(), 1.0),
+            (format!("3|2|/foo$$$123$$$s1|{ENVELOPE}"), 2.0),
+        ]
+    );
+    assert_eq!(
+        zrange(con, "__mb_backlog_n_/foo|bar"),
+        vec![("2|1|/foo$$123$$bar|x|y".to_string(), 1.0)]
+    );
+    assert_eq!(
+        zrange(con, "__mb_global_backlog_n"),
+        vec![
+            ("1|/foo$|$s1".to_string(), 1.0),
+            ("1|/foo|bar".to_string(), 2.0),
+            ("2|/foo$|$s1".to_string(), 3.0),
+            ("1|/global/x".to_string(), 4.0),
+        ]
+    );
+    let get = |con: &mut redis::Connection, k: &str| -> Option<String> { con.get(k).unwrap() };
+    assert_eq!(get(con, "__mb_global_id_n").as_deref(), Some("4"));
+    assert_eq!(
+        get(con, "__mb_backlog_id_n_/foo$|$s1").as_deref(),
+        Some("2")
+    );
+    assert_eq!(get(con, "__mb_backlog_id_n_/foo|bar").as_deref(), Some("1"));
+    assert_eq!(
+        get(con, "__mb_backlog_id_n_/global/x").as_deref(),
+        Some("1")
+    );
+
+    let mut keys: Vec<String> = con.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "__mb_backlog_id_n_/foo$|$s1",
+            "__mb_backlog_id_n_/foo|bar",
+            "__mb_backlog_id_n_/global/x",
+            "__mb_backlog_n_/foo$|$s1",
+            "__mb_backlog_n_/foo|bar",
+            "__mb_backlog_n_/global/x",
+            "__mb_global_backlog_n",
+            "__mb_global_id_n",
+        ]
+    );
+
+    // TTLs: every publish arms the channel keys and the global backlog; the
+    // global id counter never expires.
+    let ttl = |con: &mut redis::Connection, k: &str| -> i64 { con.ttl(k).unwrap() };
+    assert!((604_790..=604_800).contains(&ttl(con, "__mb_backlog_n_/foo$|$s1")));
+    assert!((604_790..=604_800).contains(&ttl(con, "__mb_backlog_id_n_/foo$|$s1")));
+    assert_eq!(ttl(con, "__mb_global_id_n"), -1);
+    let opts = PublishOptions {
+        max_backlog_age: Some(100),
+        ..Default::default()
+    };
+    block(b.publish("/foo|bar", "z", &opts)).unwrap();
+    assert!((90..=100).contains(&ttl(con, "__mb_backlog_n_/foo|bar")));
+    assert!((90..=100).contains(&ttl(con, "__mb_backlog_id_n_/foo|bar")));
+    assert!((90..=100).contains(&ttl(con, "__mb_global_backlog_n")));
+    assert!(ttl(con, "__mb_backlog_n_/foo$|$s1") > 604_000);
+
+    // The backend reads back what it wrote.
+    assert_eq!(block(b.last_id("/foo$|$s1")).unwrap(), 2);
+    let m = block(b.get_message("/foo$|$s1", 2)).unwrap().unwrap();
+    assert_eq!(m, Message::new(3, 2, "/foo$|$s1", ENVELOPE));
+    let all = block(b.global_backlog(0)).unwrap();
+    assert_eq!(global_ids(&all), vec![1, 2, 3, 4, 5]);
+    assert_eq!(all[1], Message::new(2, 1, "/foo|bar", "x|y"));
+}
+
+#[test]
+fn trimming_follows_the_reference_example() {
+    let mut db = Db::new(9);
+    let b = db.backend();
+    let s = b.settings();
+    Settings::set(&s.max_backlog_size, 2);
+    Settings::set(&s.max_global_backlog_size, 4);
+    Settings::set(&s.clear_every, 3);
+    let channel_expected: [&[i64]; 7] = [
+        &[1],
+        &[1, 2],
+        &[2, 3],
+        &[2, 3, 4],
+        &[2, 3, 4, 5],
+        &[5, 6],
+        &[5, 6, 7],
+    ];
+    let global_expected: [&[i64]; 7] = [
+        &[1],
+        &[1, 2],
+        &[1, 2, 3],
+        &[1, 2, 3, 4],
+        &[1, 2, 3, 4, 5],
+        &[3, 4, 5, 6],
+        &[3, 4, 5, 6, 7],
+    ];
+    for i in 0..7 {
+        assert_eq!(publish(&b, "/t", &i.to_string()), Some(i as i64 + 1));
+        assert_eq!(
+            scores(&mut db.con, "__mb_backlog_n_/t"),
+            channel_expected[i]
+        );
+        assert_eq!(
+            scores(&mut db.con, "__mb_global_backlog_n"),
+            global_expected[i]
+        );
+    }
+
+    // Both per-publish limits are honoured together (§9 Q3).
+    Settings::set(&s.clear_every, 1);
+    let opts = PublishOptions {
+        max_backlog_age: Some(100),
+        max_backlog_size: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(block(b.publish("/t", "last", &opts)).unwrap(), Some(8));
+    assert_eq!(scores(&mut db.con, "__mb_backlog_n_/t"), vec![8]);
+}
+
+#[test]
+fn reads_messages_written_by_reference_processes() {
+    let mut db = Db::new(10);
+    let con = &mut db.con;
+    // What a reference process leaves behind, written with plain commands.
+    let _: () = con.set("__mb_global_id_n", "5").unwrap();
+    let _: () = con.set("__mb_backlog_id_n_/a", "3").unwrap();
+    let _: () = con.set("__mb_backlog_id_n_/b|c$|$s", "1").unwrap();
+    let _: () = con
+        .zadd_multiple(
+            "__mb_backlog_n_/a",
+            &[
+                (1, "1|1|/a|one"),
+                (2, "3|2|/a|two|with|pipes"),
+                (3, "5|3|/a|three"),
+            ],
+        )
+        .unwrap();
+    let _: () = con
+        .zadd("__mb_backlog_n_/b|c$|$s", "2|1|/b$$123$$c$$$123$$$s|bc", 1)
+        .unwrap();
+    let _: () = con
+        .zadd_multiple(
+            "__mb_global_backlog_n",
+            &[
+                (1, "1|/a"),
+                (2, "1|/b|c$|$s"),
+                (3, "2|/a"),
+                (4, "9|/gone"), // its channel message vanished
+                (5, "3|/a"),
+                (6, "garbage"),
+            ],
+        )
+        .unwrap();
+    // A value not in the wire format is skipped, not fatal.
+    let _: () = con.zadd("__mb_backlog_n_/a", "not a message", 4).unwrap();
+
+    let b = db.backend();
+    assert_eq!(block(b.last_id("/a")).unwrap(), 3);
+    assert_eq!(block(b.last_id("/nothing")).unwrap(), 0);
+    assert_eq!(
+        block(b.last_ids(&["/b|c$|$s".into(), "/x".into(), "/a".into()])).unwrap(),
+        vec![1, 0, 3]
+    );
+    assert_eq!(block(b.last_ids(&[])).unwrap(), Vec::<i64>::new());
+    let backlog = block(b.backlog("/a", 1)).unwrap();
+    assert_eq!(
+        backlog,
+        vec![
+            Message::new(3, 2, "/a", "two|with|pipes"),
+            Message::new(5, 3, "/a", "three"),
+        ]
+    );
+    assert_eq!(block(b.backlog("/a", 3)).unwrap(), vec![]);
+    assert_eq!(
+        block(b.get_message("/b|c$|$s", 1)).unwrap(),
+        Some(Message::new(2, 1, "/b|c$|$s", "bc"))
+    );
+    assert_eq!(block(b.get_message("/a", 9)).unwrap(), None);
+    assert_eq!(block(b.get_message("/a", 4)).unwrap(), None);
+    assert_eq!(
+        global_ids(&block(b.global_backlog(0)).unwrap()),
+        vec![1, 2, 3, 5]
+    );
+    assert_eq!(global_ids(&block(b.global_backlog(2)).unwrap()), vec![3, 5]);
+
+    // Our publishes continue the reference counters.
+    assert_eq!(publish(&b, "/a", "four"), Some(4));
+    assert_eq!(
+        block(b.get_message("/a", 4)).unwrap(),
+        Some(Message::new(6, 4, "/a", "four"))
+    );
+}
+
+#[test]
+fn a_channel_expires_after_its_age_without_publishes() {
+    let db = Db::new(11);
+    let b = db.backend();
+    let opts = PublishOptions {
+        max_backlog_age: Some(1),
+        ..Default::default()
+    };
+    block(b.publish("/short", "1", &opts)).unwrap();
+    block(b.publish("/short", "2", &opts)).unwrap();
+    assert_eq!(block(b.last_id("/short")).unwrap(), 2);
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(block(b.last_id("/short")).unwrap(), 0);
+    assert!(block(b.backlog("/short", 0)).unwrap().is_empty());
+    // the global backlog had the same age; the global id keeps counting
+    assert!(block(b.global_backlog(0)).unwrap().is_empty());
+    assert_eq!(block(b.publish("/short", "3", &opts)).unwrap(), Some(1));
+    assert_eq!(
+        block(b.get_message("/short", 1))
+            .unwrap()
+            .unwrap()
+            .global_id,
+        3
+    );
+}
+
+#[test]
+fn reset_and_expire_all_backlogs() {
+    let mut db = Db::new(12);
+    let b = db.backend();
+    publish(&b, "/a", "1");
+    publish(&b, "/b", "2");
+    let _: () = db.con.set("__mb_is_readonly", "1").unwrap();
+    let _: () = db.con.set("unrelated", "x").unwrap();
+
+    block(b.expire_all_backlogs()).unwrap();
+    let mut keys: Vec<String> = db.con.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "__mb_backlog_id_n_/a",
+            "__mb_backlog_id_n_/b",
+            "__mb_global_id_n",
+            "__mb_is_readonly",
+            "unrelated"
+        ]
+    );
+    assert_eq!(block(b.last_id("/a")).unwrap(), 1);
+    assert_eq!(publish(&b, "/a", "3"), Some(2));
+    assert_eq!(block(b.get_message("/a", 2)).unwrap().unwrap().global_id, 3);
+
+    block(b.reset()).unwrap();
+    let keys: Vec<String> = db.con.keys("*").unwrap();
+    assert_eq!(keys, vec!["unrelated"]);
+    assert_eq!(publish(&b, "/a", "4"), Some(1));
+    assert_eq!(
+        block(b.global_backlog(0)).unwrap(),
+        vec![Message::new(1, 1, "/a", "4")]
+    );
+
+    // SCAN covers more keys than one batch.
+    for i in 0..2500 {
+        let _: () = db.con.set(format!("__mb_backlog_id_n_/c{i}"), i).unwrap();
+    }
+    block(b.reset()).unwrap();
+    let keys: Vec<String> = db.con.keys("*").unwrap();
+    assert_eq!(keys, vec!["unrelated"]);
+}
+
+#[test]
+fn firehose_delivers_in_order_replays_and_catches_up_after_a_gap() {
+    let mut db = Db::new(13);
+    let b = db.backend();
+    publish(&b, "/a", "before-1");
+    publish(&b, "/a", "before-2");
+    assert!(!b.is_subscribed());
+
+    let live = block(b.subscribe(None)).unwrap();
+    let replay = block(b.subscribe(Some(1))).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    publish(&b, "/a", "3");
+    publish(&b, "/b", "4");
+    let got = receive(&live, 2);
+    assert_eq!(global_ids(&got), vec![3, 4]);
+    assert_eq!(got[1], Message::new(4, 1, "/b", "4"));
+    assert_eq!(global_ids(&receive(&replay, 3)), vec![2, 3, 4]);
+
+    // A message stored without being published (as if its PUBLISH was lost):
+    // the next live message reveals the gap and the backlog fills it.
+    let con = &mut db.con;
+    let gid: i64 = con.incr("__mb_global_id_n", 1).unwrap();
+    let mid: i64 = con.incr("__mb_backlog_id_n_/b", 1).unwrap();
+    let _: () = con
+        .zadd("__mb_backlog_n_/b", format!("{gid}|{mid}|/b|silent"), mid)
+        .unwrap();
+    let _: () = con
+        .zadd("__mb_global_backlog_n", format!("{mid}|/b"), gid)
+        .unwrap();
+    // And a global entry whose channel message is gone: a hole, no stall.
+    let hole: i64 = con.incr("__mb_global_id_n", 1).unwrap();
+    let _: () = con
+        .zadd("__mb_global_backlog_n", "99|/vanished", hole)
+        .unwrap();
+    let started = Instant::now();
+    publish(&b, "/a", "7");
+    let got = receive(&live, 2);
+    assert_eq!(global_ids(&got), vec![5, 7]);
+    assert_eq!(got[0].data, "silent");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(global_ids(&receive(&replay, 2)), vec![5, 7]);
+
+    // A storage reset restarts ids; the firehose follows.
+    block(b.reset()).unwrap();
+    publish(&b, "/a", "after-reset");
+    let got = receive(&live, 1);
+    assert_eq!(got, vec![Message::new(1, 1, "/a", "after-reset")]);
+
+    // global_unsubscribe ends local subscriptions only.
+    block(b.global_unsubscribe());
+    assert!(matches!(
+        live.next_batch(1, Duration::from_millis(10)).unwrap(),
+        Batch::Closed
+    ));
+    assert!(!b.is_subscribed());
+    block(b.destroy());
+}
+
+#[test]
+fn a_foreign_unsubscribe_and_garbage_payloads_are_ignored() {
+    let mut db = Db::new(14);
+    let b = db.backend();
+    let sub = block(b.subscribe(None)).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    message_bus_core::log::drain();
+    let _: () = db.con.publish("_message_bus_14", "$$UNSUBSCRIBE").unwrap();
+    let _: () = db.con.publish("_message_bus_14", "nonsense").unwrap();
+    publish(&b, "/a", "still here");
+    assert_eq!(
+        receive(&sub, 1),
+        vec![Message::new(1, 1, "/a", "still here")]
+    );
+    assert!(b.is_subscribed());
+    let log = message_bus_core::log::drain();
+    assert!(log.iter().any(|l| l.contains("$$UNSUBSCRIBE")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("nonsense")), "{log:?}");
+    block(b.destroy());
+}
+
+#[test]
+fn firehose_reconnects_and_replays_what_it_missed() {
+    let server = Server::start();
+    let b = server.backend();
+    let sub = block(b.subscribe(None)).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    publish(&b, "/a", "1");
+    assert_eq!(global_ids(&receive(&sub, 1)), vec![1]);
+
+    let mut con = server.con();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut con)
+        .unwrap();
+    wait_until("the disconnect", || !b.is_subscribed());
+    publish(&b, "/a", "2");
+    publish(&b, "/a", "3");
+    wait_until("the reconnect", || b.is_subscribed());
+    publish(&b, "/a", "4");
+    assert_eq!(global_ids(&receive(&sub, 3)), vec![2, 3, 4]);
+    block(b.destroy());
+}
+
+#[test]
+fn read_only_publishes_are_queued_and_flushed_in_order() {
+    let primary = Server::start();
+    let replica = Server::start();
+    let b = replica.backend();
+    let sub = block(b.subscribe(None)).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    publish(&b, "/a", "writable");
+    assert_eq!(global_ids(&receive(&sub, 1)), vec![1]);
+
+    let mut rcon = replica.con();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query(&mut rcon)
+        .unwrap();
+    // Wait until the replica has taken the (empty) primary's data set.
+    wait_until("the replication link", || {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut rcon)
+            .is_ok_and(|info| info.contains("master_link_status:up"))
+    });
+
+    Settings::set(&b.settings().max_in_memory_publish_backlog, 3);
+    let refused = block(b.publish(
+        "/a",
+        "x",
+        &PublishOptions {
+            queue_in_memory: Some(false),
+            ..Default::default()
+        },
+    ));
+    assert!(
+        matches!(refused, Err(Error::Backend(ref m)) if m.contains("read only")),
+        "{refused:?}"
+    );
+    assert_eq!(publish(&b, "/a", "q0"), None);
+    let with_age = PublishOptions {
+        max_backlog_age: Some(500),
+        ..Default::default()
+    };
+    assert_eq!(block(b.publish("/kept", "q1", &with_age)).unwrap(), None);
+    assert_eq!(publish(&b, "/a", "q2"), None);
+    assert_eq!(publish(&b, "/a", "q3"), None); // drops q0
+    assert_eq!(b.queued_publishes(), 3);
+    assert_eq!(b.dropped_publishes(), 1);
+
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut rcon)
+        .unwrap();
+    wait_until("the flush", || b.queued_publishes() == 0);
+    let got = receive(&sub, 3);
+    let data: Vec<&str> = got.iter().map(|m| m.data.as_str()).collect();
+    assert_eq!(data, vec!["q1", "q2", "q3"]);
+    // The replica took the (empty) primary's data: ids restarted.
+    assert_eq!(global_ids(&got), vec![1, 2, 3]);
+    let ttl: i64 = rcon.ttl("__mb_backlog_n_/kept").unwrap();
+    assert!(
+        (490..=500).contains(&ttl),
+        "per-message age kept, got {ttl}"
+    );
+    assert_eq!(publish(&b, "/a", "direct"), Some(3));
+    block(b.destroy());
+}
+
+#[test]
+fn unreachable_redis_is_a_connection_error_and_publishes_wait_for_it() {
+    let port = free_port();
+    let b = RedisBackend::new(
+        &format!("redis://:sekrit@127.0.0.1:{port}/15"),
+        "_message_bus_15",
+    )
+    .unwrap();
+    let err = block(b.last_id("/a")).unwrap_err();
+    match &err {
+        Error::Connection(m) => {
+            assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+            assert!(!m.contains("sekrit"), "{m}");
+        }
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+    let refused = block(b.publish(
+        "/a",
+        "x",
+        &PublishOptions {
+            queue_in_memory: Some(false),
+            ..Default::default()
+        },
+    ));
+    assert!(matches!(refused, Err(Error::Connection(_))), "{refused:?}");
+    assert_eq!(publish(&b, "/a", "queued-1"), None);
+    assert_eq!(publish(&b, "/a", "queued-2"), None);
+    assert_eq!(b.queued_publishes(), 2);
+
+    let server = Server::start_on(port);
+    let mut con = server.con();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("sekrit")
+        .query(&mut con)
+        .unwrap();
+    wait_until("the flush", || b.queued_publishes() == 0);
+    let mut con = redis::Client::open(format!("redis://:sekrit@127.0.0.1:{port}/15"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        members(&mut con, "__mb_backlog_n_/a"),
+        vec!["1|1|/a|queued-1", "2|2|/a|queued-2"]
+    );
+    assert_eq!(b.dropped_publishes(), 0);
+    block(b.destroy());
+}
+
+#[test]
+fn invalid_urls_are_argument_errors_and_construction_never_connects() {
+    assert!(matches!(
+        RedisBackend::new("http://nope", "_message_bus_0"),
+        Err(Error::Argument(_))
+    ));
+    // Nothing listens there; constructing still succeeds.
+    let b = RedisBackend::new("redis://127.0.0.1:1/0", "_message_bus_0").unwrap();
+    assert_eq!(b.pubsub_channel(), "_message_bus_0");
+    assert_eq!(b.queued_publishes(), 0);
+    let unix = RedisBackend::new("redis+unix:///tmp/nonexistent.sock?db=3", "_message_bus_3");
+    assert!(unix.is_ok());
+}
+
+#[test]
+fn concurrent_publishers_are_delivered_once_each_in_global_id_order() {
+    let server = Server::start();
+    let b = Arc::new(server.backend());
+    let sub = block(b.subscribe(None)).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    assert!(publish(&b, &format!("/c{}", t % 3), &format!("{t}-{i}")).is_some());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = receive(&sub, 400);
+    assert_eq!(global_ids(&got), (1..=400).collect::<Vec<i64>>());
+    block(b.destroy());
+}
