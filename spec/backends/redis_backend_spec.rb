@@ -4,24 +4,17 @@
 # against the Redis on 127.0.0.1:6379, database 15. Needs the native
 # extension: `CARGO_TARGET_DIR=... rake compile`.
 
-$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
+require "English"
 require "open3"
 require "socket"
-require "timeout"
-require "message_bus/message_bus_native"
-
-module MessageBus
-  BACKENDS = {} unless const_defined?(:BACKENDS)
-  Message = Struct.new(:global_id, :message_id, :channel, :data) unless const_defined?(:Message)
-end
-
 require "message_bus/backends/redis"
 
 RSpec.describe MessageBus::Backends::Redis do
-  DB = 15
+  db = 15
+  define_method(:db) { db }
 
   def redis_cli(*args)
-    out, status = Open3.capture2("redis-cli", "-n", DB.to_s, *args.map(&:to_s))
+    out, status = Open3.capture2("redis-cli", "-n", db.to_s, *args.map(&:to_s))
     raise "redis-cli #{args.join(' ')} failed" unless status.success?
 
     out
@@ -78,7 +71,7 @@ RSpec.describe MessageBus::Backends::Redis do
   end
 
   context "with a Redis server" do
-    let(:bus) { described_class.new(redis_config: { db: DB }) }
+    let(:bus) { described_class.new(redis_config: { db: db }) }
 
     before { redis_cli("FLUSHDB") }
 
@@ -139,7 +132,7 @@ RSpec.describe MessageBus::Backends::Redis do
         exit!(ok ? 0 : 1)
       end
       Process.wait(pid)
-      expect($?.exitstatus).to eq(0)
+      expect($CHILD_STATUS.exitstatus).to eq(0)
       expect(Timeout.timeout(5) { received.pop }.data).to eq("child")
       bus.global_unsubscribe
       thread.join(5)
@@ -157,7 +150,7 @@ RSpec.describe MessageBus::Backends::Redis do
   end
 
   it "queues publishes in memory while Redis is unreachable" do
-    bus = described_class.new(redis_config: { port: free_port, db: DB })
+    bus = described_class.new(redis_config: { port: free_port, db: db })
     expect(bus.publish("/a", "later")).to be_nil
     expect(bus.queued_publishes).to eq(1)
     expect { bus.publish("/a", "now", queue_in_memory: false) }.to raise_error(/cannot reach Redis/)

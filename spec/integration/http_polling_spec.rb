@@ -6,27 +6,30 @@ RSpec.describe "HTTP polling through a real Puma", :integration do
   let!(:server) { start_server }
   let(:client_id) { "5f1c0e2a9b7d4c3e8a6f0b1d2c3e4f5a" }
 
+  # /notices 1-6 (6 for user 42 only), then /chat/room-1 twice; returns the ids.
   def seed_reference_state
-    5.times { |i| publish_via(server, "/notices", { "n" => i + 1, "text" => "notice #{i + 1}" }) }
-    publish_via(server, "/notices", "private", user_ids: [42])
-    2.times { publish_via(server, "/chat/room-1", "hi") }
+    notices = Array.new(5) { |i| publish_via(server, "/notices", { "n" => i + 1, "text" => "notice #{i + 1}" }) }
+    notices << publish_via(server, "/notices", "private", user_ids: [42])
+    chat = Array.new(2) { publish_via(server, "/chat/room-1", "hi") }
+    [notices, chat]
   end
 
   it "answers a poll with the backlog after the ids and a /__status (COMPAT §3.13 example 1)" do
-    seed_reference_state
-    body = form([["/chat/room-1", "-1"], ["/notices", "4"], ["__seq", "7"]])
+    notices, chat = seed_reference_state
+    body = form([["/chat/room-1", "-1"], ["/notices", notices[3].to_s], %w[__seq 7]])
     raw = read_all(open_request(server.port, poll_request(client_id, body, query: "dlp=t", headers: { "Dont-Chunk" => "true" })))
     head, payload = raw.split("\r\n\r\n", 2)
     expect(head).to start_with("HTTP/1.1 200")
     expect(head).to include("cache-control: must-revalidate, private, max-age=0\r\ncontent-type: application/json; " \
                             "charset=utf-8\r\npragma: no-cache\r\nexpires: 0")
-    # memory backend: message ids are global ids, /notices 1..6 then /chat/room-1 7..8
-    expect(payload).to eq('[{"global_id":5,"message_id":5,"channel":"/notices","data":{"n":5,"text":"notice 5"}},' \
-                          '{"global_id":-1,"message_id":-1,"channel":"/__status","data":{"/chat/room-1":8,"/notices":6}}]')
+    # global ids 1..8 on both backends; message ids are dense per channel on Redis, global on memory
+    expect(payload).to eq(%([{"global_id":5,"message_id":#{notices[4]},"channel":"/notices","data":{"n":5,"text":"notice 5"}},) +
+                          %({"global_id":-1,"message_id":-1,"channel":"/__status","data":{"/chat/room-1":#{chat[1]},) +
+                          %("/notices":#{notices[5]}}}]))
     as42 = read_all(open_request(server.port, poll_request(client_id, body, query: "dlp=t", headers: { "X-User-Id" => "42" })))
     messages = JSON.parse(as42.split("\r\n\r\n", 2)[1])
-    expect(messages.map { |m| m["message_id"] }).to eq([5, 6, -1])
-    expect(messages.last["data"]).to eq({ "/chat/room-1" => 8 })
+    expect(messages.map { |m| m["message_id"] }).to eq([notices[4], notices[5], -1])
+    expect(messages.last["data"]).to eq({ "/chat/room-1" => chat[1] })
   end
 
   it "implements each last-id case: -N look-behind, N, up to date, ahead of the bus, empty" do
@@ -65,7 +68,7 @@ RSpec.describe "HTTP polling through a real Puma", :integration do
     publish_via(multi, "/global/all", "everyone", site_id: "a")
     poll = lambda do |site, channel|
       raw = read_all(open_request(multi.port, poll_request(client_id, form([[channel, "0"]]), query: "dlp=t",
-                                                                                             headers: { "X-Site-Id" => site })))
+                                                                                              headers: { "X-Site-Id" => site })))
       JSON.parse(raw.split("\r\n\r\n", 2)[1]).map { |m| m["data"] }
     end
     expect(poll.call("a", "/news")).to eq(["for a"])
@@ -90,7 +93,8 @@ RSpec.describe "HTTP polling through a real Puma", :integration do
 
   it "answers bad input with a clear 4xx and keeps serving" do
     cases = {
-      "invalid JSON" => [poll_request(client_id, "{nope", headers: { "Content-Type" => "application/json" }), 400, /invalid JSON/],
+      "invalid JSON" => [poll_request(client_id, "{nope", headers: { "Content-Type" => "application/json" }), 400,
+                         /invalid JSON/],
       "a JSON array" => [poll_request(client_id, "[1]", headers: { "Content-Type" => "application/json" }), 400, /object/],
       "a non-numeric id" => [poll_request(client_id, form([["/c", "abc"]])), 400, /invalid last id/],
       "an odd client id" => [poll_request("bad%00id'x", form([["/c", "1"]])), 400, /invalid client id/],
@@ -100,12 +104,12 @@ RSpec.describe "HTTP polling through a real Puma", :integration do
     }
     cases.each do |name, (request, status, message)|
       raw = read_all(open_request(server.port, request))
-      expect(raw[/\AHTTP\/1\.1 (\d+)/, 1].to_i).to eq(status), "#{name}: #{raw[0, 200]}"
+      expect(raw[%r{\AHTTP/1\.1 (\d+)}, 1].to_i).to eq(status), "#{name}: #{raw[0, 200]}"
       expect(raw.split("\r\n\r\n", 2)[1]).to match(message), name
     end
     expect(JSON.parse(http(server.port, "GET", "/pid")[2])).to be_a(Integer)
-    empty_json = read_all(open_request(server.port, poll_request(client_id, "", query: "dlp=t",
-                                                                                headers: { "Content-Type" => "application/json" })))
+    json = { "Content-Type" => "application/json" }
+    empty_json = read_all(open_request(server.port, poll_request(client_id, "", query: "dlp=t", headers: json)))
     expect(empty_json.split("\r\n\r\n", 2)[1]).to eq("[]") # §9 Q50: no channels
   end
 end

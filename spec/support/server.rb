@@ -130,7 +130,7 @@ module ServerHelpers
     request << "Content-Length: #{body.to_s.bytesize}"
     raw = read_all(open_request(port, "#{request.join("\r\n")}\r\n\r\n#{body}"))
     head, payload = raw.split("\r\n\r\n", 2)
-    status = head[/\AHTTP\/1\.[01] (\d+)/, 1].to_i
+    status = head[%r{\AHTTP/1\.[01] (\d+)}, 1].to_i
     [status, head, payload]
   end
 

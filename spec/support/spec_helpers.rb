@@ -11,10 +11,11 @@ module SpecHelpers
   end
 
   # Backend configuration for a fresh, empty store of the selected backend.
-  def self.backend_config
+  # `store` picks one of several separate stores (Redis databases 9, 10, ...).
+  def self.backend_config(store: 0)
     case backend_name
     when :memory then { backend: :memory }
-    when :redis then { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 9 } }
+    when :redis then { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 9 + store } }
     else raise "unknown MESSAGE_BUS_BACKEND #{backend_name}"
     end
   end
@@ -24,9 +25,10 @@ module SpecHelpers
   end
 
   # A fresh bus on the selected backend, reset, destroyed after the example.
-  def new_bus(**config)
+  def new_bus(store: 0, **config)
     bus = MessageBus::Instance.new
-    bus.configure(SpecHelpers.backend_config.merge(logger: Logger.new(log_output), keepalive_interval: 0).merge(config))
+    bus.configure(SpecHelpers.backend_config(store: store).merge(logger: Logger.new(log_output),
+                                                                 keepalive_interval: 0).merge(config))
     bus.reset!
     (@buses ||= []) << bus
     bus

@@ -48,25 +48,31 @@ module MessageBus
 
       def self.parse_url(url)
         uri = URI.parse(url)
-        parts = {}
         query = uri.query ? URI.decode_www_form(uri.query).to_h : {}
         case uri.scheme
-        when "unix", "redis+unix"
-          parts[:path] = uri.path
-          parts[:db] = query["db"] if query["db"]
-          parts[:username] = query["user"] if query["user"]
-          parts[:password] = query["pass"] || query["password"] if query["pass"] || query["password"]
-        when "redis", "rediss", "valkey", "valkeys"
-          parts[:ssl] = %w[rediss valkeys].include?(uri.scheme)
-          parts[:host] = uri.hostname if uri.hostname && !uri.hostname.empty?
-          parts[:port] = uri.port if uri.port
-          db = uri.path.to_s.delete_prefix("/")
-          parts[:db] = db unless db.empty?
-          parts[:username] = URI.decode_www_form_component(uri.user) if uri.user && !uri.user.empty?
-          parts[:password] = URI.decode_www_form_component(uri.password) if uri.password
-        else
-          raise ArgumentError, "message_bus: unsupported Redis URL scheme #{uri.scheme.inspect}"
+        when "unix", "redis+unix" then unix_url_parts(uri, query)
+        when "redis", "rediss", "valkey", "valkeys" then tcp_url_parts(uri)
+        else raise ArgumentError, "message_bus: unsupported Redis URL scheme #{uri.scheme.inspect}"
         end
+      end
+
+      def self.unix_url_parts(uri, query)
+        parts = { path: uri.path }
+        parts[:db] = query["db"] if query["db"]
+        parts[:username] = query["user"] if query["user"]
+        password = query["pass"] || query["password"]
+        parts[:password] = password if password
+        parts
+      end
+
+      def self.tcp_url_parts(uri)
+        parts = { ssl: %w[rediss valkeys].include?(uri.scheme) }
+        parts[:host] = uri.hostname if uri.hostname && !uri.hostname.empty?
+        parts[:port] = uri.port if uri.port
+        db = uri.path.to_s.delete_prefix("/")
+        parts[:db] = db unless db.empty?
+        parts[:username] = URI.decode_www_form_component(uri.user) if uri.user && !uri.user.empty?
+        parts[:password] = URI.decode_www_form_component(uri.password) if uri.password
         parts
       end
 
@@ -95,7 +101,7 @@ module MessageBus
         URI.encode_www_form_component(value.to_s).gsub("+", "%20")
       end
 
-      private_class_method :parse_url, :build_url, :escape
+      private_class_method :parse_url, :unix_url_parts, :tcp_url_parts, :build_url, :escape
     end
   end
 end

@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
 require "json"
-require "uri"
 
 module MessageBus
   module Rack
@@ -95,10 +94,23 @@ module MessageBus
 
           parsed.to_a
         else
-          URI.decode_www_form(body)
+          decode_form(body)
         end
-      rescue ArgumentError => e
-        raise BadRequest, "invalid form body: #{e.message}"
+      end
+
+      # Form pairs in order. Unlike URI.decode_www_form, invalid UTF-8 is
+      # reported rather than replaced.
+      def decode_form(body)
+        body.split("&").filter_map do |pair|
+          next if pair.empty?
+
+          key, value = pair.split("=", 2)
+          [unescape(key), unescape(value.to_s)]
+        end
+      end
+
+      def unescape(text)
+        text.tr("+", " ").b.gsub(/%\h\h/n) { |escape| escape[1, 2].hex.chr }.force_encoding(Encoding::UTF_8)
       end
 
       def parse_json(body)
@@ -109,13 +121,13 @@ module MessageBus
 
       def read_body
         input = @env["rack.input"]
-        return "" unless input
+        return +"" unless input
 
         declared = @env["CONTENT_LENGTH"].to_i
         raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if declared > MAX_BODY_BYTES
 
         input.rewind if input.respond_to?(:rewind)
-        body = input.read(MAX_BODY_BYTES + 1) || ""
+        body = input.read(MAX_BODY_BYTES + 1) || +""
         raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if body.bytesize > MAX_BODY_BYTES
 
         body.force_encoding(Encoding::UTF_8)
