@@ -38,7 +38,6 @@ module MessageBus
       @timer = nil
       @keepalive = nil
       @last_message_at = monotonic_now
-      MessageBus.track_bus(self)
     end
 
     # --- configuration -----------------------------------------------------
@@ -578,20 +577,6 @@ module MessageBus
     include Implementation
   end
 
-  @buses = ObjectSpace::WeakMap.new
-
-  class << self
-    # Every bus of this process, so that a fork can reset their native state.
-    def track_bus(bus)
-      @buses ||= ObjectSpace::WeakMap.new
-      @buses[bus] = true
-    end
-
-    def each_bus(&blk)
-      @buses.each_key(&blk)
-    end
-  end
-
   extend Implementation
   initialize
 
@@ -600,13 +585,8 @@ module MessageBus
   module ForkHook
     def _fork
       pid = super
-      if pid.zero?
-        MessageBus::Native.after_fork
-        MessageBus.each_bus do |bus|
-          backend = bus.config[:backend_instance]
-          backend.after_fork if backend.respond_to?(:after_fork)
-        end
-      end
+      # Backends notice the new pid themselves on their next use.
+      MessageBus::Native.after_fork if pid.zero?
       pid
     end
   end

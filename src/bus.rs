@@ -76,7 +76,15 @@ impl Hub {
     }
 
     pub fn add_subscription(&self, sub: Arc<Subscription>) {
-        self.subscriptions.lock().push(sub);
+        let mut subs = self.subscriptions.lock();
+        // After a fork, the parent's subscriptions have no reader here.
+        subs.retain(|s| {
+            if s.is_inherited() {
+                s.close();
+            }
+            !s.is_closed()
+        });
+        subs.push(sub);
     }
 
     pub fn has_subscriptions(&self) -> bool {

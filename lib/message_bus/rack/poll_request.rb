@@ -40,9 +40,11 @@ module MessageBus
         @channels = read_channels
       end
 
-      # HTTP/1.1, no Dont-Chunk header, chunking enabled (§3.2 step 12).
+      # HTTP/1.1, no Dont-Chunk header, chunking enabled (§3.2 step 12). The
+      # request's own version wins: Puma reports SERVER_PROTOCOL "HTTP/1.1"
+      # even for HTTP/1.0 requests, whose clients cannot read chunks.
       def allow_chunked?
-        (@env["SERVER_PROTOCOL"] == "HTTP/1.1" || @env["HTTP_VERSION"] == "HTTP/1.1") &&
+        (@env["HTTP_VERSION"] || @env["SERVER_PROTOCOL"]) == "HTTP/1.1" &&
           !@env.key?("HTTP_DONT_CHUNK") && @bus.chunked_encoding_enabled?
       end
 

@@ -1,0 +1,163 @@
+# frozen_string_literal: true
+
+RSpec.describe "HTTP long polling through a real Puma", :integration do
+  include ServerHelpers
+
+  let!(:server) { start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "1500" }) }
+  let(:client_id) { "5f1c0e2a9b7d4c3e8a6f0b1d2c3e4f5a" }
+
+  head = "cache-control: must-revalidate, private, max-age=0\r\npragma: no-cache\r\nexpires: 0\r\nconnection: close\r\n"
+  let(:head) { head }
+
+  it "streams: head, empty first chunk, one chunk per live message, final chunk at the timeout (example 2)" do
+    chat = publish_via(server, "/chat/room-1", "old")
+    socket = open_request(server.port, poll_request(client_id, form([["/chat/room-1", chat.to_s], %w[__seq 8]])))
+    buffer = read_until(socket, /7\r\n\[\]\r\n\|\r\n\r\n/)
+    expect(buffer).to eq("HTTP/1.1 200 OK\r\n#{head}content-type: text/plain; charset=utf-8\r\ntransfer-encoding: chunked\r\n" \
+                         "x-content-type-options: nosniff\r\n\r\n7\r\n[]\r\n|\r\n\r\n")
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    publish_via(server, "/chat/room-1", { "from" => "bob", "body" => "see you | later ✓" })
+    publish_via(server, "/notices", "private", user_ids: [42])
+    rest = read_all(socket, timeout: 5)
+    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+    json = rest[/\A\h+\r\n(.*?)\r\n\|\r\n\r\n/m, 1]
+    message = JSON.parse(json).first
+    expect(message.slice("channel",
+                         "data")).to eq("channel" => "/chat/room-1", "data" => { "from" => "bob", "body" => "see you | later ✓" })
+    expect(rest).to start_with("#{(json.bytesize + 5).to_s(16)}\r\n")
+    expect(rest).to end_with("\r\n|\r\n\r\n7\r\n[]\r\n|\r\n\r\n0\r\n\r\n")
+    expect(elapsed).to be_between(0.5, 4)
+  end
+
+  it "starts a stream with the backlog and the status instead of the empty chunk" do
+    id = publish_via(server, "/c", "one")
+    raw = read_all(open_request(server.port, poll_request(client_id, form([["/c", "-1"], ["/d", (id - 1).to_s]]))))
+    payloads = stream_payloads(raw)
+    expect(payloads.first).to eq([{ "global_id" => -1, "message_id" => -1, "channel" => "/__status",
+                                    "data" => { "/c" => id } }])
+    expect(payloads.last).to eq([])
+  end
+
+  it "long-polls without chunking: one message, then close (example 3)" do
+    id = publish_via(server, "/chat/room-1", "old")
+    request = poll_request(client_id, JSON.generate("/chat/room-1" => id, "__seq" => 9),
+                           headers: { "Dont-Chunk" => "true", "Content-Type" => "application/json" })
+    socket = open_request(server.port, request)
+    sleep 0.2
+    new_id = publish_via(server, "/chat/room-1", "bye")
+    raw = read_all(socket, timeout: 5)
+    body = %([{"global_id":#{new_id_global(new_id)},"message_id":#{new_id},"channel":"/chat/room-1","data":"bye"}])
+    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head}content-type: application/json; charset=utf-8\r\n" \
+                      "content-length: #{body.bytesize}\r\n\r\n#{body}")
+  end
+
+  def new_id_global(message_id)
+    SpecHelpers.backend_name == :redis ? 2 : message_id
+  end
+
+  it "answers [] at the timeout without chunking, and never chunks HTTP/1.0 (example 4)" do
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    raw = read_all(open_request(server.port, poll_request(client_id, form([["/quiet", ""]]), version: "1.0")))
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be_between(1.2, 4)
+    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head}content-type: application/json; charset=utf-8\r\ncontent-length: 2\r\n\r\n[]")
+  end
+
+  it "holds more long polls than Puma has threads and still answers a normal request at once" do
+    sockets = Array.new(6) { |i| open_request(server.port, poll_request("holder#{i}", form([["/hold", ""]]))) }
+    sockets.each { |s| read_until(s, /\r\n\r\n7\r\n/) }
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    expect(http(server.port, "GET", "/elsewhere")[2]).to eq("app")
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 0.5
+    publish_via(server, "/hold", "to all")
+    sockets.each { |s| expect(read_until(s, /to all/)).to include('"data":"to all"') }
+    sockets.each(&:close)
+  end
+
+  it "a newer request of the same client replaces the older one; an older seq is closed at once" do
+    old = open_request(server.port, poll_request(client_id, form([["/r", ""], %w[__seq 2]])))
+    read_until(old, /7\r\n\[\]/)
+    newer = open_request(server.port, poll_request(client_id, form([["/r", ""], %w[__seq 3]])))
+    read_until(newer, /7\r\n\[\]/)
+    expect(read_all(old, timeout: 3)).to end_with("7\r\n[]\r\n|\r\n\r\n0\r\n\r\n")
+    stale = read_all(open_request(server.port, poll_request(client_id, form([["/r", ""], %w[__seq 1]]))), timeout: 3)
+    expect(stale).to end_with("7\r\n[]\r\n|\r\n\r\n0\r\n\r\n")
+    publish_via(server, "/r", "still live") # the stale request did not unregister the newer one (§9 Q36)
+    expect(read_until(newer, /still live/)).to include("still live")
+    newer.close
+  end
+
+  it "survives a peer closing mid-stream and keeps serving the others" do
+    other = open_request(server.port, poll_request("other", form([["/p", ""]])))
+    read_until(other, /7\r\n\[\]/)
+    5.times do |i|
+      s = open_request(server.port, poll_request("leaver#{i}", form([["/p", ""]])))
+      read_until(s, /7\r\n\[\]/)
+      s.close
+    end
+    publish_via(server, "/p", "after leavers")
+    expect(read_until(other, /after leavers/)).to include("after leavers")
+    other.close
+    expect(File.read(server.log)).not_to match(/EPIPE|ECONNRESET|Broken pipe/i)
+  end
+
+  it "a slow reader does not delay the others, and is closed past its queue bound" do
+    slow = open_request(server.port, poll_request("slow", form([["/s", ""]])))
+    slow.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
+    fast = open_request(server.port, poll_request("fast", form([["/s", ""]])))
+    read_until(fast, /7\r\n\[\]/)
+    big = "x" * 20_000
+    buffer = +""
+    40.times do |i|
+      publish_via(server, "/s", "#{i}#{big}")
+      read_until(fast, /"data":"#{i}x/, buffer, timeout: 5)
+    end
+    expect(buffer.scan(/"data":"(\d+)x/).flatten.map(&:to_i)).to eq((0...40).to_a)
+    slow.close
+    fast.close
+  end
+
+  it "falls back to immediate answers beyond max_active_clients" do
+    stop_server(server)
+    small = start_server(env: { "MB_MAX_ACTIVE_CLIENTS" => "2", "MB_LONG_POLLING_INTERVAL" => "3000" })
+    parked = Array.new(2) { |i| open_request(small.port, poll_request("p#{i}", form([["/m", ""]]))) }
+    parked.each { |s| read_until(s, /7\r\n\[\]/) }
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    raw = read_all(open_request(small.port, poll_request("third", form([["/m", ""]]))), timeout: 2)
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 1
+    expect(raw).to include("Content-Length: 2").and end_with("[]")
+    parked.each(&:close)
+  end
+
+  it "never delivers a targeted message to anyone else (random targets and identities)" do
+    rng = Random.new(RSpec.configuration.seed)
+    identities = Array.new(6) do |i|
+      { user: [1, 2, 3, nil].sample(random: rng), groups: [[], [10], [20], [10, 20]].sample(random: rng), id: "who#{i}" }
+    end
+    sockets = identities.map do |who|
+      headers = { "X-User-Id" => JSON.generate(who[:user]), "X-Group-Ids" => JSON.generate(who[:groups]) }
+      s = open_request(server.port, poll_request(who[:id], form([["/t", ""]]), headers: headers))
+      read_until(s, /7\r\n\[\]/)
+      s
+    end
+    sent = Array.new(12) do |n|
+      opts = {}
+      opts[:user_ids] = [[1], [2], [1, 3]].sample(random: rng) if rng.rand < 0.6
+      opts[:group_ids] = [[10], [20]].sample(random: rng) if rng.rand < 0.4
+      opts[:client_ids] = [identities.sample(random: rng)[:id]] if rng.rand < 0.3
+      publish_via(server, "/t", "m#{n}", opts)
+      ["m#{n}", opts]
+    end
+    publish_via(server, "/t", "end")
+    identities.zip(sockets).each do |who, socket|
+      got = read_until(socket, /"data":"end"/).scan(/"data":"(m\d+)"/).flatten
+      expected = sent.select do |_, o|
+        client_ok = o[:client_ids].nil? || o[:client_ids].include?(who[:id])
+        users = o[:user_ids] || []
+        groups = o[:group_ids] || []
+        client_ok && ((users.empty? && groups.empty?) || users.include?(who[:user]) || !(groups & who[:groups]).empty?)
+      end.map(&:first)
+      expect(got).to eq(expected), "identity #{who.inspect}"
+      socket.close
+    end
+  end
+end
