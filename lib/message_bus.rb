@@ -338,6 +338,7 @@ module MessageBus
       thread.join(5) if thread && thread != Thread.current
       @subscriber_thread = nil
       @keepalive&.cancel
+      @log_drain&.cancel
       @timer&.stop
       @timer = nil
     end
@@ -513,6 +514,7 @@ module MessageBus
       @subscriber_thread.name = "MessageBus subscriber"
       @subscriber_thread.report_on_exception = false
       start_keepalive
+      start_log_drain
     end
 
     def wait_for_subscription
@@ -548,6 +550,16 @@ module MessageBus
         lists << @subscriptions.dig(site, nil) if site
         lists.compact.flatten
       end
+    end
+
+    # Warnings of the Rust core (reconnects, unreadable messages) go to the logger.
+    def start_log_drain
+      @log_drain&.cancel
+      @log_drain = timer.every(1) { drain_native_log }
+    end
+
+    def drain_native_log
+      MessageBus::Native._drain_log.each { |line| logger.warn("MessageBus: #{line}") }
     end
 
     def start_keepalive

@@ -65,9 +65,16 @@ pub async fn compute(
         if let Some(start) = start {
             for m in backend.backlog(encoded, start).await? {
                 position = position.max(m.message_id);
-                let Ok(envelope) = Envelope::parse(&m.data) else {
-                    out.unreadable += 1;
-                    continue;
+                let envelope = match Envelope::parse(&m.data) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        crate::log::warn(format!(
+                            "skipping message {} on {}: {e}",
+                            m.global_id, m.channel
+                        ));
+                        out.unreadable += 1;
+                        continue;
+                    }
                 };
                 if envelope.allows(who) {
                     let (name, _) = decode_channel(&m.channel);

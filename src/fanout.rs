@@ -169,9 +169,16 @@ impl Sink for Fanout {
         let Some(ids) = reg.index.get(channel) else {
             return;
         };
-        let Ok(envelope) = Envelope::parse(&message.data) else {
-            self.unreadable.fetch_add(1, Ordering::Relaxed);
-            return;
+        let envelope = match Envelope::parse(&message.data) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                crate::log::warn(format!(
+                    "not pushing message {} on {}: {e}",
+                    message.global_id, message.channel
+                ));
+                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         };
         let mut live: Option<Arc<Live>> = None;
         let mut slow = Vec::new();
@@ -202,13 +209,16 @@ impl Sink for Fanout {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(client_id.clone()),
-                Err(mpsc::error::TrySendError::Closed(_)) => slow.push(client_id.clone()),
+                Err(mpsc::error::TrySendError::Full(_)) => slow.push((client_id.clone(), true)),
+                Err(mpsc::error::TrySendError::Closed(_)) => slow.push((client_id.clone(), false)),
             }
         }
-        for client_id in slow {
+        for (client_id, too_slow) in slow {
             if let Some(parked) = reg.remove(&client_id) {
-                self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                if too_slow {
+                    // The client reconnects with its last ids; the backlog has the rest.
+                    self.slow_closed.fetch_add(1, Ordering::Relaxed);
+                }
                 parked.kill.notify_one();
             }
         }

@@ -168,4 +168,11 @@ RSpec.describe "MessageBus subscriptions" do
     expect(drain(q, 1).map(&:data)).to eq(["fine"])
     expect(log_output.string).to include("failed to decode")
   end
+
+  it "hands warnings of the Rust core to the logger" do
+    bus.subscribe("/chan") { nil }
+    bus.backend_instance.publish("/chan", "not an envelope")
+    MessageBus::Native::Connections.new(bus.backend_instance.native)._poll("c", nil, "null", "[]", [["/chan", 0]])
+    wait_for(message: "the core's warning in the log") { log_output.string.include?("skipping message") }
+  end
 end

@@ -34,8 +34,11 @@ module SpecHelpers
     bus
   end
 
+  BUS_LOCK = Mutex.new
+
+  # The example's bus; safe to first touch from several threads.
   def bus
-    @bus ||= new_bus
+    BUS_LOCK.synchronize { @bus ||= new_bus }
   end
 
   # Waits until the block returns truthy; fails after `timeout` seconds.
