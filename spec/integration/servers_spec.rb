@@ -1,0 +1,42 @@
+# frozen_string_literal: true
+
+RSpec.describe "Other app servers", :integration do
+  include ServerHelpers
+
+  let(:interval) { { "MB_LONG_POLLING_INTERVAL" => "3000" } }
+
+  def stream_one_message(server, client_id)
+    socket = open_request(server.port, poll_request(client_id, form([["/srv", ""]])))
+    read_until(socket, /7\r\n\[\]\r\n\|\r\n\r\n/)
+    publish_via(server, "/srv", "hello #{client_id}")
+    read_until(socket, /hello #{client_id}/)
+  ensure
+    socket&.close
+  end
+
+  it "long-polls with streaming under Unicorn (rack hijack)" do
+    server = start_server(kind: :unicorn, env: interval)
+    expect(stream_one_message(server, "unicorn")).to include(%("data":"hello unicorn"))
+  end
+
+  it "answers polls at once under Thin, which has no hijack (documented fallback: polling)" do
+    server = start_server(kind: :thin, env: interval)
+    publish_via(server, "/srv", "stored")
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    raw = read_all(open_request(server.port, poll_request("thin", form([["/srv", "0"]]))), timeout: 5)
+    expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 2
+    expect(JSON.parse(raw.split("\r\n\r\n", 2)[1]).map { |m| m["data"] }).to eq(["stored"])
+  end
+
+  it "delivers across Puma cluster workers (after_fork in on_worker_boot)" do
+    skip "the memory backend is per process; this runs on the Redis and PostgreSQL passes" if SpecHelpers.backend_name == :memory
+
+    server = start_server(workers: 2, threads: 2, env: interval)
+    pids = wait_for(timeout: 20, message: "two distinct workers answering") do
+      seen = Array.new(10) { http(server.port, "GET", "/pid")[2].to_i }.uniq
+      seen if seen.length >= 2
+    end
+    expect(pids.length).to eq(2)
+    3.times { |i| expect(stream_one_message(server, "cluster#{i}")).to include("hello cluster#{i}") }
+  end
+end
