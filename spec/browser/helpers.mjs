@@ -51,17 +51,15 @@ export async function waitFor(fn, { timeout = 5000, interval = 25, message = "co
   }
 }
 
-// Starts Puma (single mode) on a free port with `app` (a config.ru) and stops
-// it by pid when `hook` runs (t.after / after).
-export async function startPuma(app, { env = {}, probe = "/" } = {}) {
+// Starts a server process on a free port and waits until `probe` answers.
+// `argv(port)` gives the command line, `env` extra environment (an object, or
+// a function of the port). Stopped by pid (server.stop()).
+export async function startServer(argv, { env = {}, probe = "/", timeout = 30000, name = "server" } = {}) {
   const port = await freePort();
-  const logFile = path.join(os.tmpdir(), `mb-browser-puma-${port}.log`);
+  const logFile = path.join(os.tmpdir(), `mb-browser-${name}-${port}.log`);
   const out = fs.openSync(logFile, "w");
-  const proc = spawn("puma", ["-b", `tcp://127.0.0.1:${port}`, "-t", "8:8", "-e", "test", app], {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", out, out],
-  });
+  const [command, ...args] = argv(port);
+  const proc = spawn(command, args, { cwd: ROOT, env: { ...process.env, ...(typeof env === "function" ? env(port) : env) }, stdio: ["ignore", out, out] });
   fs.closeSync(out);
   let exited = null;
   proc.on("exit", (code, signal) => (exited = { code, signal }));
@@ -83,17 +81,35 @@ export async function startPuma(app, { env = {}, probe = "/" } = {}) {
   try {
     await waitFor(
       async () => {
-        if (exited) throw new Error(`puma exited ${JSON.stringify(exited)}: ${fs.readFileSync(logFile, "utf8")}`);
+        if (exited) throw new Error(`${name} exited ${JSON.stringify(exited)}: ${fs.readFileSync(logFile, "utf8")}`);
         const res = await fetch(base + probe);
         return res.status < 500;
       },
-      { timeout: 30000, interval: 100, message: `puma on port ${port} (log: ${logFile})` },
+      { timeout, interval: 100, message: `${name} on port ${port} (log: ${logFile})` },
     );
   } catch (e) {
     await server.stop();
     throw e;
   }
   return server;
+}
+
+// Puma (single mode) running the config.ru `app`.
+export function startPuma(app, options = {}) {
+  return startServer((port) => ["puma", "-b", `tcp://127.0.0.1:${port}`, "-t", "8:8", "-e", "test", app], {
+    name: "puma",
+    ...options,
+  });
+}
+
+// bin/demo (the chat demo on Puma), listening on PORT.
+export function startDemo(options = {}) {
+  return startServer(() => ["bin/demo"], {
+    name: "demo",
+    probe: "/session",
+    ...options,
+    env: (port) => ({ PORT: String(port) }),
+  });
 }
 
 export function launchBrowser() {
