@@ -27,6 +27,8 @@ use crate::message::{truncate, Message};
 
 /// Payload by which reference processes end every firehose subscription.
 const UNSUBSCRIBE: &str = "$$UNSUBSCRIBE";
+/// `application_name` of the LISTEN connection.
+pub const LISTENER_NAME: &str = "message_bus_listener";
 /// The table is read this often while no notification arrives.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,11 +75,9 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
 }
 
 async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result<()> {
-    let (client, mut connection) = inner
-        .config
-        .connect(NoTls)
-        .await
-        .map_err(|e| inner.to_error(e))?;
+    let mut config = inner.config.clone();
+    config.application_name(LISTENER_NAME);
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| inner.to_error(e))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         loop {

@@ -17,7 +17,7 @@
 //! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
 //! child never touches what it inherited (it is leaked) and builds its own.
 
-mod firehose;
+pub mod firehose;
 pub mod sql;
 
 use std::str::FromStr;
