@@ -240,22 +240,30 @@ impl Inner {
             // Ends when the client is dropped or the connection breaks.
             let _ = connection.await;
         });
-        let exists: bool = client
-            .query_one(sql::TABLE_EXISTS, &[])
-            .await
-            .map_err(|e| self.to_error(e))?
-            .try_get(0)
-            .map_err(|e| self.to_error(e))?;
-        if !exists {
-            client
-                .batch_execute(&sql::create_schema_sql())
+        // A concurrent reset may drop the table between the check and the
+        // preparation: check again then.
+        let mut attempts = 0;
+        loop {
+            let exists: bool = client
+                .query_one(sql::TABLE_EXISTS, &[])
                 .await
+                .map_err(|e| self.to_error(e))?
+                .try_get(0)
                 .map_err(|e| self.to_error(e))?;
+            if !exists {
+                client
+                    .batch_execute(&sql::create_schema_sql())
+                    .await
+                    .map_err(|e| self.to_error(e))?;
+            }
+            match Statements::prepare(&client).await {
+                Ok(stmts) => return Ok(Arc::new(Conn { client, stmts })),
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) && attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(self.to_error(e)),
+            }
         }
-        let stmts = Statements::prepare(&client)
-            .await
-            .map_err(|e| self.to_error(e))?;
-        Ok(Arc::new(Conn { client, stmts }))
     }
 
     /// A pooled connection (round robin over `POOL_SIZE` lazily opened ones).
@@ -274,13 +282,34 @@ impl Inner {
         Ok(conn)
     }
 
-    async fn max_id(&self) -> Result<i64> {
+    /// Runs one prepared statement on a pooled connection. When the table is
+    /// missing (dropped by a concurrent reset), recreates it and retries once.
+    async fn query(
+        &self,
+        pick: fn(&Statements) -> &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
         let conn = self.conn().await?;
-        let row = conn
-            .client
-            .query_one(&conn.stmts.max_id, &[])
-            .await
-            .map_err(|e| self.to_error(e))?;
+        match conn.client.query(pick(&conn.stmts), params).await {
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                conn.client
+                    .batch_execute(&sql::create_schema_sql())
+                    .await
+                    .map_err(|e| self.to_error(e))?;
+                conn.client
+                    .query(pick(&conn.stmts), params)
+                    .await
+                    .map_err(|e| self.to_error(e))
+            }
+            r => r.map_err(|e| self.to_error(e)),
+        }
+    }
+
+    async fn max_id(&self) -> Result<i64> {
+        let rows = self.query(|s| &s.max_id, &[]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(0);
+        };
         Ok(row
             .try_get::<_, Option<i64>>(0)
             .map_err(|e| self.to_error(e))?
@@ -288,12 +317,7 @@ impl Inner {
     }
 
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
-        let conn = self.conn().await?;
-        let rows = conn
-            .client
-            .query(&conn.stmts.global_backlog, &[&last_id])
-            .await
-            .map_err(|e| self.to_error(e))?;
+        let rows = self.query(|s| &s.global_backlog, &[&last_id]).await?;
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get(0).map_err(|e| self.to_error(e))?;
@@ -368,15 +392,16 @@ impl Backend for PostgresBackend {
     ) -> Result<Option<i64>> {
         let inner = &self.inner;
         let s = &inner.settings;
-        let conn = inner.conn().await?;
         let err = |e| inner.to_error(e);
-        let id: i64 = conn
-            .client
-            .query_one(&conn.stmts.insert_message, &[&channel, &data])
-            .await
-            .map_err(err)?
+        let rows = inner
+            .query(|s| &s.insert_message, &[&channel, &data])
+            .await?;
+        let id: i64 = rows
+            .first()
+            .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
             .try_get(0)
             .map_err(err)?;
+        let conn = inner.conn().await?;
         let payload = format!("{id}|{id}|{}|{data}", escape_channel(channel));
         let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
         let mut notify_error = None;
@@ -428,12 +453,10 @@ impl Backend for PostgresBackend {
 
     async fn last_id(&self, channel: &str) -> Result<i64> {
         let inner = &self.inner;
-        let conn = inner.conn().await?;
-        let row = conn
-            .client
-            .query_one(&conn.stmts.max_channel_id, &[&channel])
-            .await
-            .map_err(|e| inner.to_error(e))?;
+        let rows = inner.query(|s| &s.max_channel_id, &[&channel]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(0);
+        };
         Ok(row
             .try_get::<_, Option<i64>>(0)
             .map_err(|e| inner.to_error(e))?
@@ -445,12 +468,7 @@ impl Backend for PostgresBackend {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
-        let conn = inner.conn().await?;
-        let rows = conn
-            .client
-            .query(&conn.stmts.max_channel_ids, &[&channels])
-            .await
-            .map_err(|e| inner.to_error(e))?;
+        let rows = inner.query(|s| &s.max_channel_ids, &[&channels]).await?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for r in &rows {
             let channel: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
@@ -465,12 +483,9 @@ impl Backend for PostgresBackend {
 
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
         let inner = &self.inner;
-        let conn = inner.conn().await?;
-        let rows = conn
-            .client
-            .query(&conn.stmts.channel_backlog, &[&channel, &last_id])
-            .await
-            .map_err(|e| inner.to_error(e))?;
+        let rows = inner
+            .query(|s| &s.channel_backlog, &[&channel, &last_id])
+            .await?;
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get(0).map_err(|e| inner.to_error(e))?;
@@ -486,17 +501,15 @@ impl Backend for PostgresBackend {
 
     async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
         let inner = &self.inner;
-        let conn = inner.conn().await?;
-        let row = conn
-            .client
-            .query_opt(&conn.stmts.get_message, &[&channel, &message_id])
-            .await
-            .map_err(|e| inner.to_error(e))?;
-        row.map(|r| {
-            let value: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
-            Ok(Message::new(message_id, message_id, channel, value))
-        })
-        .transpose()
+        let rows = inner
+            .query(|s| &s.get_message, &[&channel, &message_id])
+            .await?;
+        rows.first()
+            .map(|r| {
+                let value: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
+                Ok(Message::new(message_id, message_id, channel, value))
+            })
+            .transpose()
     }
 
     async fn reset(&self) -> Result<()> {
