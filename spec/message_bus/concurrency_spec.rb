@@ -35,6 +35,7 @@ RSpec.describe "MessageBus under concurrency" do
   end
 
   it "reads backlogs while other threads publish" do
+    bus # created (and reset) once, before the writer thread can race to create another
     writer = Thread.new { 500.times { |i| bus.publish("/rw", i) } }
     reads = 0
     while writer.alive?

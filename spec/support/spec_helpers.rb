@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "logger"
+require "open3"
 require "stringio"
 
 # Shared helpers: backend selection by MESSAGE_BUS_BACKEND, fresh buses that
@@ -16,8 +17,31 @@ module SpecHelpers
     case backend_name
     when :memory then { backend: :memory }
     when :redis then { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 9 + store } }
+    when :postgres then { backend: :postgres, backend_options: postgres_options(store) }
     else raise "unknown MESSAGE_BUS_BACKEND #{backend_name}"
     end
+  end
+
+  # libpq options for the database `mb_spec_<store>`, created if missing
+  # (server from PGHOST/PGPORT/PGUSER, default 127.0.0.1:5432 as postgres).
+  def self.postgres_options(store)
+    base = { host: ENV.fetch("PGHOST", "127.0.0.1"), port: ENV.fetch("PGPORT", "5432"),
+             user: ENV.fetch("PGUSER", "postgres") }
+    dbname = "mb_spec_#{store}"
+    @postgres_created ||= {}
+    @postgres_created[dbname] ||= create_postgres_database(base, dbname)
+    base.merge(dbname: dbname)
+  end
+
+  def self.create_postgres_database(base, dbname)
+    psql = ["psql", "-h", base[:host], "-p", base[:port].to_s, "-U", base[:user], "-d", "postgres", "-tAc"]
+    exists, = Open3.capture2(*psql, "SELECT 1 FROM pg_database WHERE datname = '#{dbname}'")
+    return true if exists.strip == "1"
+
+    _, err, status = Open3.capture3(*psql, "CREATE DATABASE #{dbname}")
+    raise "cannot create PostgreSQL database #{dbname}: #{err}" unless status.success? || err.include?("already exists")
+
+    true
   end
 
   def log_output

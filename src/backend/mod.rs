@@ -2,6 +2,7 @@
 //! undecoded envelopes (COMPAT.md §1.12).
 
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use magnus::{prelude::*, RArray, RString, Ruby};
 use message_bus_core::backend::memory::MemoryBackend;
+use message_bus_core::backend::postgres::PostgresBackend;
 use message_bus_core::backend::redis::RedisBackend;
 use message_bus_core::backend::{Backend, PublishOptions, Settings};
 use message_bus_core::{Error, Message};
@@ -59,6 +60,15 @@ impl NativeBackend {
         let url = rstring(ruby, url, "Redis URL")?;
         let pubsub_channel = rstring(ruby, pubsub_channel, "pub/sub channel")?;
         let backend = RedisBackend::new(&url, &pubsub_channel).map_err(|e| to_ruby(ruby, e))?;
+        Ok(NativeBackend(Arc::new(backend)))
+    }
+
+    /// Never connects: connections are made on first use.
+    fn postgres(ruby: &Ruby, conninfo: RString, notify_channel: RString) -> RbResult<Self> {
+        let conninfo = rstring(ruby, conninfo, "PostgreSQL connection string")?;
+        let notify_channel = rstring(ruby, notify_channel, "NOTIFY channel")?;
+        let backend =
+            PostgresBackend::new(&conninfo, &notify_channel).map_err(|e| to_ruby(ruby, e))?;
         Ok(NativeBackend(Arc::new(backend)))
     }
 
@@ -207,6 +217,7 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     class.undef_default_alloc_func();
     class.define_singleton_method("memory", magnus::function!(NativeBackend::memory, 0))?;
     class.define_singleton_method("redis", magnus::function!(NativeBackend::redis, 2))?;
+    class.define_singleton_method("postgres", magnus::function!(NativeBackend::postgres, 2))?;
     class.define_method("_setting", magnus::method!(NativeBackend::get_setting, 1))?;
     class.define_method(
         "_set_setting",

@@ -1,0 +1,330 @@
+//! The firehose: one LISTEN connection per backend and process, handing every
+//! message to the hub in global-id order (COMPAT.md §4.3.6, improved per §9
+//! Q5 and Q11).
+//!
+//! Ids are not consecutive on PostgreSQL (concurrent inserts commit out of
+//! order, failed inserts and rollbacks burn ids, trimming deletes rows), so a
+//! gap in the notified ids only means "read the table": the listener reads
+//! every row after its position, waits a little for ids that may still be
+//! committing, then delivers in order and remembers the ids it skipped (one
+//! of those that turns up later is still delivered, late rather than never).
+//! The table is also read after every reconnection and every second while
+//! idle, which delivers rows whose NOTIFY never came (oversized payloads).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+
+use super::{sql, Delivery, Inner, ProcState};
+use crate::error::{Error, Result};
+use crate::log;
+use crate::message::{truncate, Message};
+
+/// Payload by which reference processes end every firehose subscription.
+const UNSUBSCRIBE: &str = "$$UNSUBSCRIBE";
+/// `application_name` of the LISTEN connection.
+pub const LISTENER_NAME: &str = "message_bus_listener";
+/// The table is read this often while no notification arrives.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Waits for ids that may still be committing before treating them as holes.
+const HOLE_WAITS: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(40),
+    Duration::from_millis(150),
+];
+/// Skipped ids remembered for late delivery.
+const MAX_SKIPPED: usize = 10_000;
+const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// The listener's own statements (on its dedicated connection).
+struct Reader<'a> {
+    client: &'a Client,
+    global_backlog: Statement,
+    last_id: Statement,
+}
+
+/// Runs until aborted: listens, and reconnects with backoff after errors.
+pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
+    let mut delay = MIN_RECONNECT_DELAY;
+    loop {
+        let mut confirmed = false;
+        let error = match listen(&inner, &proc, &mut confirmed).await {
+            Ok(()) => Error::Connection("LISTEN connection closed".into()),
+            Err(e) => e,
+        };
+        proc.subscribed.store(false, Ordering::SeqCst);
+        if confirmed {
+            delay = MIN_RECONNECT_DELAY;
+        }
+        log::warn(format!(
+            "message_bus: PostgreSQL LISTEN on {} ({}) lost: {error}; reconnecting in {} ms",
+            inner.notify_channel,
+            inner.target,
+            delay.as_millis()
+        ));
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
+async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result<()> {
+    let mut config = inner.config.clone();
+    config.application_name(LISTENER_NAME);
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| inner.to_error(e))?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    let result = serve(inner, proc, &client, &mut rx, confirmed).await;
+    driver.abort();
+    result
+}
+
+async fn serve(
+    inner: &Inner,
+    proc: &ProcState,
+    client: &Client,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    confirmed: &mut bool,
+) -> Result<()> {
+    let err = |e| inner.to_error(e);
+    let setup = async {
+        client
+            .batch_execute(&sql::listen_sql(&inner.notify_channel))
+            .await?;
+        let global_backlog = client
+            .prepare("SELECT id, channel, value FROM message_bus WHERE id > $1::bigint ORDER BY id")
+            .await?;
+        let last_id = client
+            .prepare(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM message_bus_id_seq",
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>((global_backlog, last_id))
+    };
+    let (global_backlog, last_id) = timeout(QUERY_TIMEOUT, setup)
+        .await
+        .map_err(|_| Error::Connection(format!("LISTEN on {} timed out", inner.target)))?
+        .map_err(err)?;
+    let reader = Reader {
+        client,
+        global_backlog,
+        last_id,
+    };
+    {
+        let mut delivery = proc.delivery.lock().await;
+        catch_up(inner, &reader, &mut delivery).await?;
+    }
+    proc.subscribed.store(true, Ordering::SeqCst);
+    *confirmed = true;
+    let mut poll = tokio::time::interval_at(Instant::now() + POLL_EVERY, POLL_EVERY);
+    loop {
+        tokio::select! {
+            payload = rx.recv() => {
+                let Some(payload) = payload else {
+                    return Ok(());
+                };
+                on_payload(inner, proc, &reader, &payload).await?;
+                poll.reset();
+            }
+            _ = poll.tick() => {
+                let mut delivery = proc.delivery.lock().await;
+                catch_up(inner, &reader, &mut delivery).await?;
+            }
+            _ = proc.poke.notified() => {
+                let mut delivery = proc.delivery.lock().await;
+                catch_up(inner, &reader, &mut delivery).await?;
+            }
+        }
+    }
+}
+
+async fn on_payload(
+    inner: &Inner,
+    proc: &ProcState,
+    reader: &Reader<'_>,
+    payload: &str,
+) -> Result<()> {
+    if payload == UNSUBSCRIBE {
+        // A reference process ending every subscription (§9 Q5): not us.
+        log::warn(format!(
+            "message_bus: ignoring {UNSUBSCRIBE} received on {} (sent by another process)",
+            inner.notify_channel
+        ));
+        return Ok(());
+    }
+    let message = match Message::decode(payload) {
+        Ok(m) => m,
+        Err(_) => {
+            log::warn(format!(
+                "message_bus: skipping a notification on {} not in the message_bus format: {}",
+                inner.notify_channel,
+                truncate(payload, 80)
+            ));
+            return Ok(());
+        }
+    };
+    let mut delivery = proc.delivery.lock().await;
+    let highest = delivery.highest.unwrap_or(0);
+    match next_step(highest, &delivery.skipped, message.global_id) {
+        Step::Deliver => {
+            delivery.highest = Some(message.global_id);
+            inner.hub.deliver(message);
+            Ok(())
+        }
+        Step::Late => {
+            delivery.skipped.remove(&message.global_id);
+            inner.hub.deliver(message);
+            Ok(())
+        }
+        Step::CatchUp => catch_up(inner, reader, &mut delivery).await,
+        Step::Duplicate => Ok(()),
+    }
+}
+
+/// What to do with a notified id, given the delivery position.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// The next id: hand it over.
+    Deliver,
+    /// Beyond the next id: read the table.
+    CatchUp,
+    /// An id a catch-up skipped because it was not committed yet.
+    Late,
+    /// Already handed over.
+    Duplicate,
+}
+
+pub(super) fn next_step(highest: i64, skipped: &BTreeSet<i64>, id: i64) -> Step {
+    if id == highest.saturating_add(1) {
+        Step::Deliver
+    } else if id > highest {
+        Step::CatchUp
+    } else if skipped.contains(&id) {
+        Step::Late
+    } else {
+        Step::Duplicate
+    }
+}
+
+/// Whether ids are missing between `highest` and the last row read.
+pub(super) fn has_hole(highest: i64, rows: &[Message]) -> bool {
+    let mut expected = highest.saturating_add(1);
+    for m in rows {
+        if m.global_id > expected {
+            return true;
+        }
+        expected = m.global_id.saturating_add(1);
+    }
+    false
+}
+
+async fn read(inner: &Inner, reader: &Reader<'_>, after: i64) -> Result<Vec<Message>> {
+    let rows = timeout(
+        QUERY_TIMEOUT,
+        reader.client.query(&reader.global_backlog, &[&after]),
+    )
+    .await
+    .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))?
+    .map_err(|e| inner.to_error(e))?;
+    rows.iter()
+        .map(|r| {
+            let id: i64 = r.try_get(0).map_err(|e| inner.to_error(e))?;
+            let channel: String = r.try_get(1).map_err(|e| inner.to_error(e))?;
+            let value: String = r.try_get(2).map_err(|e| inner.to_error(e))?;
+            Ok(Message::new(id, id, channel, value))
+        })
+        .collect()
+}
+
+/// Hands over, in order, every row after the delivery position.
+async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -> Result<()> {
+    let current: i64 = timeout(QUERY_TIMEOUT, reader.client.query_one(&reader.last_id, &[]))
+        .await
+        .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))?
+        .map_err(|e| inner.to_error(e))?
+        .try_get(0)
+        .map_err(|e| inner.to_error(e))?;
+    let mut highest = delivery.highest.unwrap_or(current);
+    if highest > current {
+        // The table was recreated (by another process): ids restart.
+        log::warn(format!(
+            "message_bus: ids of {} restarted (table recreated); catching up from 0",
+            inner.target
+        ));
+        highest = 0;
+        delivery.skipped.clear();
+        inner.hub.storage_reset();
+    }
+    let mut rows = read(inner, reader, highest).await?;
+    for wait in HOLE_WAITS {
+        if !has_hole(highest, &rows) {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        rows = read(inner, reader, highest).await?;
+    }
+    let mut last = highest;
+    for message in rows {
+        if message.global_id <= last {
+            continue;
+        }
+        for hole in last.saturating_add(1)..message.global_id {
+            if delivery.skipped.len() >= MAX_SKIPPED {
+                delivery.skipped.pop_first();
+            }
+            delivery.skipped.insert(hole);
+            if hole - last > MAX_SKIPPED as i64 {
+                break;
+            }
+        }
+        last = message.global_id;
+        inner.hub.deliver(message);
+    }
+    delivery.highest = Some(last);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: i64) -> Message {
+        Message::new(id, id, "/c", "d")
+    }
+
+    #[test]
+    fn steps() {
+        let skipped: BTreeSet<i64> = [4].into_iter().collect();
+        assert_eq!(next_step(5, &skipped, 6), Step::Deliver);
+        assert_eq!(next_step(5, &skipped, 8), Step::CatchUp);
+        assert_eq!(next_step(5, &skipped, 4), Step::Late);
+        assert_eq!(next_step(5, &skipped, 5), Step::Duplicate);
+        assert_eq!(next_step(0, &skipped, 1), Step::Deliver);
+    }
+
+    #[test]
+    fn holes() {
+        assert!(!has_hole(3, &[m(4), m(5)]));
+        assert!(has_hole(3, &[m(5)]));
+        assert!(has_hole(3, &[m(4), m(6)]));
+        assert!(!has_hole(3, &[]));
+    }
+}

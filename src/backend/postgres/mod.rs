@@ -1,0 +1,575 @@
+//! The PostgreSQL backend (COMPAT.md §4.3), storage-compatible with the
+//! reference gem: same table and indexes, same rows, same NOTIFY payloads on
+//! `_message_bus_<db>`, so reference processes and ours can share a database.
+//!
+//! Deviations allowed by COMPAT.md §9: connection errors raise (Q9), oversized
+//! NOTIFY payloads raise with the limit in the message (Q8) but are still
+//! delivered to live subscribers of our processes (see below), nothing is
+//! broadcast on unsubscribe and a foreign `$$UNSUBSCRIBE` is ignored (Q5), the
+//! firehose tracks its position and catches up from the table (Q11), and the
+//! table is created with if-not-exists semantics under an advisory lock (Q12).
+//!
+//! Oversized payloads: nothing is NOTIFYed for them (a reference listener
+//! would parse any short substitute as a message). Our listeners read the
+//! table after every id gap, every second while idle, and at once when the
+//! publish happened in the same process, so they deliver the row in order.
+//!
+//! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
+//! child never touches what it inherited (it is leaked) and builds its own.
+
+pub mod firehose;
+pub mod sql;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+use self::sql::{Statements, NOTIFY_PAYLOAD_LIMIT};
+use super::{Backend, PublishOptions, Settings};
+use crate::bus::Hub;
+use crate::error::{Error, Result};
+use crate::message::{escape_channel, Message};
+use crate::subscription::Subscription;
+
+/// Pooled connections per process.
+const POOL_SIZE: usize = 4;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One pooled connection and its prepared statements.
+struct Conn {
+    client: Client,
+    stmts: Statements,
+}
+
+/// Everything that belongs to one process.
+struct ProcState {
+    pid: u32,
+    pool: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+    /// Held while handing messages to the hub, and while a new subscription
+    /// reads its replay, so that the two never interleave.
+    delivery: tokio::sync::Mutex<Delivery>,
+    firehose: Mutex<Option<JoinHandle<()>>>,
+    /// LISTEN is active on the firehose connection.
+    subscribed: AtomicBool,
+    /// Wakes the firehose to read the table (a local oversized publish).
+    poke: tokio::sync::Notify,
+}
+
+impl ProcState {
+    fn new() -> Arc<Self> {
+        Arc::new(ProcState {
+            pid: std::process::id(),
+            pool: (0..POOL_SIZE)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+            delivery: tokio::sync::Mutex::new(Delivery::default()),
+            firehose: Mutex::new(None),
+            subscribed: AtomicBool::new(false),
+            poke: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn shut_down(&self) {
+        if let Some(task) = self.firehose.lock().take() {
+            task.abort();
+        }
+        for slot in &self.pool {
+            if let Ok(mut slot) = slot.try_lock() {
+                slot.take();
+            }
+        }
+        self.subscribed.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Delivery {
+    /// The highest global id handed to the hub (`None`: not known yet).
+    highest: Option<i64>,
+    /// Ids a catch-up found missing (maybe still committing).
+    skipped: std::collections::BTreeSet<i64>,
+}
+
+struct Inner {
+    settings: Settings,
+    hub: Arc<Hub>,
+    config: Config,
+    /// host:port/dbname as user, for messages.
+    target: String,
+    notify_channel: String,
+    state: Mutex<Arc<ProcState>>,
+}
+
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{host}:{port}/{} as {}",
+        config.get_dbname().or(config.get_user()).unwrap_or(""),
+        config.get_user().unwrap_or("")
+    )
+}
+
+impl PostgresBackend {
+    /// `conninfo`: libpq keyword/value string or postgres:// URL;
+    /// `notify_channel`: `_message_bus_<db>`. Never connects.
+    pub fn new(conninfo: &str, notify_channel: &str) -> Result<Self> {
+        let mut config = Config::from_str(conninfo)
+            .map_err(|e| Error::Argument(format!("invalid PostgreSQL connection string: {e}")))?;
+        if config.get_user().is_none() {
+            let user = std::env::var("PGUSER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "postgres".into());
+            config.user(&user);
+        }
+        if config.get_hosts().is_empty() {
+            let host = std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into());
+            config.host(&host);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("message_bus");
+        let target = describe(&config);
+        Ok(PostgresBackend {
+            inner: Arc::new(Inner {
+                settings: Settings::default(),
+                hub: Hub::new(),
+                config,
+                target,
+                notify_channel: notify_channel.to_string(),
+                state: Mutex::new(ProcState::new()),
+            }),
+        })
+    }
+
+    pub fn notify_channel(&self) -> &str {
+        &self.inner.notify_channel
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        let state = self.inner.state.lock();
+        if state.pid == std::process::id() {
+            state.shut_down();
+        }
+    }
+}
+
+impl Inner {
+    fn proc(&self) -> Arc<ProcState> {
+        let mut slot = self.state.lock();
+        if slot.pid != std::process::id() {
+            let inherited = std::mem::replace(&mut *slot, ProcState::new());
+            std::mem::forget(inherited);
+        }
+        Arc::clone(&slot)
+    }
+
+    /// Maps a driver error to a connection error (server unreachable, no such
+    /// database, authentication) or a backend error.
+    fn to_error(&self, e: tokio_postgres::Error) -> Error {
+        let target = &self.target;
+        match e.code() {
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Error::Connection(format!(
+                "PostgreSQL database {:?} does not exist ({target}): {e}",
+                self.config.get_dbname().unwrap_or("")
+            )),
+            Some(c)
+                if *c == SqlState::INVALID_PASSWORD
+                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+            {
+                Error::Connection(format!(
+                    "PostgreSQL authentication failed for user {:?} ({target}): {}",
+                    self.config.get_user().unwrap_or(""),
+                    e.as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_string())
+                ))
+            }
+            Some(c)
+                if c.code().starts_with("08")
+                    || c.code().starts_with("57P")
+                    || *c == SqlState::TOO_MANY_CONNECTIONS =>
+            {
+                Error::Connection(format!("PostgreSQL connection to {target} failed: {e}"))
+            }
+            Some(_) => Error::Backend(format!(
+                "PostgreSQL at {target}: {}",
+                e.as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_string())
+            )),
+            None if e.is_closed() => {
+                Error::Connection(format!("PostgreSQL connection to {target} was closed: {e}"))
+            }
+            None => Error::Connection(format!(
+                "cannot reach PostgreSQL at {target} (server down or unreachable?): {}",
+                source_chain(&e)
+            )),
+        }
+    }
+
+    /// Opens a connection, drives it on the runtime, creates the table if
+    /// missing and prepares the statements.
+    async fn connect(&self) -> Result<Arc<Conn>> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| self.to_error(e))?;
+        tokio::spawn(async move {
+            // Ends when the client is dropped or the connection breaks.
+            let _ = connection.await;
+        });
+        // A concurrent reset may drop the table between the check and the
+        // preparation: check again then.
+        let mut attempts = 0;
+        loop {
+            let exists: bool = client
+                .query_one(sql::TABLE_EXISTS, &[])
+                .await
+                .map_err(|e| self.to_error(e))?
+                .try_get(0)
+                .map_err(|e| self.to_error(e))?;
+            if !exists {
+                client
+                    .batch_execute(&sql::create_schema_sql())
+                    .await
+                    .map_err(|e| self.to_error(e))?;
+            }
+            match Statements::prepare(&client).await {
+                Ok(stmts) => return Ok(Arc::new(Conn { client, stmts })),
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) && attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(self.to_error(e)),
+            }
+        }
+    }
+
+    /// A pooled connection (round robin over `POOL_SIZE` lazily opened ones).
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let proc = self.proc();
+        let i = proc.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
+        let mut slot = proc.pool[i].lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if !conn.client.is_closed() {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        slot.take();
+        let conn = self.connect().await?;
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Runs one prepared statement on a pooled connection. When the table is
+    /// missing (dropped by a concurrent reset), recreates it and retries once.
+    async fn query(
+        &self,
+        pick: fn(&Statements) -> &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let conn = self.conn().await?;
+        match conn.client.query(pick(&conn.stmts), params).await {
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                conn.client
+                    .batch_execute(&sql::create_schema_sql())
+                    .await
+                    .map_err(|e| self.to_error(e))?;
+                conn.client
+                    .query(pick(&conn.stmts), params)
+                    .await
+                    .map_err(|e| self.to_error(e))
+            }
+            r => r.map_err(|e| self.to_error(e)),
+        }
+    }
+
+    async fn max_id(&self) -> Result<i64> {
+        let rows = self.query(|s| &s.max_id, &[]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(0);
+        };
+        Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(|e| self.to_error(e))?
+            .unwrap_or(0))
+    }
+
+    async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
+        let rows = self.query(|s| &s.global_backlog, &[&last_id]).await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get(0).map_err(|e| self.to_error(e))?;
+                let channel: String = r.try_get(1).map_err(|e| self.to_error(e))?;
+                let value: String = r.try_get(2).map_err(|e| self.to_error(e))?;
+                Ok(Message::new(id, id, channel, value))
+            })
+            .collect()
+    }
+
+    async fn recreate_table(&self) -> Result<()> {
+        let conn = self.conn().await?;
+        conn.client
+            .batch_execute(&sql::reset_sql())
+            .await
+            .map_err(|e| self.to_error(e))
+    }
+
+    /// Starts this process's firehose task if it is not running.
+    async fn ensure_firehose(self: &Arc<Self>, proc: &Arc<ProcState>) -> Result<()> {
+        let running = |proc: &ProcState| {
+            proc.firehose
+                .lock()
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        };
+        if running(proc) {
+            return Ok(());
+        }
+        {
+            let mut delivery = proc.delivery.lock().await;
+            if delivery.highest.is_none() {
+                delivery.highest = Some(self.max_id().await?);
+            }
+        }
+        let rt = crate::runtime::runtime()?;
+        let mut slot = proc.firehose.lock();
+        if slot.as_ref().is_some_and(|task| !task.is_finished()) {
+            return Ok(());
+        }
+        *slot = Some(rt.spawn(firehose::run(Arc::clone(self), Arc::clone(proc))));
+        Ok(())
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) -> Result<Option<i64>> {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let err = |e| inner.to_error(e);
+        let rows = inner
+            .query(|s| &s.insert_message, &[&channel, &data])
+            .await?;
+        let id: i64 = rows
+            .first()
+            .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+            .try_get(0)
+            .map_err(err)?;
+        let conn = inner.conn().await?;
+        let payload = format!("{id}|{id}|{}|{data}", escape_channel(channel));
+        let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
+        let mut notify_error = None;
+        if !oversized {
+            if let Err(e) = conn
+                .client
+                .execute(&conn.stmts.publish, &[&inner.notify_channel, &payload])
+                .await
+            {
+                notify_error = Some(err(e));
+            }
+        }
+        if id % s.clear_every() == 0 {
+            let global_size = Settings::get(&s.max_global_backlog_size);
+            if id > global_size {
+                conn.client
+                    .execute(&conn.stmts.clear_global_backlog, &[&(id - global_size)])
+                    .await
+                    .map_err(err)?;
+            }
+            let age = opts
+                .max_backlog_age
+                .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
+            conn.client
+                .execute(&conn.stmts.expire, &[&format!("{age} seconds")])
+                .await
+                .map_err(err)?;
+            let size = opts
+                .max_backlog_size
+                .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
+            conn.client
+                .execute(&conn.stmts.clear_channel_backlog, &[&channel, &id, &size])
+                .await
+                .map_err(err)?;
+        }
+        if oversized {
+            // Our own listener reads it from the table now; others within a second.
+            inner.proc().poke.notify_one();
+            return Err(Error::Backend(format!(
+                "message {id} to {channel} is stored, but its NOTIFY payload is {} bytes and PostgreSQL only accepts payloads shorter than {NOTIFY_PAYLOAD_LIMIT} bytes: reference message_bus processes will not receive it live (pollers and our processes will)",
+                payload.len()
+            )));
+        }
+        if let Some(e) = notify_error {
+            return Err(e);
+        }
+        Ok(Some(id))
+    }
+
+    async fn last_id(&self, channel: &str) -> Result<i64> {
+        let inner = &self.inner;
+        let rows = inner.query(|s| &s.max_channel_id, &[&channel]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(0);
+        };
+        Ok(row
+            .try_get::<_, Option<i64>>(0)
+            .map_err(|e| inner.to_error(e))?
+            .unwrap_or(0))
+    }
+
+    async fn last_ids(&self, channels: &[String]) -> Result<Vec<i64>> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let rows = inner.query(|s| &s.max_channel_ids, &[&channels]).await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let channel: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
+            let id: Option<i64> = r.try_get(1).map_err(|e| inner.to_error(e))?;
+            found.insert(channel, id.unwrap_or(0));
+        }
+        Ok(channels
+            .iter()
+            .map(|c| found.get(c).copied().unwrap_or(0))
+            .collect())
+    }
+
+    async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
+        let inner = &self.inner;
+        let rows = inner
+            .query(|s| &s.channel_backlog, &[&channel, &last_id])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get(0).map_err(|e| inner.to_error(e))?;
+                let value: String = r.try_get(1).map_err(|e| inner.to_error(e))?;
+                Ok(Message::new(id, id, channel, value))
+            })
+            .collect()
+    }
+
+    async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
+        self.inner.global_backlog(last_id).await
+    }
+
+    async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
+        let inner = &self.inner;
+        let rows = inner
+            .query(|s| &s.get_message, &[&channel, &message_id])
+            .await?;
+        rows.first()
+            .map(|r| {
+                let value: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
+                Ok(Message::new(message_id, message_id, channel, value))
+            })
+            .transpose()
+    }
+
+    async fn reset(&self) -> Result<()> {
+        let proc = self.inner.proc();
+        let mut delivery = proc.delivery.lock().await;
+        self.inner.recreate_table().await?;
+        if delivery.highest.is_some() {
+            delivery.highest = Some(0);
+        }
+        delivery.skipped.clear();
+        self.inner.hub.storage_reset();
+        Ok(())
+    }
+
+    async fn expire_all_backlogs(&self) -> Result<()> {
+        self.reset().await
+    }
+
+    async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
+        let proc = self.inner.proc();
+        self.inner.ensure_firehose(&proc).await?;
+        let sub = Subscription::new();
+        let _delivery = proc.delivery.lock().await;
+        if let Some(last_id) = last_id {
+            let from = if last_id > self.inner.max_id().await? {
+                0
+            } else {
+                last_id
+            };
+            sub.prefill(self.inner.global_backlog(from).await?);
+        }
+        self.inner.hub.add_subscription(Arc::clone(&sub));
+        Ok(sub)
+    }
+
+    async fn ensure_listening(&self) -> Result<()> {
+        let proc = self.inner.proc();
+        self.inner.ensure_firehose(&proc).await
+    }
+
+    async fn destroy(&self) {
+        self.inner.hub.close_subscriptions();
+        let old = {
+            let mut slot = self.inner.state.lock();
+            std::mem::replace(&mut *slot, ProcState::new())
+        };
+        if old.pid != std::process::id() {
+            std::mem::forget(old);
+            return;
+        }
+        old.shut_down();
+    }
+
+    fn after_fork(&self) {
+        self.inner.proc();
+    }
+
+    fn is_subscribed(&self) -> bool {
+        let proc = self.inner.proc();
+        proc.subscribed.load(Ordering::SeqCst)
+            && (self.inner.hub.has_subscriptions() || self.inner.hub.has_sinks())
+    }
+}

@@ -1,0 +1,122 @@
+//! The schema and statements of the PostgreSQL backend (COMPAT.md §4.3.1,
+//! §4.3.2). Names of prepared statements are not shared with other
+//! processes; their semantics are.
+
+use tokio_postgres::{Client, Statement};
+
+/// NOTIFY payloads must be shorter than this many bytes (server default).
+pub const NOTIFY_PAYLOAD_LIMIT: usize = 8000;
+
+/// Key of the advisory lock serialising table creation (§9 Q12).
+const SCHEMA_LOCK: i64 = 0x6d62_5f73_6368;
+
+/// Creates the table and its indexes if missing, with exactly the reference
+/// schema. An advisory lock makes concurrent first connections safe.
+pub fn create_schema_sql() -> String {
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
+CREATE TABLE IF NOT EXISTS message_bus (
+  id bigserial PRIMARY KEY,
+  channel text NOT NULL,
+  value text NOT NULL CHECK (octet_length(value) >= 2),
+  added_at timestamp DEFAULT CURRENT_TIMESTAMP NOT NULL
+);
+CREATE INDEX IF NOT EXISTS table_channel_id_index ON message_bus (channel, id);
+CREATE INDEX IF NOT EXISTS table_added_at_index ON message_bus (added_at);
+COMMIT;"
+    )
+}
+
+/// Drops and recreates the table (ids restart at 1).
+pub fn reset_sql() -> String {
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
+DROP TABLE IF EXISTS message_bus;
+COMMIT;
+{}",
+        create_schema_sql()
+    )
+}
+
+pub const TABLE_EXISTS: &str = "SELECT to_regclass('message_bus') IS NOT NULL";
+
+/// The prepared statements of one pooled connection.
+pub struct Statements {
+    pub insert_message: Statement,
+    pub clear_global_backlog: Statement,
+    pub clear_channel_backlog: Statement,
+    pub channel_backlog: Statement,
+    pub global_backlog: Statement,
+    pub expire: Statement,
+    pub get_message: Statement,
+    pub max_channel_id: Statement,
+    pub max_channel_ids: Statement,
+    pub max_id: Statement,
+    pub publish: Statement,
+}
+
+impl Statements {
+    pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Statements {
+            insert_message: client
+                .prepare("INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id")
+                .await?,
+            clear_global_backlog: client
+                .prepare("DELETE FROM message_bus WHERE id <= $1::bigint")
+                .await?,
+            clear_channel_backlog: client
+                .prepare(
+                    "DELETE FROM message_bus WHERE channel = $1::text AND id <= \
+                     (SELECT id FROM message_bus WHERE channel = $1::text AND id <= $2::bigint \
+                      ORDER BY id DESC LIMIT 1 OFFSET $3::bigint)",
+                )
+                .await?,
+            channel_backlog: client
+                .prepare(
+                    "SELECT id, value FROM message_bus WHERE channel = $1::text AND id > $2::bigint ORDER BY id",
+                )
+                .await?,
+            global_backlog: client
+                .prepare("SELECT id, channel, value FROM message_bus WHERE id > $1::bigint ORDER BY id")
+                .await?,
+            expire: client
+                .prepare(
+                    "DELETE FROM message_bus WHERE added_at < CURRENT_TIMESTAMP - ($1::text)::interval",
+                )
+                .await?,
+            get_message: client
+                .prepare("SELECT value FROM message_bus WHERE channel = $1::text AND id = $2::bigint")
+                .await?,
+            max_channel_id: client
+                .prepare("SELECT max(id) FROM message_bus WHERE channel = $1::text")
+                .await?,
+            max_channel_ids: client
+                .prepare(
+                    "SELECT channel, max(id) FROM message_bus WHERE channel = ANY($1::text[]) GROUP BY channel",
+                )
+                .await?,
+            max_id: client.prepare("SELECT max(id) FROM message_bus").await?,
+            publish: client
+                .prepare("SELECT pg_notify($1::text, $2::text)")
+                .await?,
+        })
+    }
+}
+
+/// `LISTEN "<channel>"` with the identifier quoted.
+pub fn listen_sql(channel: &str) -> String {
+    format!("LISTEN \"{}\"", channel.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_quotes_the_channel() {
+        assert_eq!(listen_sql("_message_bus_0"), "LISTEN \"_message_bus_0\"");
+        assert_eq!(listen_sql("a\"b"), "LISTEN \"a\"\"b\"");
+    }
+}
