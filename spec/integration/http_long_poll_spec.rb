@@ -105,7 +105,8 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
     slow.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
     fast = open_request(server.port, poll_request("fast", form([["/s", ""]])))
     read_until(fast, /7\r\n\[\]/)
-    big = "x" * 20_000
+    # PostgreSQL's NOTIFY takes payloads under 8000 bytes (larger publishes raise, COMPAT §9 Q8)
+    big = "x" * (SpecHelpers.backend_name == :postgres ? 6_000 : 20_000)
     buffer = +""
     40.times do |i|
       publish_via(server, "/s", "#{i}#{big}")
