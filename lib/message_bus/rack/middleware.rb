@@ -89,6 +89,7 @@ module MessageBus
         headers = response_headers(env)
         return [200, headers, ["OK"]] if env["REQUEST_METHOD"] == "OPTIONS"
 
+        warn_about_filters unless @bus.client_message_filters.empty?
         request = PollRequest.new(env, @bus, client_id)
         release_active_record_connections
         respond(env, request, headers)
@@ -118,6 +119,15 @@ module MessageBus
           io.close
         end
         TEAPOT
+      end
+
+      # Not applied yet on the Rust path: say so loudly rather than silently.
+      def warn_about_filters
+        return if @warned_about_filters
+
+        @warned_about_filters = true
+        @bus.logger.error("MessageBus: register_client_message_filter procs are NOT applied to web clients by this " \
+                          "version; messages they would withhold are delivered")
       end
 
       def broadcast(env)
