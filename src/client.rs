@@ -3,8 +3,9 @@
 
 use crate::backend::Backend;
 use crate::bus::{decode_channel, encode_channel};
-use crate::envelope::{Envelope, Identity};
+use crate::envelope::Identity;
 use crate::error::Result;
+use crate::gate::Gate;
 use crate::http::json::OutMessage;
 
 /// A subscription as sent by the client: `None` means "from now" (an empty value).
@@ -18,8 +19,6 @@ pub struct ClientBacklog {
     /// Channel → the id the client is now up to; live messages at or below it
     /// were covered by this answer.
     pub positions: Vec<(String, i64)>,
-    /// Stored messages that could not be read (not the JSON codec's format).
-    pub unreadable: usize,
 }
 
 impl ClientBacklog {
@@ -28,8 +27,11 @@ impl ClientBacklog {
     }
 }
 
+/// `gate` decides which messages Ruby must judge (client message filters,
+/// custom codecs); the others are parsed here.
 pub async fn compute(
     backend: &dyn Backend,
+    gate: &Gate,
     who: &Identity,
     subscriptions: &[Requested],
 ) -> Result<ClientBacklog> {
@@ -65,23 +67,14 @@ pub async fn compute(
         if let Some(start) = start {
             for m in backend.backlog(encoded, start).await? {
                 position = position.max(m.message_id);
-                let envelope = match Envelope::parse(&m.data) {
-                    Ok(envelope) => envelope,
-                    Err(e) => {
-                        crate::log::warn(format!(
-                            "skipping message {} on {}: {e}",
-                            m.global_id, m.channel
-                        ));
-                        out.unreadable += 1;
-                        continue;
+                let (name, _) = decode_channel(&m.channel);
+                match gate.envelope(&m, name).await {
+                    Some(envelope) if envelope.allows(who) => {
+                        out.messages
+                            .push(OutMessage::from_stored(&m, name, envelope.data.get()));
                     }
-                };
-                if envelope.allows(who) {
-                    let (name, _) = decode_channel(&m.channel);
-                    out.messages
-                        .push(OutMessage::from_stored(&m, name, envelope.data.get()));
-                } else {
-                    needs_status = true;
+                    // Withheld by targeting or by a filter, or unreadable.
+                    _ => needs_status = true,
                 }
             }
         }
@@ -156,7 +149,7 @@ mod tests {
             ("/chat/room-1".to_string(), Some(-1)),
             ("/notices".to_string(), Some(4)),
         ];
-        let r = block(compute(&b, &who(Value::Null), &subs)).unwrap();
+        let r = block(compute(&b, &Gate::default(), &who(Value::Null), &subs)).unwrap();
         assert_eq!(
             r.messages.iter().map(|m| m.message_id).collect::<Vec<_>>(),
             vec![5]
@@ -165,7 +158,7 @@ mod tests {
             r.status,
             vec![("/chat/room-1".to_string(), 8), ("/notices".to_string(), 6)]
         );
-        let r42 = block(compute(&b, &who(json!(42)), &subs)).unwrap();
+        let r42 = block(compute(&b, &Gate::default(), &who(json!(42)), &subs)).unwrap();
         assert_eq!(
             r42.messages
                 .iter()
@@ -181,6 +174,7 @@ mod tests {
         let b = state();
         let up_to_date = block(compute(
             &b,
+            &Gate::default(),
             &who(Value::Null),
             &[("/chat/room-1".into(), Some(8))],
         ))
@@ -189,6 +183,7 @@ mod tests {
         assert_eq!(up_to_date.positions, vec![("/chat/room-1".to_string(), 8)]);
         let behind = block(compute(
             &b,
+            &Gate::default(),
             &who(Value::Null),
             &[("/chat/room-1".into(), Some(-2))],
         ))
@@ -204,6 +199,7 @@ mod tests {
         assert!(behind.status.is_empty());
         let ahead = block(compute(
             &b,
+            &Gate::default(),
             &who(Value::Null),
             &[("/chat/room-1".into(), Some(100))],
         ))
@@ -211,6 +207,7 @@ mod tests {
         assert_eq!(ahead.status, vec![("/chat/room-1".to_string(), 8)]);
         let now = block(compute(
             &b,
+            &Gate::default(),
             &who(Value::Null),
             &[("/chat/room-1".into(), None)],
         ))
@@ -218,6 +215,7 @@ mod tests {
         assert!(now.is_empty());
         let empty = block(compute(
             &b,
+            &Gate::default(),
             &who(Value::Null),
             &[("/nothing".into(), Some(-5))],
         ))
@@ -231,11 +229,23 @@ mod tests {
         block(b.publish("/c$|$a", &envelope("1", "null"), &PublishOptions::default())).unwrap();
         let mut site_b = who(Value::Null);
         site_b.site_id = Some("b".into());
-        let r = block(compute(&b, &site_b, &[("/c".into(), Some(0))])).unwrap();
+        let r = block(compute(
+            &b,
+            &Gate::default(),
+            &site_b,
+            &[("/c".into(), Some(0))],
+        ))
+        .unwrap();
         assert!(r.messages.is_empty());
         let mut site_a = site_b.clone();
         site_a.site_id = Some("a".into());
-        let r = block(compute(&b, &site_a, &[("/c".into(), Some(0))])).unwrap();
+        let r = block(compute(
+            &b,
+            &Gate::default(),
+            &site_a,
+            &[("/c".into(), Some(0))],
+        ))
+        .unwrap();
         assert_eq!(r.messages[0].channel, "/c");
     }
 }

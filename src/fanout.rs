@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::bus::{decode_channel, Sink, GLOBAL_PREFIX};
 use crate::envelope::{Envelope, Identity};
+use crate::gate::Gate;
 use crate::http::frame;
 use crate::http::json::{payload, OutMessage};
 use crate::message::Message;
@@ -67,9 +68,11 @@ impl Registry {
     }
 }
 
-#[derive(Default)]
 pub struct Fanout {
     registry: Mutex<Registry>,
+    gate: Arc<Gate>,
+    /// Messages Ruby must judge, processed in order by `judge_in_order`.
+    judged: mpsc::UnboundedSender<Arc<Message>>,
     next_conn_id: AtomicU64,
     delivered: AtomicU64,
     slow_closed: AtomicU64,
@@ -84,8 +87,40 @@ pub enum Admission {
 }
 
 impl Fanout {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Fanout::default())
+    /// Must be called within the runtime: it spawns the task that delivers
+    /// messages Ruby judges, in their order of arrival.
+    pub fn new(gate: Arc<Gate>) -> Arc<Self> {
+        let (judged, queue) = mpsc::unbounded_channel();
+        let fanout = Arc::new(Fanout {
+            registry: Mutex::default(),
+            gate,
+            judged,
+            next_conn_id: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            slow_closed: AtomicU64::default(),
+            unreadable: AtomicU64::default(),
+        });
+        tokio::spawn(Self::judge_in_order(Arc::downgrade(&fanout), queue));
+        fanout
+    }
+
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    async fn judge_in_order(
+        fanout: std::sync::Weak<Fanout>,
+        mut queue: mpsc::UnboundedReceiver<Arc<Message>>,
+    ) {
+        while let Some(message) = queue.recv().await {
+            let Some(fanout) = fanout.upgrade() else {
+                return;
+            };
+            let (channel, site) = decode_channel(&message.channel);
+            if let Some(envelope) = fanout.gate.envelope(&message, channel).await {
+                fanout.push(&message, channel, site, &envelope);
+            }
+        }
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -164,21 +199,33 @@ pub struct FanoutStats {
 impl Sink for Fanout {
     fn deliver(&self, message: &Arc<Message>) {
         let (channel, site) = decode_channel(&message.channel);
-        let global = channel.starts_with(GLOBAL_PREFIX);
-        let mut reg = self.registry.lock();
-        let Some(ids) = reg.index.get(channel) else {
+        if !self.registry.lock().index.contains_key(channel) {
             return;
-        };
-        let envelope = match Envelope::parse(&message.data) {
-            Ok(envelope) => envelope,
+        }
+        if self.gate.judges(channel) {
+            let _ = self.judged.send(Arc::clone(message));
+            return;
+        }
+        match Envelope::parse(&message.data) {
+            Ok(envelope) => self.push(message, channel, site, &envelope),
             Err(e) => {
                 crate::log::warn(format!(
                     "not pushing message {} on {}: {e}",
                     message.global_id, message.channel
                 ));
                 self.unreadable.fetch_add(1, Ordering::Relaxed);
-                return;
             }
+        }
+    }
+}
+
+impl Fanout {
+    /// Hands a live message to every parked client of its channel that may see it.
+    fn push(&self, message: &Message, channel: &str, site: Option<&str>, envelope: &Envelope) {
+        let global = channel.starts_with(GLOBAL_PREFIX);
+        let mut reg = self.registry.lock();
+        let Some(ids) = reg.index.get(channel) else {
+            return;
         };
         let mut live: Option<Arc<Live>> = None;
         let mut slow = Vec::new();

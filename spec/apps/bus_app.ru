@@ -24,6 +24,18 @@ MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"] && JSON.parse(env["H
 MessageBus.site_id_lookup { |env = nil| env && env["HTTP_X_SITE_ID"] } if ENV["MB_MULTISITE"] == "1"
 MessageBus.extra_response_headers_lookup { |env| { "x-extra" => "yes" } if env["HTTP_X_WANT_EXTRA"] }
 
+if ENV["MB_FILTERS"] == "1"
+  MessageBus.register_client_message_filter("/filtered") { |msg| msg.data != "hidden" }
+  MessageBus.register_client_message_filter(%r{/rx\d}) { |msg| !msg.data.to_s.start_with?("secret") }
+end
+
+# A codec only Ruby can read: JSON behind a prefix.
+class PrefixedCodec
+  def encode(hash) = "PFX#{JSON.generate(hash)}"
+  def decode(payload) = JSON.parse(payload.delete_prefix("PFX"))
+end
+MessageBus.transport_codec = PrefixedCodec.new if ENV["MB_CODEC"] == "prefixed"
+
 use MessageBus::Rack::Middleware
 run lambda { |env|
   case env["PATH_INFO"]

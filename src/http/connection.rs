@@ -17,6 +17,7 @@ use crate::client::{self, Requested};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
 use crate::fanout::{Admission, Event, Fanout, Parked, QUEUE_BOUND};
+use crate::gate::Gate;
 use crate::http::frame;
 use crate::http::json::payload;
 
@@ -90,7 +91,7 @@ pub fn park(
         };
         let outcome = match admission {
             Admission::Stale => Closed::Gracefully,
-            Admission::Parked => conn.serve(backend.as_ref(), events).await,
+            Admission::Parked => conn.serve(backend.as_ref(), fanout.gate(), events).await,
         };
         if let Closed::Gracefully = outcome {
             conn.close_output().await;
@@ -113,17 +114,26 @@ impl Conn {
         }
     }
 
-    async fn serve(&mut self, backend: &dyn Backend, mut events: mpsc::Receiver<Event>) -> Closed {
+    async fn serve(
+        &mut self,
+        backend: &dyn Backend,
+        gate: &Gate,
+        mut events: mpsc::Receiver<Event>,
+    ) -> Closed {
         let deadline = Instant::now() + self.session.timeout;
         // The backlog is read after registration: every message is either in
         // it or arrives as a live event, and positions drop the overlap.
-        let backlog =
-            match client::compute(backend, &self.session.identity, &self.session.subscriptions)
-                .await
-            {
-                Ok(b) => b,
-                Err(_) => return Closed::Gracefully,
-            };
+        let backlog = match client::compute(
+            backend,
+            gate,
+            &self.session.identity,
+            &self.session.subscriptions,
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(_) => return Closed::Gracefully,
+        };
         let mut positions: HashMap<String, i64> = backlog.positions.iter().cloned().collect();
         if self.session.chunked {
             let mut out = frame::chunked_head(&self.session.head_prefix);

@@ -11,6 +11,7 @@ use message_bus_core::bus::Sink;
 use message_bus_core::client::{self, Requested};
 use message_bus_core::envelope::Identity;
 use message_bus_core::fanout::Fanout;
+use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Session};
 use message_bus_core::http::frame::head_prefix;
 use message_bus_core::http::json::payload;
@@ -77,7 +78,11 @@ fn headers(list: RArray) -> RbResult<Vec<(String, String)>> {
 impl NativeConnections {
     fn new(ruby: &Ruby, backend: &NativeBackend) -> RbResult<Self> {
         let backend = Arc::clone(&backend.0);
-        let fanout = Fanout::new();
+        let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
+        let fanout = {
+            let _guard = rt.enter();
+            Fanout::new(Gate::new())
+        };
         backend.hub().add_sink(Arc::clone(&fanout) as Arc<dyn Sink>);
         block_on(ruby, || backend.ensure_listening())?;
         Ok(NativeConnections { backend, fanout })
@@ -96,7 +101,7 @@ impl NativeConnections {
         let who = identity(ruby, client_id, site_id, user_json, groups_json)?;
         let subs = subscriptions(ruby, channels)?;
         let backlog = block_on(ruby, || {
-            client::compute(rb_self.backend.as_ref(), &who, &subs)
+            client::compute(rb_self.backend.as_ref(), rb_self.fanout.gate(), &who, &subs)
         })?;
         Ok((
             ruby.str_new(&payload(&backlog.messages, &backlog.status)),
@@ -144,6 +149,40 @@ impl NativeConnections {
         .map_err(|e| to_ruby(ruby, e))
     }
 
+    /// What the Ruby filter thread must judge: String prefixes of client
+    /// message filters, or everything (a Regexp filter, a custom codec).
+    fn configure_gate(&self, prefixes: Vec<String>, everything: bool) {
+        self.fanout.gate().configure(prefixes, everything);
+    }
+
+    /// Messages waiting for Ruby's verdict, as `[global_id, message_id,
+    /// encoded_channel, envelope]`; `[]` after `timeout` seconds, nil once stopped.
+    fn gate_jobs(
+        ruby: &Ruby,
+        rb_self: &Self,
+        max: usize,
+        timeout: f64,
+    ) -> RbResult<Option<RArray>> {
+        crate::subscription::next_batch(ruby, rb_self.fanout.gate().jobs(), max, timeout)
+    }
+
+    /// Ruby's verdict on one message: the envelope as JSON, or nil (denied).
+    fn resolve(
+        ruby: &Ruby,
+        rb_self: &Self,
+        channel: RString,
+        message_id: i64,
+        envelope: Option<RString>,
+    ) -> RbResult<()> {
+        let channel = rstring(ruby, channel, "channel")?;
+        let envelope = envelope.map(|e| rstring(ruby, e, "envelope")).transpose()?;
+        rb_self
+            .fanout
+            .gate()
+            .resolve(channel, message_id, envelope.as_deref());
+        Ok(())
+    }
+
     fn parked(&self) -> usize {
         self.fanout.parked()
     }
@@ -163,6 +202,7 @@ impl NativeConnections {
         let sink: Arc<dyn Sink> = Arc::clone(&self.fanout) as Arc<dyn Sink>;
         self.backend.hub().remove_sink(&sink);
         self.fanout.close_all();
+        self.fanout.gate().close();
     }
 }
 
@@ -173,6 +213,15 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     class.define_method("_poll", magnus::method!(NativeConnections::poll, 5))?;
     class.define_method("_park", magnus::method!(NativeConnections::park, 2))?;
     class.define_method("_parked", magnus::method!(NativeConnections::parked, 0))?;
+    class.define_method(
+        "_configure_gate",
+        magnus::method!(NativeConnections::configure_gate, 2),
+    )?;
+    class.define_method(
+        "_gate_jobs",
+        magnus::method!(NativeConnections::gate_jobs, 2),
+    )?;
+    class.define_method("_resolve", magnus::method!(NativeConnections::resolve, 3))?;
     class.define_method("_stats", magnus::method!(NativeConnections::stats, 0))?;
     class.define_method("_stop", magnus::method!(NativeConnections::stop, 0))?;
     Ok(())

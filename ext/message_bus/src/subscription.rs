@@ -13,30 +13,38 @@ use crate::gvl::blocking;
 #[magnus::wrap(class = "MessageBus::Native::Subscription", free_immediately, size)]
 pub struct NativeSubscription(pub Arc<Subscription>);
 
+/// Up to `max` messages of `sub`; `[]` when `timeout` seconds passed; nil once closed.
+pub fn next_batch(
+    ruby: &Ruby,
+    sub: Arc<Subscription>,
+    max: usize,
+    timeout: f64,
+) -> Result<Option<RArray>, magnus::Error> {
+    let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+    let batch = blocking(ruby, Some(Arc::clone(&sub)), |_| {
+        sub.next_batch(max, timeout)
+    })?;
+    match batch {
+        Batch::Closed => Ok(None),
+        Batch::TimedOut => Ok(Some(ruby.ary_new())),
+        Batch::Messages(messages) => {
+            let out = ruby.ary_new_capa(messages.len());
+            for m in &messages {
+                out.push(message_to_ruby(ruby, m)?)?;
+            }
+            Ok(Some(out))
+        }
+    }
+}
+
 impl NativeSubscription {
-    /// Up to `max` messages; `[]` when `timeout` seconds passed; nil once closed.
     fn next_batch(
         ruby: &Ruby,
         rb_self: &Self,
         max: usize,
         timeout: f64,
     ) -> Result<Option<RArray>, magnus::Error> {
-        let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-        let sub = Arc::clone(&rb_self.0);
-        let batch = blocking(ruby, Some(Arc::clone(&sub)), |_| {
-            sub.next_batch(max, timeout)
-        })?;
-        match batch {
-            Batch::Closed => Ok(None),
-            Batch::TimedOut => Ok(Some(ruby.ary_new())),
-            Batch::Messages(messages) => {
-                let out = ruby.ary_new_capa(messages.len());
-                for m in &messages {
-                    out.push(message_to_ruby(ruby, m)?)?;
-                }
-                Ok(Some(out))
-            }
-        }
+        next_batch(ruby, Arc::clone(&rb_self.0), max, timeout)
     }
 
     fn close(&self) {

@@ -4,6 +4,7 @@ require "json"
 require "uri"
 require "rack"
 require "message_bus/rack/poll_request"
+require "message_bus/rack/ruby_gate"
 
 module MessageBus
   module Rack
@@ -24,6 +25,7 @@ module MessageBus
         @connections = nil
         @started_listener = false
         @lock = Mutex.new
+        @gate = RubyGate.new(@bus)
         start_listener unless @bus.off?
       end
 
@@ -47,6 +49,7 @@ module MessageBus
       def stop_listener
         @lock.synchronize do
           @connections&._stop
+          @gate.stop
           @connections = nil
           @started_listener = false
         end
@@ -74,6 +77,7 @@ module MessageBus
 
           @connections = MessageBus::Native::Connections.new(backend.native)
           @started_listener = true
+          @gate.sync(@connections)
           @connections
         end
       end
@@ -89,7 +93,6 @@ module MessageBus
         headers = response_headers(env)
         return [200, headers, ["OK"]] if env["REQUEST_METHOD"] == "OPTIONS"
 
-        warn_about_filters unless @bus.client_message_filters.empty?
         request = PollRequest.new(env, @bus, client_id)
         release_active_record_connections
         respond(env, request, headers)
@@ -97,6 +100,7 @@ module MessageBus
 
       def respond(env, request, headers)
         connections = @connections || start_listener
+        @gate.sync(connections)
         long_polling = @bus.long_polling_enabled? && !env["QUERY_STRING"].to_s.include?("dlp=t") &&
                        connections._parked < @bus.max_active_clients
         hijack = long_polling && env["rack.hijack"] && @bus.rack_hijack_enabled?
@@ -119,15 +123,6 @@ module MessageBus
           io.close
         end
         TEAPOT
-      end
-
-      # Not applied yet on the Rust path: say so loudly rather than silently.
-      def warn_about_filters
-        return if @warned_about_filters
-
-        @warned_about_filters = true
-        @bus.logger.error("MessageBus: register_client_message_filter procs are NOT applied to web clients by this " \
-                          "version; messages they would withhold are delivered")
       end
 
       def broadcast(env)
