@@ -1,0 +1,330 @@
+//! Long-poll load driver: N web clients on 127.0.0.1 long-poll one channel
+//! (streaming or not), reconnecting with their last id after every response,
+//! while the driver publishes M timestamped messages through the test app's
+//! `/publish` route. Reports publish→delivery latency, lost and duplicated
+//! messages, and the server's RSS. Bounded: it stops after the last message
+//! arrived everywhere or after `--deadline` seconds.
+//!
+//! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
+//!          [--server-pid PID] [--deadline S]
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+const CHANNEL: &str = "/bench";
+
+struct Options {
+    port: u16,
+    clients: usize,
+    messages: usize,
+    interval: Duration,
+    chunked: bool,
+    server_pid: Option<u32>,
+    deadline: Duration,
+}
+
+fn options() -> Result<Options, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| -> Option<String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let number = |name: &str, default: u64| -> Result<u64, String> {
+        value(name).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| format!("{name} needs a number, got {v}"))
+        })
+    };
+    Ok(Options {
+        port: u16::try_from(number("--port", 0)?).map_err(|_| "--port out of range".to_string())?,
+        clients: number("--clients", 1000)? as usize,
+        messages: number("--messages", 20)? as usize,
+        interval: Duration::from_millis(number("--interval-ms", 250)?),
+        chunked: !args.iter().any(|a| a == "--no-chunk"),
+        server_pid: value("--server-pid").and_then(|v| v.parse().ok()),
+        deadline: Duration::from_secs(number("--deadline", 120)?),
+    })
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[derive(Default)]
+struct Stats {
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    reconnects: AtomicU64,
+    errors: AtomicU64,
+    ready: AtomicUsize,
+    latencies: Mutex<Vec<u64>>,
+}
+
+/// What one client has seen: message numbers received, last message id.
+struct ClientState {
+    last_id: i64,
+    seen: Vec<bool>,
+    count: usize,
+}
+
+fn request(client: usize, last_id: i64, chunked: bool, port: u16) -> Vec<u8> {
+    let body = format!("%2Fbench={last_id}");
+    let dont_chunk = if chunked { "" } else { "Dont-Chunk: true\r\n" };
+    format!(
+        "POST /message-bus/bench{client}/poll HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{dont_chunk}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Handles one JSON array from the server; returns false when it is not JSON.
+async fn handle_payload(json: &[u8], state: &mut ClientState, stats: &Stats) -> bool {
+    let Ok(serde_json::Value::Array(messages)) = serde_json::from_slice::<serde_json::Value>(json)
+    else {
+        return false;
+    };
+    let arrived = now_micros();
+    for m in messages {
+        let channel = m.get("channel").and_then(|c| c.as_str()).unwrap_or("");
+        if channel == "/__status" {
+            if let Some(id) = m.pointer("/data/~1bench").and_then(|v| v.as_i64()) {
+                state.last_id = id;
+            }
+            continue;
+        }
+        if channel != CHANNEL {
+            continue;
+        }
+        let id = m.get("message_id").and_then(|v| v.as_i64()).unwrap_or(0);
+        state.last_id = state.last_id.max(id);
+        let n = m
+            .pointer("/data/n")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(u64::MAX) as usize;
+        let sent = m
+            .pointer("/data/t")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(arrived);
+        if n < state.seen.len() {
+            if state.seen[n] {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            } else {
+                state.seen[n] = true;
+                state.count += 1;
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .latencies
+                    .lock()
+                    .await
+                    .push(arrived.saturating_sub(sent));
+            }
+        }
+    }
+    true
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One poll: returns when the server closes the response.
+/// `permit` (the ramp-up slot) is released once the response head arrived.
+async fn poll_once(
+    opts: &Options,
+    client: usize,
+    state: &mut ClientState,
+    stats: &Stats,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", opts.port)).await?;
+    stream
+        .write_all(&request(client, state.last_id, opts.chunked, opts.port))
+        .await?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut scratch = vec![0u8; 8192];
+    let mut body_start = None;
+    let mut records = 0usize; // de-chunked payload bytes consumed
+    let mut dechunked: Vec<u8> = Vec::new();
+    let mut chunk_pos = 0usize;
+    loop {
+        let n = stream.read(&mut scratch).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&scratch[..n]);
+        if body_start.is_none() {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                body_start = Some(end + 4);
+                chunk_pos = end + 4;
+                if permit.take().is_some() {
+                    stats.ready.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if opts.chunked && body_start.is_some() {
+            // De-chunk what is complete, then split records on the separator.
+            while let Some(line_end) = find(&buf[chunk_pos..], b"\r\n") {
+                let size_text =
+                    std::str::from_utf8(&buf[chunk_pos..chunk_pos + line_end]).unwrap_or("0");
+                let size = usize::from_str_radix(size_text.trim(), 16).unwrap_or(0);
+                let data_start = chunk_pos + line_end + 2;
+                if size == 0 || buf.len() < data_start + size + 2 {
+                    break;
+                }
+                dechunked.extend_from_slice(&buf[data_start..data_start + size]);
+                chunk_pos = data_start + size + 2;
+            }
+            while let Some(sep) = find(&dechunked[records..], b"\r\n|\r\n") {
+                let json = dechunked[records..records + sep].to_vec();
+                if !handle_payload(&json, state, stats).await {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                records += sep + 5;
+            }
+        }
+    }
+    if !opts.chunked {
+        if let Some(start) = body_start {
+            if !handle_payload(&buf[start..], state, stats).await {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: Arc<Semaphore>) {
+    let mut state = ClientState {
+        last_id: -1,
+        seen: vec![false; opts.messages],
+        count: 0,
+    };
+    // Ramp up: only a few hundred connects in flight at once.
+    let mut permit = Arc::clone(&gate).acquire_owned().await.ok();
+    while state.count < opts.messages {
+        let result = poll_once(&opts, client, &mut state, &stats, &mut permit).await;
+        if result.is_err() {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn publish(port: u16, n: usize) -> std::io::Result<()> {
+    let body = format!(
+        r#"{{"channel":"{CHANNEL}","data":{{"n":{n},"t":{}}}}}"#,
+        now_micros()
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let req = format!(
+        "POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut sink = Vec::new();
+    stream.read_to_end(&mut sink).await?;
+    Ok(())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let opts = match options() {
+        Ok(o) if o.port != 0 => Arc::new(o),
+        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID]"),
+        Err(e) => return eprintln!("{e}"),
+    };
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let connect_deadline = started + opts.deadline;
+    let rss_before = opts.server_pid.and_then(rss_kib);
+    let gate = Arc::new(Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(opts.clients);
+    for client in 0..opts.clients {
+        tasks.push(tokio::spawn(run_client(
+            Arc::clone(&opts),
+            client,
+            Arc::clone(&stats),
+            Arc::clone(&gate),
+        )));
+    }
+    // Wait until every client has its first response head (or the deadline).
+    while stats.ready.load(Ordering::Relaxed) < opts.clients && Instant::now() < connect_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connected_after = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = opts.server_pid.and_then(rss_kib);
+    for n in 0..opts.messages {
+        if publish(opts.port, n).await.is_err() {
+            eprintln!("publish {n} failed");
+        }
+        tokio::time::sleep(opts.interval).await;
+    }
+    // Every client stops once it has every message; the rest are cut off at the deadline.
+    let stop = Instant::now() + opts.deadline;
+    for t in tasks {
+        let remaining = stop.saturating_duration_since(Instant::now());
+        let abort = t.abort_handle();
+        if tokio::time::timeout(remaining, t).await.is_err() {
+            abort.abort();
+        }
+    }
+    let mut latencies = std::mem::take(&mut *stats.latencies.lock().await);
+    latencies.sort_unstable();
+    let expected = (opts.clients * opts.messages) as u64;
+    let received = stats.received.load(Ordering::Relaxed);
+    println!(
+        "clients {} ({}), messages {}, all connected after {:.1} s",
+        opts.clients,
+        if opts.chunked {
+            "chunked"
+        } else {
+            "not chunked"
+        },
+        opts.messages,
+        connected_after.as_secs_f64()
+    );
+    println!(
+        "delivered {received}/{expected}, lost {}, duplicated {}, reconnects {}, errors {}",
+        expected.saturating_sub(received),
+        stats.duplicates.load(Ordering::Relaxed),
+        stats.reconnects.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "publish->delivery latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    if let (Some(before), Some(connected)) = (rss_before, rss_connected) {
+        let per = (connected.saturating_sub(before) as f64 * 1024.0) / opts.clients.max(1) as f64;
+        println!("server RSS: {before} KiB before, {connected} KiB with all clients waiting ({per:.0} bytes per client)");
+    }
+}
