@@ -24,6 +24,26 @@ MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"] && JSON.parse(env["H
 MessageBus.site_id_lookup { |env = nil| env && env["HTTP_X_SITE_ID"] } if ENV["MB_MULTISITE"] == "1"
 MessageBus.extra_response_headers_lookup { |env| { "x-extra" => "yes" } if env["HTTP_X_WANT_EXTRA"] }
 
+# Counts the requests under /message-bus/ (reported by `/requests`).
+class RequestCounter
+  LOCK = Mutex.new
+  @count = 0
+
+  class << self
+    attr_accessor :count
+  end
+
+  def initialize(app)
+    @app = app
+  end
+
+  def call(env)
+    LOCK.synchronize { RequestCounter.count += 1 } if env["PATH_INFO"].include?("/message-bus/")
+    @app.call(env)
+  end
+end
+
+use RequestCounter
 use MessageBus::Rack::Middleware
 run lambda { |env|
   case env["PATH_INFO"]
@@ -32,6 +52,8 @@ run lambda { |env|
     opts = (req["opts"] || {}).transform_keys(&:to_sym)
     id = MessageBus.publish(req["channel"], req["data"], opts)
     [200, { "content-type" => "application/json" }, [JSON.generate(id)]]
+  when "/requests"
+    [200, { "content-type" => "text/plain" }, [RequestCounter.count.to_s]]
   when "/pid"
     [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
   else
