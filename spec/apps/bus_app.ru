@@ -54,6 +54,8 @@ run lambda { |env|
     [200, { "content-type" => "application/json" }, [JSON.generate(id)]]
   when "/requests"
     [200, { "content-type" => "text/plain" }, [RequestCounter.count.to_s]]
+  when "/diagnostics"
+    [200, { "content-type" => "application/json" }, [JSON.generate(MessageBus.diagnostics)]]
   when "/pid"
     [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
   else

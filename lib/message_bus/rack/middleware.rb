@@ -25,6 +25,7 @@ module MessageBus
         @started_listener = false
         @lock = Mutex.new
         start_listener unless @bus.off?
+        @bus.register_middleware(self) if @bus.respond_to?(:register_middleware)
       end
 
       def call(env)
