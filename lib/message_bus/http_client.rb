@@ -153,7 +153,7 @@ module MessageBus
 
       @aborted = true
       begin
-        http.finish
+        http.finish if http.started?
       rescue IOError, SystemCallError
         nil
       end
@@ -171,8 +171,10 @@ module MessageBus
 
         @aborted = false
         @http = http
-        http.start
       end
+      # Connect outside the lock so that `stop` never waits for a slow connect.
+      http.start
+      @lock.synchronize { raise Aborted if @aborted }
       begin
         http.request(request) { |response| read_response(response) }
       rescue IOError, SystemCallError, Net::ReadTimeout
