@@ -366,15 +366,23 @@ module MessageBus
       end
     end
 
-    # Introspection for operators: subscriptions, subscriber state, backend queues.
+    # Introspection for operators: subscriptions, subscriber state, backend
+    # queues, and the web clients of every live middleware serving this bus
+    # (waiting clients, messages pushed, slow readers closed).
     def diagnostics
       backend = @config[:backend_instance]
       {
         listening: listening?,
         subscriptions: @subscriptions.sum { |_, channels| channels.sum { |_, procs| procs.length } },
         queued_publishes: backend.respond_to?(:queued_publishes) ? backend.queued_publishes : 0,
-        dropped_publishes: backend.respond_to?(:dropped_publishes) ? backend.dropped_publishes : 0
+        dropped_publishes: backend.respond_to?(:dropped_publishes) ? backend.dropped_publishes : 0,
+        web_clients: middleware_stats
       }
+    end
+
+    # Called by MessageBus::Rack::Middleware at construction; held weakly.
+    def register_middleware(middleware)
+      @mutex.synchronize { (@middlewares ||= ObjectSpace::WeakMap.new)[middleware] = true }
     end
 
     # --- internals shared with the middleware and DistributedCache -----------
@@ -391,6 +399,13 @@ module MessageBus
     end
 
     private
+
+    def middleware_stats
+      totals = { parked: 0, delivered: 0, slow_closed: 0, unreadable: 0 }
+      middlewares = @mutex.synchronize { @middlewares ? @middlewares.keys : [] }
+      middlewares.each { |m| m.stats.each { |k, v| totals[k] = totals.fetch(k, 0) + v.to_i } }
+      totals
+    end
 
     def monotonic_now
       Process.clock_gettime(Process::CLOCK_MONOTONIC)

@@ -36,6 +36,26 @@ class PrefixedCodec
 end
 MessageBus.transport_codec = PrefixedCodec.new if ENV["MB_CODEC"] == "prefixed"
 
+# Counts the requests under /message-bus/ (reported by `/requests`).
+class RequestCounter
+  LOCK = Mutex.new
+  @count = 0
+
+  class << self
+    attr_accessor :count
+  end
+
+  def initialize(app)
+    @app = app
+  end
+
+  def call(env)
+    LOCK.synchronize { RequestCounter.count += 1 } if env["PATH_INFO"].include?("/message-bus/")
+    @app.call(env)
+  end
+end
+
+use RequestCounter
 use MessageBus::Rack::Middleware
 run lambda { |env|
   case env["PATH_INFO"]
@@ -44,6 +64,10 @@ run lambda { |env|
     opts = (req["opts"] || {}).transform_keys(&:to_sym)
     id = MessageBus.publish(req["channel"], req["data"], opts)
     [200, { "content-type" => "application/json" }, [JSON.generate(id)]]
+  when "/requests"
+    [200, { "content-type" => "text/plain" }, [RequestCounter.count.to_s]]
+  when "/diagnostics"
+    [200, { "content-type" => "application/json" }, [JSON.generate(MessageBus.diagnostics)]]
   when "/pid"
     [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
   else

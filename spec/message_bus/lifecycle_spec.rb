@@ -152,5 +152,6 @@ RSpec.describe "MessageBus lifecycle" do
     b = new_bus
     b.subscribe("/x") { nil }
     expect(b.diagnostics).to include(listening: true, subscriptions: 1, queued_publishes: 0, dropped_publishes: 0)
+    expect(b.diagnostics[:web_clients]).to eq(parked: 0, delivered: 0, slow_closed: 0, unreadable: 0)
   end
 end

@@ -18,8 +18,9 @@ module ServerHelpers
     server&.close
   end
 
-  def start_server(kind: :puma, threads: 4, workers: 0, env: {}, app: APP)
-    port = free_port
+  # `port:` reuses a port (e.g. to restart a server where clients expect it).
+  def start_server(kind: :puma, threads: 4, workers: 0, env: {}, app: APP, port: nil)
+    port ||= free_port
     log = File.join(Dir.tmpdir, "mb-server-#{port}.log")
     cmd =
       case kind

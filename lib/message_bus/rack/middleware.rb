@@ -27,6 +27,7 @@ module MessageBus
         @lock = Mutex.new
         @gate = RubyGate.new(@bus)
         start_listener unless @bus.off?
+        @bus.register_middleware(self) if @bus.respond_to?(:register_middleware)
       end
 
       def call(env)

@@ -1,0 +1,626 @@
+/*
+ * message-bus.js — browser client for the message_bus gem.
+ *
+ * Speaks the message_bus HTTP protocol: polling, long polling and long polling
+ * with streamed (chunked) responses. No dependencies. Requests go through
+ * `MessageBus.ajax` (jQuery.ajax when jQuery is present, or the small adapter in
+ * message-bus-ajax.js, which must be loaded after this file).
+ *
+ * Loading: UMD. With an AMD loader it defines an anonymous module; with
+ * CommonJS it sets `module.exports`; in every case it also sets the global
+ * `MessageBus` (message-bus-ajax.js and existing pages rely on the global).
+ * There is no `noConflict()`: it does not exist in the 4.5 client either.
+ */
+(function (root, factory) {
+  "use strict";
+  var bus = factory(root);
+  if (root) {
+    root.MessageBus = bus;
+  }
+  if (typeof define === "function" && define.amd) {
+    define([], function () {
+      return bus;
+    });
+  } else if (typeof module === "object" && module && module.exports) {
+    module.exports = bus;
+  }
+})(
+  typeof globalThis !== "undefined"
+    ? globalThis
+    : typeof self !== "undefined"
+    ? self
+    : typeof window !== "undefined"
+    ? window
+    : this,
+  function (global) {
+    "use strict";
+
+    var SEPARATOR = "\r\n|\r\n";
+    var ESCAPED_SEPARATOR = /\r\n\|\|\r\n/g;
+    var NON_STREAMED_CONTENT_TYPE = "application/json; charset=utf-8";
+    var STATUS_CHANNEL = "/__status";
+    var LAST_AJAX_KEY = "__mbLastAjax";
+
+    var doc = global.document;
+    var con = global.console;
+
+    function log() {
+      if (con && con.log) {
+        con.log.apply(con, arguments);
+      }
+    }
+
+    function now() {
+      return Date.now();
+    }
+
+    // ---- identity ------------------------------------------------------
+
+    // 32 lowercase hex digits in the layout of a version 4 UUID without dashes:
+    // the 13th digit is "4", the 17th one of 8 9 a b.
+    function generateClientId() {
+      var bytes = [];
+      var i;
+      var cryptoObj = global.crypto;
+      if (cryptoObj && typeof cryptoObj.getRandomValues === "function") {
+        var arr = new Uint8Array(16);
+        cryptoObj.getRandomValues(arr);
+        for (i = 0; i < 16; i++) bytes.push(arr[i]);
+      } else {
+        for (i = 0; i < 16; i++) bytes.push(Math.floor(Math.random() * 256));
+      }
+      bytes[6] = (bytes[6] & 0x0f) | 0x40;
+      bytes[8] = (bytes[8] & 0x3f) | 0x80;
+      var out = "";
+      for (i = 0; i < 16; i++) {
+        out += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+      }
+      return out;
+    }
+
+    // ---- environment probes (done once, at load) -------------------------
+
+    var storage = null;
+    try {
+      var ls = global.localStorage;
+      if (ls) {
+        ls.setItem("mbTestLocalStorage", String(now()));
+        ls.removeItem("mbTestLocalStorage");
+        storage = ls;
+      }
+    } catch (e) {
+      storage = null;
+    }
+
+    var xhrSupportsProgress = false;
+    try {
+      if (typeof global.XMLHttpRequest === "function") {
+        xhrSupportsProgress = "onprogress" in new global.XMLHttpRequest();
+      }
+    } catch (e) {
+      xhrSupportsProgress = false;
+    }
+
+    // Page Visibility API, with vendor prefixes; without it, fall back to
+    // document.hasFocus() (called, not merely referenced); with no document at
+    // all (e.g. a worker) the page counts as visible.
+    function isHidden() {
+      if (!doc) return false;
+      var props = ["hidden", "webkitHidden", "mozHidden", "msHidden"];
+      for (var i = 0; i < props.length; i++) {
+        if (typeof doc[props[i]] === "boolean") return doc[props[i]];
+      }
+      if (typeof doc.hasFocus === "function") {
+        try {
+          return !doc.hasFocus();
+        } catch (e) {
+          return false;
+        }
+      }
+      return false;
+    }
+
+    function readLastAjax() {
+      if (!storage) return null;
+      try {
+        var v = parseInt(storage.getItem(LAST_AJAX_KEY), 10);
+        return isNaN(v) ? null : v;
+      } catch (e) {
+        return null;
+      }
+    }
+
+    function writeLastAjax(t) {
+      if (!storage) return;
+      try {
+        storage.setItem(LAST_AJAX_KEY, String(t));
+      } catch (e) {
+        /* quota or privacy mode: ignore */
+      }
+    }
+
+    // ---- state -----------------------------------------------------------
+
+    var jq = global.jQuery;
+    var started = false;
+    var stopped = false;
+    var paused = false;
+    var pausedQueue = [];
+    var failCount = 0;
+    var totalAjaxFailures = 0;
+    var totalAjaxCalls = 0;
+    var lastAjaxStartedAt = null;
+    var malformedChunks = 0;
+    var callbackErrors = 0;
+    var chunkedBackoff = 0;
+    var pollTimer = null; // the next scheduled poll
+    var hiddenWaitTimer = null; // the 500–1000 ms "retry soon" poll
+
+    var me = {
+      enableLongPolling: true,
+      enableChunkedEncoding: true,
+      callbackInterval: 15000,
+      backgroundCallbackInterval: 60000,
+      minPollInterval: 100,
+      maxPollInterval: 3 * 60 * 1000,
+      minHiddenPollInterval: 1500,
+      alwaysLongPoll: false,
+      shouldLongPollCallback: undefined,
+      firstChunkTimeout: 3000,
+      retryChunkedAfterRequests: 30,
+      baseUrl: "/",
+      headers: {},
+      ajax: (jq && jq.ajax) || false,
+      clientId: generateClientId(),
+      callbacks: [],
+      longPoll: null,
+      onVisibilityChange: null
+    };
+
+    function shouldLongPoll() {
+      var visible;
+      if (typeof me.shouldLongPollCallback === "function") {
+        visible = !!me.shouldLongPollCallback();
+      } else {
+        visible = !isHidden();
+      }
+      return !!((me.alwaysLongPoll || visible) && me.enableLongPolling);
+    }
+
+    function hiddenTabShouldWait() {
+      if (!storage || !isHidden()) return false;
+      var last = readLastAjax();
+      if (last === null) return false;
+      var delta = now() - last;
+      return delta >= 0 && delta < me.minHiddenPollInterval;
+    }
+
+    function clearTimers() {
+      if (pollTimer) {
+        clearTimeout(pollTimer);
+        pollTimer = null;
+      }
+      if (hiddenWaitTimer) {
+        clearTimeout(hiddenWaitTimer);
+        hiddenWaitTimer = null;
+      }
+    }
+
+    function schedulePoll(delay) {
+      if (pollTimer) clearTimeout(pollTimer);
+      pollTimer = setTimeout(function () {
+        pollTimer = null;
+        poll();
+      }, delay);
+    }
+
+    // ---- message handling -------------------------------------------------
+
+    function deliver(message) {
+      var callbacks = me.callbacks.slice();
+      for (var i = 0; i < callbacks.length; i++) {
+        var cb = callbacks[i];
+        // a callback removed by an earlier callback for this message is skipped
+        if (me.callbacks.indexOf(cb) < 0) continue;
+        if (cb.channel === message.channel) {
+          cb.last_id = message.message_id;
+          try {
+            cb.func(message.data, message.global_id, message.message_id);
+          } catch (e) {
+            callbackErrors++;
+            log(
+              "MessageBus: error in callback for " + cb.channel + ": " +
+                (e && e.message ? e.message : e),
+              e
+            );
+          }
+        }
+        if (
+          message.channel === STATUS_CHANNEL &&
+          message.data &&
+          typeof message.data === "object" &&
+          Object.prototype.hasOwnProperty.call(message.data, cb.channel)
+        ) {
+          cb.last_id = message.data[cb.channel];
+        }
+      }
+    }
+
+    // While paused, messages are queued; the ids they carry are recorded
+    // right away so that the requests that keep running do not fetch the same
+    // messages again (they are delivered once, in order, by resume()).
+    function noteIds(message) {
+      for (var i = 0; i < me.callbacks.length; i++) {
+        var cb = me.callbacks[i];
+        if (cb.channel === message.channel) {
+          cb.last_id = message.message_id;
+        } else if (
+          message.channel === STATUS_CHANNEL &&
+          message.data &&
+          typeof message.data === "object" &&
+          Object.prototype.hasOwnProperty.call(message.data, cb.channel)
+        ) {
+          cb.last_id = message.data[cb.channel];
+        }
+      }
+    }
+
+    function processMessages(messages) {
+      failCount = 0;
+      if (!messages || !messages.length) return false;
+      for (var i = 0; i < messages.length; i++) {
+        var m = messages[i];
+        if (!m || typeof m !== "object") continue;
+        if (paused) {
+          pausedQueue.push(m);
+          noteIds(m);
+        } else {
+          deliver(m);
+        }
+      }
+      return true;
+    }
+
+    function parsePiece(text) {
+      if (/^\s*$/.test(text)) return;
+      var parsed;
+      try {
+        parsed = JSON.parse(text.replace(ESCAPED_SEPARATOR, SEPARATOR));
+      } catch (e) {
+        malformedChunks++;
+        log("MessageBus: failed to parse streamed chunk, skipped: " + text, e);
+        return;
+      }
+      if (Object.prototype.toString.call(parsed) !== "[object Array]") {
+        malformedChunks++;
+        log("MessageBus: streamed chunk is not an array, skipped: " + text);
+        return;
+      }
+      processMessages(parsed);
+    }
+
+    // ---- the request cycle -------------------------------------------------
+
+    function startRequest(data) {
+      var ajax = me.ajax || (global.jQuery && global.jQuery.ajax);
+      if (typeof ajax !== "function") {
+        throw new Error("Either jQuery or the ajax adapter must be loaded");
+      }
+
+      totalAjaxCalls++;
+      data.__seq = totalAjaxCalls;
+      var requestStartedAt = now();
+      lastAjaxStartedAt = requestStartedAt;
+
+      var longPoll = shouldLongPoll();
+      var chunked = longPoll && me.enableChunkedEncoding && xhrSupportsProgress;
+      if (chunkedBackoff > 0) {
+        chunkedBackoff--;
+        chunked = false;
+      }
+
+      var headers = { "X-SILENCE-LOGGER": "true" };
+      var extra = me.headers || {};
+      for (var name in extra) {
+        if (Object.prototype.hasOwnProperty.call(extra, name)) {
+          headers[name] = extra[name];
+        }
+      }
+      if (!chunked) headers["Dont-Chunk"] = "true";
+
+      writeLastAjax(requestStartedAt);
+
+      var streaming = chunked; // may be switched off by the first progress event
+      var sawProgress = false;
+      var position = 0;
+      var gotData = false;
+      var aborted = false;
+      var rateLimitedFor = 0; // seconds
+      var firstChunkTimer = null;
+      var finished = false;
+      var request = null;
+
+      function clearFirstChunkTimer() {
+        if (firstChunkTimer) {
+          clearTimeout(firstChunkTimer);
+          firstChunkTimer = null;
+        }
+      }
+
+      function consume(text) {
+        if (typeof text !== "string") return;
+        for (;;) {
+          var idx = text.indexOf(SEPARATOR, position);
+          if (idx < 0) return;
+          var piece = text.substring(position, idx);
+          position = idx + SEPARATOR.length;
+          parsePiece(piece);
+        }
+      }
+
+      function onProgress(xhr) {
+        clearFirstChunkTimer();
+        if (!streaming || finished) return;
+        sawProgress = true;
+        var type = null;
+        try {
+          type = xhr.getResponseHeader("Content-Type");
+        } catch (e) {
+          type = null;
+        }
+        if (type === NON_STREAMED_CONTENT_TYPE) {
+          streaming = false;
+          return;
+        }
+        consume(xhr.responseText);
+      }
+
+      function makeXhr() {
+        var $ = global.jQuery;
+        var x =
+          $ && $.ajaxSettings && $.ajaxSettings.xhr
+            ? $.ajaxSettings.xhr()
+            : new (me.xhrImplementation || global.XMLHttpRequest)();
+        if (chunked) {
+          x.onprogress = function () {
+            onProgress(x);
+          };
+        }
+        return x;
+      }
+
+      var url =
+        me.baseUrl + "message-bus/" + me.clientId + "/poll" + (longPoll ? "" : "?dlp=t");
+
+      request = ajax({
+        url: url,
+        data: data,
+        async: true,
+        dataType: chunked ? "text" : "json",
+        type: "POST",
+        headers: headers,
+        messageBus: { chunked: chunked, onProgressListener: onProgress },
+        xhr: makeXhr,
+        success: function (body) {
+          if (!stopped && chunked && streaming) {
+            if (!sawProgress && typeof body === "string" && body.indexOf(SEPARATOR) < 0) {
+              // No progress event ever arrived and the body is not framed:
+              // it is a plain JSON answer.
+              streaming = false;
+            } else {
+              // Pick up any complete records not yet seen by a progress event.
+              consume(body);
+              return;
+            }
+          }
+          if (stopped) return;
+          var messages = body;
+          if (typeof messages === "string") {
+            try {
+              messages = messages === "" ? [] : JSON.parse(messages);
+            } catch (e) {
+              malformedChunks++;
+              log("MessageBus: failed to parse response, ignored", e);
+              return;
+            }
+          }
+          gotData = processMessages(messages);
+        },
+        error: function (xhr, textStatus) {
+          clearFirstChunkTimer();
+          if (xhr && xhr.status === 429) {
+            var header = null;
+            try {
+              header = xhr.getResponseHeader("Retry-After");
+            } catch (e) {
+              header = null;
+            }
+            rateLimitedFor = Math.max(15, parseInt(header, 10) || 0);
+          } else if (textStatus === "abort") {
+            aborted = true;
+          } else {
+            failCount++;
+            totalAjaxFailures++;
+          }
+        },
+        complete: function () {
+          finished = true;
+          clearFirstChunkTimer();
+          if (me.longPoll === request) me.longPoll = null;
+          if (!started) return;
+
+          var delay;
+          if (rateLimitedFor) {
+            delay = Math.max(me.minPollInterval, rateLimitedFor * 1000);
+          } else if (aborted) {
+            delay = me.minPollInterval;
+          } else if (failCount > 2) {
+            delay = Math.min(me.callbackInterval * failCount, me.maxPollInterval);
+          } else if (shouldLongPoll() && gotData) {
+            delay = me.minPollInterval;
+          } else {
+            var spacing = shouldLongPoll() ? me.callbackInterval : me.backgroundCallbackInterval;
+            delay = Math.max(100, spacing - (now() - requestStartedAt));
+          }
+          schedulePoll(delay);
+        }
+      });
+
+      if (chunked && !finished) {
+        firstChunkTimer = setTimeout(function () {
+          firstChunkTimer = null;
+          if (finished) return;
+          chunkedBackoff = me.retryChunkedAfterRequests;
+          if (request && typeof request.abort === "function") request.abort();
+        }, me.firstChunkTimeout);
+      }
+
+      if (!finished) me.longPoll = request;
+      return request;
+    }
+
+    function poll() {
+      if (stopped || !started) return;
+      if (!me.callbacks.length || hiddenTabShouldWait()) {
+        if (!hiddenWaitTimer) {
+          hiddenWaitTimer = setTimeout(function () {
+            hiddenWaitTimer = null;
+            poll();
+          }, 500 + Math.random() * 500);
+        }
+        return;
+      }
+      if (me.longPoll) return;
+      var data = {};
+      for (var i = 0; i < me.callbacks.length; i++) {
+        data[me.callbacks[i].channel] = me.callbacks[i].last_id;
+      }
+      startRequest(data);
+    }
+
+    function abortInFlight() {
+      var req = me.longPoll;
+      if (req && typeof req.abort === "function") req.abort();
+    }
+
+    // ---- public API ---------------------------------------------------------
+
+    me.start = function () {
+      if (started) return;
+      started = true;
+      stopped = false;
+      if (doc && typeof doc.addEventListener === "function" && !me.onVisibilityChange) {
+        me.onVisibilityChange = function () {
+          if (isHidden() || me.longPoll) return;
+          if (pollTimer || hiddenWaitTimer) {
+            clearTimers();
+            poll();
+          }
+        };
+        doc.addEventListener("visibilitychange", me.onVisibilityChange);
+      }
+      poll();
+    };
+
+    me.stop = function () {
+      stopped = true;
+      started = false;
+      clearTimers();
+      abortInFlight();
+      me.longPoll = null;
+      if (me.onVisibilityChange && doc && typeof doc.removeEventListener === "function") {
+        doc.removeEventListener("visibilitychange", me.onVisibilityChange);
+      }
+      me.onVisibilityChange = null;
+    };
+
+    me.pause = function () {
+      paused = true;
+    };
+
+    me.resume = function () {
+      paused = false;
+      var queued = pausedQueue;
+      pausedQueue = [];
+      for (var i = 0; i < queued.length; i++) deliver(queued[i]);
+    };
+
+    me.status = function () {
+      if (paused) return "paused";
+      if (started) return "started";
+      if (stopped) return "stopped";
+      throw "Cannot determine current status";
+    };
+
+    me.subscribe = function (channel, func, lastId) {
+      if (typeof channel !== "string") {
+        throw "Channel name must be a string!";
+      }
+      if (lastId === null || lastId === undefined) {
+        lastId = -1;
+      } else if (typeof lastId !== "number") {
+        throw "lastId has type " + typeof lastId + " but a number was expected.";
+      }
+      me.callbacks.push({ channel: channel, func: func, last_id: lastId });
+      abortInFlight();
+      if (!started && !stopped) me.start();
+      return func;
+    };
+
+    me.unsubscribe = function (channel, func) {
+      var prefix = null;
+      if (typeof channel === "string" && channel.charAt(channel.length - 1) === "*") {
+        prefix = channel.substring(0, channel.length - 1);
+      }
+      var kept = [];
+      var removed = false;
+      for (var i = 0; i < me.callbacks.length; i++) {
+        var cb = me.callbacks[i];
+        var matches =
+          prefix !== null ? cb.channel.indexOf(prefix) === 0 : cb.channel === channel;
+        if (matches && func) matches = cb.func === func;
+        if (matches) removed = true;
+        else kept.push(cb);
+      }
+      if (removed) {
+        // mutate in place: `callbacks` is a live array users may hold on to
+        me.callbacks.length = 0;
+        for (var j = 0; j < kept.length; j++) me.callbacks.push(kept[j]);
+        abortInFlight();
+      }
+      return removed;
+    };
+
+    me.diagnostics = function () {
+      var info = {
+        stopped: stopped,
+        started: started,
+        paused: paused,
+        callbacks: me.callbacks.slice(),
+        totalAjaxCalls: totalAjaxCalls,
+        recentFailures: failCount,
+        totalAjaxFailures: totalAjaxFailures,
+        malformedChunks: malformedChunks,
+        callbackErrors: callbackErrors,
+        secondsSinceLastAjax:
+          lastAjaxStartedAt === null ? null : (now() - lastAjaxStartedAt) / 1000
+      };
+      log("Stopped: " + stopped + " Started: " + started);
+      log("Current callbacks");
+      log(info.callbacks);
+      log(
+        "Total ajax calls: " + totalAjaxCalls +
+          " Recent failure count: " + failCount +
+          " Total failures: " + totalAjaxFailures
+      );
+      log("Malformed chunks: " + malformedChunks);
+      log(
+        "Last ajax call: " +
+          (info.secondsSinceLastAjax === null ? "never" : info.secondsSinceLastAjax + " seconds ago")
+      );
+      return info;
+    };
+
+    return me;
+  }
+);
