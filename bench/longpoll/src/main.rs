@@ -281,8 +281,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = opts.server_pid.and_then(rss_kib);
     for n in 0..opts.messages {
-        if publish(opts.port, n).await.is_err() {
-            eprintln!("publish {n} failed");
+        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n)).await {
+            Ok(Ok(())) => {}
+            _ => eprintln!("publish {n} failed"),
         }
         tokio::time::sleep(opts.interval).await;
     }
