@@ -21,7 +21,8 @@ RSpec.describe "PostgreSQL connections terminated during publishing" do
   include FaultHelpers
 
   def self.psql(sql, dbname: "postgres")
-    out, status = Open3.capture2e("psql", "-h", PG_FAULTS_BASE[:host], "-p", PG_FAULTS_BASE[:port].to_s, "-U", PG_FAULTS_BASE[:user],
+    base = PG_FAULTS_BASE
+    out, status = Open3.capture2e("psql", "-h", base[:host], "-p", base[:port].to_s, "-U", base[:user],
                                   "-d", dbname, "-tAc", sql)
     [out, status.success?]
   rescue SystemCallError
