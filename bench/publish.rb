@@ -3,6 +3,7 @@
 # Publish / read / latency benchmark.
 #   ruby -Ilib bench/publish.rb                    (memory backend)
 #   MESSAGE_BUS_BACKEND=redis ruby -Ilib bench/publish.rb
+#   MESSAGE_BUS_BACKEND=postgres ruby -Ilib bench/publish.rb  (database mb_bench)
 # Prints one line per measurement; bounded in time (about 10 s in all).
 
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -13,6 +14,12 @@ require "etc"
 backend = (ENV["MESSAGE_BUS_BACKEND"] || "memory").to_sym
 config = { backend: backend, logger: Logger.new(nil), keepalive_interval: 0 }
 config[:redis_config] = { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 14 } if backend == :redis
+if backend == :postgres
+  pg = { host: ENV.fetch("PGHOST", "127.0.0.1"), port: ENV.fetch("PGPORT", "5432"), user: ENV.fetch("PGUSER", "postgres") }
+  system("psql", "-h", pg[:host], "-p", pg[:port].to_s, "-U", pg[:user], "-d", "postgres", "-qc",
+         "CREATE DATABASE mb_bench", out: File::NULL, err: File::NULL)
+  config[:backend_options] = pg.merge(dbname: "mb_bench")
+end
 bus = MessageBus::Instance.new
 bus.configure(config)
 bus.reset!
