@@ -393,56 +393,106 @@ impl Backend for PostgresBackend {
         let inner = &self.inner;
         let s = &inner.settings;
         let err = |e| inner.to_error(e);
-        let rows = inner
-            .query(|s| &s.insert_message, &[&channel, &data])
-            .await?;
-        let id: i64 = rows
-            .first()
-            .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
-            .try_get(0)
-            .map_err(err)?;
-        let conn = inner.conn().await?;
-        let payload = format!("{id}|{id}|{}|{data}", escape_channel(channel));
-        let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
-        let mut notify_error = None;
-        if !oversized {
-            if let Err(e) = conn
-                .client
-                .execute(&conn.stmts.publish, &[&inner.notify_channel, &payload])
-                .await
-            {
-                notify_error = Some(err(e));
-            }
+        let tail = format!("{}|{data}", escape_channel(channel));
+        let global_size = Settings::get(&s.max_global_backlog_size);
+        let age = opts
+            .max_backlog_age
+            .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
+        let size = opts
+            .max_backlog_size
+            .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
+        // The payload is "<id>|<id>|<tail>"; ids have at most 19 digits.
+        if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT && size >= 1 {
+            // Insert, NOTIFY and trimming in one statement: one round trip
+            // and one commit (the NOTIFY is sent when the row commits).
+            let rows = inner
+                .query(
+                    |s| &s.publish_all,
+                    &[
+                        &channel,
+                        &data,
+                        &inner.notify_channel,
+                        &tail,
+                        &s.clear_every(),
+                        &global_size,
+                        &format!("{age} seconds"),
+                        &size,
+                    ],
+                )
+                .await?;
+            let id: i64 = rows
+                .first()
+                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+                .try_get(0)
+                .map_err(err)?;
+            return Ok(Some(id));
         }
-        if id % s.clear_every() == 0 {
-            let global_size = Settings::get(&s.max_global_backlog_size);
-            if id > global_size {
-                conn.client
-                    .execute(&conn.stmts.clear_global_backlog, &[&(id - global_size)])
+        let (id, oversized, notify_error) = if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT {
+            let rows = inner
+                .query(
+                    |s| &s.insert_and_notify,
+                    &[&channel, &data, &inner.notify_channel, &tail],
+                )
+                .await?;
+            let id: i64 = rows
+                .first()
+                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+                .try_get(0)
+                .map_err(err)?;
+            (id, false, None)
+        } else {
+            // Maybe too large to NOTIFY: store, then NOTIFY if it fits.
+            let rows = inner
+                .query(|s| &s.insert_message, &[&channel, &data])
+                .await?;
+            let id: i64 = rows
+                .first()
+                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+                .try_get(0)
+                .map_err(err)?;
+            let payload = format!("{id}|{id}|{tail}");
+            let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
+            let mut notify_error = None;
+            if !oversized {
+                let conn = inner.conn().await?;
+                if let Err(e) = conn
+                    .client
+                    .execute(&conn.stmts.publish, &[&inner.notify_channel, &payload])
                     .await
-                    .map_err(err)?;
+                {
+                    notify_error = Some(err(e));
+                }
             }
-            let age = opts
-                .max_backlog_age
-                .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
-            conn.client
-                .execute(&conn.stmts.expire, &[&format!("{age} seconds")])
-                .await
-                .map_err(err)?;
-            let size = opts
-                .max_backlog_size
-                .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
-            conn.client
-                .execute(&conn.stmts.clear_channel_backlog, &[&channel, &id, &size])
-                .await
-                .map_err(err)?;
+            (id, oversized, notify_error)
+        };
+        if id % s.clear_every() == 0 {
+            // The three trimming steps of §4.3.4 in one statement (one round
+            // trip, one commit); each deletes oldest rows, so running them
+            // on one snapshot leaves the same rows as running them in turn.
+            let global_floor = if id > global_size {
+                id - global_size
+            } else {
+                0
+            };
+            inner
+                .query(
+                    |s| &s.trim,
+                    &[
+                        &global_floor,
+                        &format!("{age} seconds"),
+                        &channel,
+                        &id,
+                        &size,
+                    ],
+                )
+                .await?;
         }
         if oversized {
             // Our own listener reads it from the table now; others within a second.
             inner.proc().poke.notify_one();
             return Err(Error::Backend(format!(
                 "message {id} to {channel} is stored, but its NOTIFY payload is {} bytes and PostgreSQL only accepts payloads shorter than {NOTIFY_PAYLOAD_LIMIT} bytes: reference message_bus processes will not receive it live (pollers and our processes will)",
-                payload.len()
+                format!("{id}|{id}|").len() + tail.len()
             )));
         }
         if let Some(e) = notify_error {
