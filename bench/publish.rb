@@ -4,6 +4,7 @@
 #   ruby -Ilib bench/publish.rb                    (memory backend)
 #   MESSAGE_BUS_BACKEND=redis ruby -Ilib bench/publish.rb
 #   MESSAGE_BUS_BACKEND=postgres ruby -Ilib bench/publish.rb  (database mb_bench)
+#   CLEAR_EVERY=100 MESSAGE_BUS_BACKEND=postgres ruby -Ilib bench/publish.rb
 # Prints one line per measurement; bounded in time (about 10 s in all).
 
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -25,6 +26,8 @@ bus.configure(config)
 bus.reset!
 bus.backend_instance.max_backlog_size = 100
 bus.backend_instance.max_global_backlog_size = 1000
+# Trimming runs on every publish by default (clear_every 1); CLEAR_EVERY=n trims every n-th.
+bus.backend_instance.clear_every = Integer(ENV["CLEAR_EVERY"]) if ENV["CLEAR_EVERY"]
 
 def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
