@@ -102,7 +102,7 @@ RSpec.describe "PostgreSQL connections terminated during publishing" do
     end
     reports = @publishers.map { |p| fault_report(p, got(p.channel)) }
     reports.each { |r| print_fault_report("postgres terminate", r) }
-    printf("%-28s terminated %s connections; caught up %.2f s after the last\n", "postgres terminate",
+    printf("%-28s terminated %s connections; everything delivered %.2f s after the last\n", "postgres terminate",
            killed.join(" + "), monotonic - killed_at)
     expect(killed).to all(be >= 3) # publishers' pools and the listener
     reports.each { |r| expect_nothing_lost(r) }

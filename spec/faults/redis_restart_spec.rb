@@ -46,32 +46,34 @@ RSpec.describe "Redis restart during publishing", if: PrivateRedis.available? do
     redis.stop
   end
 
-  it "delivers every published message exactly once, in order, across a restart" do
-    bus = private_bus
-    bus.reset!
-    channels = %w[/faults/p1 /faults/p2]
-    subscribe_all(bus, *channels)
-    @publishers = channels.map { |c| FaultHelpers::Publisher.new(config, c, 300, 3) }
-    wait_for(timeout: 15, message: "publishers ready") { @publishers.all?(&:ready?) }
-    @publishers.each(&:go)
+  %i[TERM KILL].each do |signal|
+    it "delivers every published message exactly once, in order, across a restart (SIG#{signal})" do
+      bus = private_bus
+      bus.reset!
+      channels = %w[/faults/p1 /faults/p2]
+      subscribe_all(bus, *channels)
+      @publishers = channels.map { |c| FaultHelpers::Publisher.new(config, c, 300, 3) }
+      wait_for(timeout: 15, message: "publishers ready") { @publishers.all?(&:ready?) }
+      @publishers.each(&:go)
 
-    wait_for(timeout: 15, message: "a third of the messages") { channels.sum { |c| got(c).length } >= 200 }
-    restarted_at = monotonic
-    redis.restart
-    wait_for(timeout: 40, message: "publishers to finish") { @publishers.all?(&:finished?) }
-    reports = nil
-    begin
-      wait_for(timeout: 15, message: "delivery of every published message") do
-        reports = @publishers.map { |p| fault_report(p, got(p.channel)) }
-        reports.all? { |r| r[:lost].empty? }
+      wait_for(timeout: 15, message: "a third of the messages") { channels.sum { |c| got(c).length } >= 200 }
+      restarted_at = monotonic
+      redis.restart(signal: signal)
+      wait_for(timeout: 40, message: "publishers to finish") { @publishers.all?(&:finished?) }
+      reports = nil
+      begin
+        wait_for(timeout: 15, message: "delivery of every published message") do
+          reports = @publishers.map { |p| fault_report(p, got(p.channel)) }
+          reports.all? { |r| r[:lost].empty? }
+        end
+      rescue RuntimeError
+        nil # the expectations below say what is missing
       end
-    rescue RuntimeError
-      nil # the expectations below say what is missing
+      reports = @publishers.map { |p| fault_report(p, got(p.channel)) }
+      reports.each { |r| print_fault_report("redis restart SIG#{signal}", r) }
+      printf("%-28s everything delivered %.2f s after the restart\n", "redis restart SIG#{signal}", monotonic - restarted_at)
+      reports.each { |r| expect_nothing_lost(r) }
     end
-    reports = @publishers.map { |p| fault_report(p, got(p.channel)) }
-    reports.each { |r| print_fault_report("redis restart", r) }
-    printf("%-28s caught up %.2f s after the restart\n", "redis restart", monotonic - restarted_at)
-    reports.each { |r| expect_nothing_lost(r) }
   end
 
   it "catches up when the new storage's ids pass the subscriber's position before it reconnects" do
