@@ -21,7 +21,7 @@ pub mod firehose;
 pub mod sql;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +108,31 @@ struct Inner {
     target: String,
     notify_channel: String,
     state: Mutex<Arc<ProcState>>,
+    /// The highest global trimming threshold this backend applied: rows at
+    /// or below it are deleted (but for late commits, see `trim_floor`).
+    trimmed_to: AtomicI64,
+    /// Publishes so far (the trim of every `FULL_TRIM_EVERY`-th is unbounded).
+    trims: AtomicU64,
+}
+
+/// Rows committed late (ids taken before a trim, committed after it) are
+/// caught by bounding trims this far below the last threshold...
+const TRIM_MARGIN: i64 = 1000;
+/// ...and by an unbounded trim every this many publishes.
+const FULL_TRIM_EVERY: u64 = 1000;
+
+impl Inner {
+    /// The lower bound (exclusive) of the rows the next trim looks at.
+    fn trim_floor(&self) -> i64 {
+        if self
+            .trims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FULL_TRIM_EVERY)
+        {
+            return 0;
+        }
+        (self.trimmed_to.load(Ordering::Relaxed) - TRIM_MARGIN).max(0)
+    }
 }
 
 pub struct PostgresBackend {
@@ -158,6 +183,8 @@ impl PostgresBackend {
                 target,
                 notify_channel: notify_channel.to_string(),
                 state: Mutex::new(ProcState::new()),
+                trimmed_to: AtomicI64::new(0),
+                trims: AtomicU64::new(0),
             }),
         })
     }
@@ -329,6 +356,7 @@ impl Inner {
     }
 
     async fn recreate_table(&self) -> Result<()> {
+        self.trimmed_to.store(0, Ordering::Relaxed);
         let conn = self.conn().await?;
         conn.client
             .batch_execute(&sql::reset_sql())
@@ -405,6 +433,7 @@ impl Backend for PostgresBackend {
         if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT && size >= 1 {
             // Insert, NOTIFY and trimming in one statement: one round trip
             // and one commit (the NOTIFY is sent when the row commits).
+            let floor = inner.trim_floor();
             let rows = inner
                 .query(
                     |s| &s.publish_all,
@@ -417,6 +446,7 @@ impl Backend for PostgresBackend {
                         &global_size,
                         &format!("{age} seconds"),
                         &size,
+                        &floor,
                     ],
                 )
                 .await?;
@@ -425,6 +455,15 @@ impl Backend for PostgresBackend {
                 .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
                 .try_get(0)
                 .map_err(err)?;
+            if id <= inner.trimmed_to.load(Ordering::Relaxed) {
+                // Ids restarted (a reset, maybe by another process).
+                inner.trimmed_to.store(0, Ordering::Relaxed);
+            }
+            if id % s.clear_every() == 0 && id > global_size {
+                inner
+                    .trimmed_to
+                    .fetch_max(id - global_size, Ordering::Relaxed);
+            }
             return Ok(Some(id));
         }
         let (id, oversized, notify_error) = if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT {
@@ -621,5 +660,23 @@ impl Backend for PostgresBackend {
         let proc = self.inner.proc();
         proc.subscribed.load(Ordering::SeqCst)
             && (self.inner.hub.has_subscriptions() || self.inner.hub.has_sinks())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_are_bounded_below_the_last_threshold_with_periodic_full_trims() {
+        let backend = PostgresBackend::new("host=localhost dbname=x", "_message_bus_0").unwrap();
+        let inner = &backend.inner;
+        assert_eq!(inner.trim_floor(), 0); // the first trim is full
+        assert_eq!(inner.trim_floor(), 0); // nothing trimmed yet
+        inner.trimmed_to.fetch_max(5000, Ordering::Relaxed);
+        assert_eq!(inner.trim_floor(), 5000 - TRIM_MARGIN);
+        inner.trims.store(FULL_TRIM_EVERY, Ordering::Relaxed);
+        assert_eq!(inner.trim_floor(), 0);
+        assert_eq!(inner.trim_floor(), 5000 - TRIM_MARGIN);
     }
 }
