@@ -84,7 +84,9 @@ impl Statements {
             // low end of its index, the entries of all the rows deleted since
             // the last vacuum: trimming on every publish then costs more than
             // the publish (COMPAT.md §4.3.4 keeps every row below the global
-            // window deleted, so the bound changes nothing but the scan).
+            // window deleted, so the bound changes nothing but the scan). Not
+            // on the age DELETE: its added_at index scan stops at the first
+            // live row, while an id bound makes it read the whole window.
             publish_all: client
                 .prepare(
                     "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id), \
@@ -92,7 +94,7 @@ impl Statements {
                      trim_global AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
                        AND id > $9::bigint AND id <= (SELECT id FROM inserted) - $6::bigint), \
                      expired AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
-                       AND id > $9::bigint AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
+                       AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
                      trim_channel AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
                        AND channel = $1::text AND id > $9::bigint AND id <= (SELECT id FROM message_bus WHERE channel = $1::text \
                          ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
