@@ -9,6 +9,11 @@
 //! firehose tracks its position and catches up from the table (Q11), and the
 //! table is created with if-not-exists semantics under an advisory lock (Q12).
 //!
+//! A publish is one statement (insert, NOTIFY and the §4.3.4 trimming as
+//! CTEs: one round trip, one commit, NOTIFY atomic with the row), and its
+//! trimming DELETEs are bounded below the last threshold applied (see
+//! `sql::Statements::publish_all`).
+//!
 //! Oversized payloads: nothing is NOTIFYed for them (a reference listener
 //! would parse any short substitute as a message). Our listeners read the
 //! table after every id gap, every second while idle, and at once when the

@@ -7,7 +7,10 @@
 //! broadcast on unsubscribe and a foreign `$$UNSUBSCRIBE` is ignored (Q5),
 //! the in-memory publish queue keeps options and never gives up (Q17), also
 //! buffers on connection errors, catch-up treats vanished messages as holes
-//! (Q18), and maintenance uses SCAN (Q21).
+//! (Q18), and maintenance uses SCAN (Q21). After a reconnect the firehose
+//! also checks that the storage still holds the last message it delivered:
+//! a Redis restarted empty restarts its ids, and once they pass the old
+//! position the reference's `highest > global id` test no longer sees it.
 //!
 //! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
 //! child never touches what it inherited (it is leaked) and builds its own.
