@@ -3,6 +3,8 @@
 # Publish / read / latency benchmark.
 #   ruby -Ilib bench/publish.rb                    (memory backend)
 #   MESSAGE_BUS_BACKEND=redis ruby -Ilib bench/publish.rb
+#   MESSAGE_BUS_BACKEND=postgres ruby -Ilib bench/publish.rb  (database mb_bench)
+#   CLEAR_EVERY=100 MESSAGE_BUS_BACKEND=postgres ruby -Ilib bench/publish.rb
 # Prints one line per measurement; bounded in time (about 10 s in all).
 
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -13,11 +15,19 @@ require "etc"
 backend = (ENV["MESSAGE_BUS_BACKEND"] || "memory").to_sym
 config = { backend: backend, logger: Logger.new(nil), keepalive_interval: 0 }
 config[:redis_config] = { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 14 } if backend == :redis
+if backend == :postgres
+  pg = { host: ENV.fetch("PGHOST", "127.0.0.1"), port: ENV.fetch("PGPORT", "5432"), user: ENV.fetch("PGUSER", "postgres") }
+  system("psql", "-h", pg[:host], "-p", pg[:port].to_s, "-U", pg[:user], "-d", "postgres", "-qc",
+         "CREATE DATABASE mb_bench", out: File::NULL, err: File::NULL)
+  config[:backend_options] = pg.merge(dbname: "mb_bench")
+end
 bus = MessageBus::Instance.new
 bus.configure(config)
 bus.reset!
 bus.backend_instance.max_backlog_size = 100
 bus.backend_instance.max_global_backlog_size = 1000
+# Trimming runs on every publish by default (clear_every 1); CLEAR_EVERY=n trims every n-th.
+bus.backend_instance.clear_every = Integer(ENV["CLEAR_EVERY"]) if ENV["CLEAR_EVERY"]
 
 def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 

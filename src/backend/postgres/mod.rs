@@ -9,6 +9,11 @@
 //! firehose tracks its position and catches up from the table (Q11), and the
 //! table is created with if-not-exists semantics under an advisory lock (Q12).
 //!
+//! A publish is one statement (insert, NOTIFY and the §4.3.4 trimming as
+//! CTEs: one round trip, one commit, NOTIFY atomic with the row), and its
+//! trimming DELETEs are bounded below the last threshold applied (see
+//! `sql::Statements::publish_all`).
+//!
 //! Oversized payloads: nothing is NOTIFYed for them (a reference listener
 //! would parse any short substitute as a message). Our listeners read the
 //! table after every id gap, every second while idle, and at once when the
@@ -21,7 +26,7 @@ pub mod firehose;
 pub mod sql;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +113,31 @@ struct Inner {
     target: String,
     notify_channel: String,
     state: Mutex<Arc<ProcState>>,
+    /// The highest global trimming threshold this backend applied: rows at
+    /// or below it are deleted (but for late commits, see `trim_floor`).
+    trimmed_to: AtomicI64,
+    /// Publishes so far (the trim of every `FULL_TRIM_EVERY`-th is unbounded).
+    trims: AtomicU64,
+}
+
+/// Rows committed late (ids taken before a trim, committed after it) are
+/// caught by bounding trims this far below the last threshold...
+const TRIM_MARGIN: i64 = 1000;
+/// ...and by an unbounded trim every this many publishes.
+const FULL_TRIM_EVERY: u64 = 1000;
+
+impl Inner {
+    /// The lower bound (exclusive) of the rows the next trim looks at.
+    fn trim_floor(&self) -> i64 {
+        if self
+            .trims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FULL_TRIM_EVERY)
+        {
+            return 0;
+        }
+        (self.trimmed_to.load(Ordering::Relaxed) - TRIM_MARGIN).max(0)
+    }
 }
 
 pub struct PostgresBackend {
@@ -158,6 +188,8 @@ impl PostgresBackend {
                 target,
                 notify_channel: notify_channel.to_string(),
                 state: Mutex::new(ProcState::new()),
+                trimmed_to: AtomicI64::new(0),
+                trims: AtomicU64::new(0),
             }),
         })
     }
@@ -329,6 +361,7 @@ impl Inner {
     }
 
     async fn recreate_table(&self) -> Result<()> {
+        self.trimmed_to.store(0, Ordering::Relaxed);
         let conn = self.conn().await?;
         conn.client
             .batch_execute(&sql::reset_sql())
@@ -393,56 +426,117 @@ impl Backend for PostgresBackend {
         let inner = &self.inner;
         let s = &inner.settings;
         let err = |e| inner.to_error(e);
-        let rows = inner
-            .query(|s| &s.insert_message, &[&channel, &data])
-            .await?;
-        let id: i64 = rows
-            .first()
-            .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
-            .try_get(0)
-            .map_err(err)?;
-        let conn = inner.conn().await?;
-        let payload = format!("{id}|{id}|{}|{data}", escape_channel(channel));
-        let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
-        let mut notify_error = None;
-        if !oversized {
-            if let Err(e) = conn
-                .client
-                .execute(&conn.stmts.publish, &[&inner.notify_channel, &payload])
-                .await
-            {
-                notify_error = Some(err(e));
+        let tail = format!("{}|{data}", escape_channel(channel));
+        let global_size = Settings::get(&s.max_global_backlog_size);
+        let age = opts
+            .max_backlog_age
+            .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
+        let size = opts
+            .max_backlog_size
+            .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
+        // The payload is "<id>|<id>|<tail>"; ids have at most 19 digits.
+        if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT && size >= 1 {
+            // Insert, NOTIFY and trimming in one statement: one round trip
+            // and one commit (the NOTIFY is sent when the row commits).
+            let floor = inner.trim_floor();
+            let rows = inner
+                .query(
+                    |s| &s.publish_all,
+                    &[
+                        &channel,
+                        &data,
+                        &inner.notify_channel,
+                        &tail,
+                        &s.clear_every(),
+                        &global_size,
+                        &format!("{age} seconds"),
+                        &size,
+                        &floor,
+                    ],
+                )
+                .await?;
+            let id: i64 = rows
+                .first()
+                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+                .try_get(0)
+                .map_err(err)?;
+            if id <= inner.trimmed_to.load(Ordering::Relaxed) {
+                // Ids restarted (a reset, maybe by another process).
+                inner.trimmed_to.store(0, Ordering::Relaxed);
             }
+            if id % s.clear_every() == 0 && id > global_size {
+                inner
+                    .trimmed_to
+                    .fetch_max(id - global_size, Ordering::Relaxed);
+            }
+            return Ok(Some(id));
         }
-        if id % s.clear_every() == 0 {
-            let global_size = Settings::get(&s.max_global_backlog_size);
-            if id > global_size {
-                conn.client
-                    .execute(&conn.stmts.clear_global_backlog, &[&(id - global_size)])
+        let (id, oversized, notify_error) = if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT {
+            let rows = inner
+                .query(
+                    |s| &s.insert_and_notify,
+                    &[&channel, &data, &inner.notify_channel, &tail],
+                )
+                .await?;
+            let id: i64 = rows
+                .first()
+                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+                .try_get(0)
+                .map_err(err)?;
+            (id, false, None)
+        } else {
+            // Maybe too large to NOTIFY: store, then NOTIFY if it fits.
+            let rows = inner
+                .query(|s| &s.insert_message, &[&channel, &data])
+                .await?;
+            let id: i64 = rows
+                .first()
+                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
+                .try_get(0)
+                .map_err(err)?;
+            let payload = format!("{id}|{id}|{tail}");
+            let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
+            let mut notify_error = None;
+            if !oversized {
+                let conn = inner.conn().await?;
+                if let Err(e) = conn
+                    .client
+                    .execute(&conn.stmts.publish, &[&inner.notify_channel, &payload])
                     .await
-                    .map_err(err)?;
+                {
+                    notify_error = Some(err(e));
+                }
             }
-            let age = opts
-                .max_backlog_age
-                .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
-            conn.client
-                .execute(&conn.stmts.expire, &[&format!("{age} seconds")])
-                .await
-                .map_err(err)?;
-            let size = opts
-                .max_backlog_size
-                .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
-            conn.client
-                .execute(&conn.stmts.clear_channel_backlog, &[&channel, &id, &size])
-                .await
-                .map_err(err)?;
+            (id, oversized, notify_error)
+        };
+        if id % s.clear_every() == 0 {
+            // The three trimming steps of §4.3.4 in one statement (one round
+            // trip, one commit); each deletes oldest rows, so running them
+            // on one snapshot leaves the same rows as running them in turn.
+            let global_floor = if id > global_size {
+                id - global_size
+            } else {
+                0
+            };
+            inner
+                .query(
+                    |s| &s.trim,
+                    &[
+                        &global_floor,
+                        &format!("{age} seconds"),
+                        &channel,
+                        &id,
+                        &size,
+                    ],
+                )
+                .await?;
         }
         if oversized {
             // Our own listener reads it from the table now; others within a second.
             inner.proc().poke.notify_one();
             return Err(Error::Backend(format!(
                 "message {id} to {channel} is stored, but its NOTIFY payload is {} bytes and PostgreSQL only accepts payloads shorter than {NOTIFY_PAYLOAD_LIMIT} bytes: reference message_bus processes will not receive it live (pollers and our processes will)",
-                payload.len()
+                format!("{id}|{id}|").len() + tail.len()
             )));
         }
         if let Some(e) = notify_error {
@@ -571,5 +665,23 @@ impl Backend for PostgresBackend {
         let proc = self.inner.proc();
         proc.subscribed.load(Ordering::SeqCst)
             && (self.inner.hub.has_subscriptions() || self.inner.hub.has_sinks())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_are_bounded_below_the_last_threshold_with_periodic_full_trims() {
+        let backend = PostgresBackend::new("host=localhost dbname=x", "_message_bus_0").unwrap();
+        let inner = &backend.inner;
+        assert_eq!(inner.trim_floor(), 0); // the first trim is full
+        assert_eq!(inner.trim_floor(), 0); // nothing trimmed yet
+        inner.trimmed_to.fetch_max(5000, Ordering::Relaxed);
+        assert_eq!(inner.trim_floor(), 5000 - TRIM_MARGIN);
+        inner.trims.store(FULL_TRIM_EVERY, Ordering::Relaxed);
+        assert_eq!(inner.trim_floor(), 0);
+        assert_eq!(inner.trim_floor(), 5000 - TRIM_MARGIN);
     }
 }

@@ -45,6 +45,9 @@ pub const TABLE_EXISTS: &str = "SELECT to_regclass('message_bus') IS NOT NULL";
 /// The prepared statements of one pooled connection.
 pub struct Statements {
     pub insert_message: Statement,
+    pub insert_and_notify: Statement,
+    pub trim: Statement,
+    pub publish_all: Statement,
     pub clear_global_backlog: Statement,
     pub clear_channel_backlog: Statement,
     pub channel_backlog: Statement,
@@ -62,6 +65,51 @@ impl Statements {
         Ok(Statements {
             insert_message: client
                 .prepare("INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id")
+                .await?,
+            // One round trip and one commit for both steps of a publish:
+            // the NOTIFY is sent when the row commits (§4.3.4).
+            insert_and_notify: client
+                .prepare(
+                    "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id) \
+                     SELECT id, pg_notify($3::text, id::text || '|' || id::text || '|' || $4::text) FROM inserted",
+                )
+                .await?,
+            // A whole publish (§4.3.4) in one statement. The trimming parts
+            // run on the statement's snapshot, without the new row: the
+            // channel keeps the new row and the `keep - 1` newest before it.
+            // $1 channel, $2 value, $3 NOTIFY channel, $4 payload after the
+            // ids, $5 clear_every, $6 global size, $7 age, $8 keep (>= 1),
+            // $9 the id at or below which rows are known to be deleted already
+            // (0: no bound). Without the bound every DELETE walks, from the
+            // low end of its index, the entries of all the rows deleted since
+            // the last vacuum: trimming on every publish then costs more than
+            // the publish (COMPAT.md §4.3.4 keeps every row below the global
+            // window deleted, so the bound changes nothing but the scan). Not
+            // on the age DELETE: its added_at index scan stops at the first
+            // live row, while an id bound makes it read the whole window.
+            publish_all: client
+                .prepare(
+                    "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id), \
+                     notified AS (SELECT id, pg_notify($3::text, id::text || '|' || id::text || '|' || $4::text) FROM inserted), \
+                     trim_global AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
+                       AND id > $9::bigint AND id <= (SELECT id FROM inserted) - $6::bigint), \
+                     expired AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
+                       AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
+                     trim_channel AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
+                       AND channel = $1::text AND id > $9::bigint AND id <= (SELECT id FROM message_bus WHERE channel = $1::text \
+                         ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
+                     SELECT id FROM notified",
+                )
+                .await?,
+            trim: client
+                .prepare(
+                    "WITH global AS (DELETE FROM message_bus WHERE id <= $1::bigint), \
+                     expired AS (DELETE FROM message_bus WHERE added_at < CURRENT_TIMESTAMP - ($2::text)::interval), \
+                     channel AS (DELETE FROM message_bus WHERE channel = $3::text AND id <= \
+                       (SELECT id FROM message_bus WHERE channel = $3::text AND id <= $4::bigint \
+                        ORDER BY id DESC LIMIT 1 OFFSET $5::bigint)) \
+                     SELECT 1",
+                )
                 .await?,
             clear_global_backlog: client
                 .prepare("DELETE FROM message_bus WHERE id <= $1::bigint")

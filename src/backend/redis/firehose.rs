@@ -108,6 +108,13 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
         let mut delivery = proc.delivery.lock().await;
         if delivery.highest.is_none() {
             delivery.highest = Some(inner.global_id().await?);
+        } else if inner.storage_replaced(&delivery).await? {
+            log::warn(format!(
+                "message_bus: Redis at {} no longer holds the last message delivered (global id {}): storage was reset or replaced; catching up from 0",
+                inner.url,
+                delivery.highest.unwrap_or(0)
+            ));
+            delivery.restart(&inner.hub);
         }
         // Whatever this connection carries comes after this position.
         delivery.stream_pos = delivery.highest.unwrap_or(0);
@@ -176,8 +183,7 @@ async fn deliver_or_catch_up(
     }
     match step {
         Step::Deliver => {
-            delivery.highest = Some(message.global_id);
-            inner.hub.deliver(message);
+            delivery.hand_over(&inner.hub, message);
             Ok(())
         }
         Step::CatchUp => inner.catch_up(delivery).await,
@@ -192,9 +198,8 @@ async fn deliver_or_catch_up(
                     "message_bus: global ids on {} restarted at or below {} (storage reset or failover); catching up from 0",
                     inner.url, message.global_id
                 ));
-                delivery.highest = Some(0);
+                delivery.restart(&inner.hub);
                 delivery.stream_pos = message.global_id;
-                inner.hub.storage_reset();
                 inner.catch_up(delivery).await
             } else {
                 log::warn(format!(

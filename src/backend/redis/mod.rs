@@ -7,7 +7,10 @@
 //! broadcast on unsubscribe and a foreign `$$UNSUBSCRIBE` is ignored (Q5),
 //! the in-memory publish queue keeps options and never gives up (Q17), also
 //! buffers on connection errors, catch-up treats vanished messages as holes
-//! (Q18), and maintenance uses SCAN (Q21).
+//! (Q18), and maintenance uses SCAN (Q21). After a reconnect the firehose
+//! also checks that the storage still holds the last message it delivered:
+//! a Redis restarted empty restarts its ids, and once they pass the old
+//! position the reference's `highest > global id` test no longer sees it.
 //!
 //! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
 //! child never touches what it inherited (it is leaked) and builds its own.
@@ -93,6 +96,26 @@ struct Delivery {
     highest: Option<i64>,
     /// The highest global id seen on the current pub/sub connection.
     stream_pos: i64,
+    /// The last message handed over (its global id is `highest`): after a
+    /// reconnect, storage that no longer holds it was reset or replaced.
+    last: Option<Message>,
+}
+
+impl Delivery {
+    /// Hands `message` to the hub and advances the position to it.
+    fn hand_over(&mut self, hub: &Hub, message: Message) {
+        self.highest = Some(message.global_id);
+        self.last = Some(message.clone());
+        hub.deliver(message);
+    }
+
+    /// Storage was reset: start again from global id 0.
+    fn restart(&mut self, hub: &Hub) {
+        self.highest = Some(0);
+        self.stream_pos = 0;
+        self.last = None;
+        hub.storage_reset();
+    }
 }
 
 struct Inner {
@@ -443,6 +466,34 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the storage still holds the last message handed over. A Redis
+    /// restarted without persistence (or flushed, or failed over to an empty
+    /// replica) restarts its ids: once they pass the old position, comparing
+    /// ids alone would silently skip the new storage's first messages. Its
+    /// vanishing by trimming or expiry is not a reset: only another message
+    /// under its ids is.
+    async fn storage_replaced(&self, delivery: &Delivery) -> Result<bool> {
+        let Some(last) = delivery.last.as_ref() else {
+            return Ok(false);
+        };
+        if delivery.highest != Some(last.global_id) {
+            return Ok(false);
+        }
+        if let Some(stored) = self.get_message(&last.channel, last.message_id).await? {
+            return Ok(stored != *last);
+        }
+        let members: Vec<Vec<u8>> = self
+            .query(
+                cmd("ZRANGEBYSCORE")
+                    .arg(GLOBAL_BACKLOG_KEY)
+                    .arg(last.global_id)
+                    .arg(last.global_id),
+            )
+            .await?;
+        let ours = format!("{}|{}", last.message_id, last.channel);
+        Ok(members.iter().any(|m| m.as_slice() != ours.as_bytes()))
+    }
+
     /// Hands over, in order, every retained message after the delivery
     /// position (§4.2.5; vanished messages are holes, §9 Q18).
     async fn catch_up(&self, delivery: &mut Delivery) -> Result<()> {
@@ -451,13 +502,11 @@ impl Inner {
         if highest > current {
             // Storage was reset (by another process): ids restart.
             highest = 0;
-            delivery.highest = Some(0);
-            self.hub.storage_reset();
+            delivery.restart(&self.hub);
         }
         let backlog = self.global_backlog(highest).await?;
         for message in firehose::select_catch_up(highest, backlog) {
-            delivery.highest = Some(message.global_id);
-            self.hub.deliver(message);
+            delivery.hand_over(&self.hub, message);
         }
         if delivery.highest.is_none() {
             delivery.highest = Some(highest);
@@ -585,11 +634,11 @@ impl Backend for RedisBackend {
         let proc = self.inner.proc();
         let mut delivery = proc.delivery.lock().await;
         self.inner.delete_matching(ALL_KEYS_PATTERN).await?;
-        if delivery.highest.is_some() {
-            delivery.highest = Some(0);
+        let known = delivery.highest.is_some();
+        delivery.restart(&self.inner.hub);
+        if !known {
+            delivery.highest = None;
         }
-        delivery.stream_pos = 0;
-        self.inner.hub.storage_reset();
         Ok(())
     }
 
