@@ -13,6 +13,8 @@ Gem::Specification.new do |s|
   s.required_ruby_version = ">= 3.1"
   s.files = Dir["lib/**/*.rb", "src/**/*.rs", "ext/message_bus/{extconf.rb,build.rs,Cargo.toml}",
                 "ext/message_bus/src/**/*.rs", "Cargo.toml", "Cargo.lock", "assets/*.{js,mjs}",
+                # a workspace member: cargo needs its manifest to build the extension
+                "bench/longpoll/Cargo.toml", "bench/longpoll/src/**/*.rs",
                 "vendor/assets/javascripts/*.js", "README.md"]
   s.extensions = ["ext/message_bus/extconf.rb"]
   s.require_paths = ["lib"]
