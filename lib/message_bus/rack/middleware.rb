@@ -104,22 +104,42 @@ module MessageBus
         @gate.sync(connections)
         long_polling = @bus.long_polling_enabled? && !env["QUERY_STRING"].to_s.include?("dlp=t") &&
                        connections._parked < @bus.max_active_clients
-        hijack = long_polling && env["rack.hijack"] && @bus.rack_hijack_enabled?
+        takeover = long_polling && socket_takeover(env)
         chunked = request.allow_chunked?
-        return park(env, connections, request, headers, chunked: true) if hijack && chunked
+        return park(env, connections, request, headers, takeover, chunked: true) if takeover && chunked
 
         body, empty = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
                                         request.channels)
-        return park(env, connections, request, headers, chunked: false) if hijack && empty
+        return park(env, connections, request, headers, takeover, chunked: false) if takeover && empty
 
         [200, headers, [body]]
       end
 
-      def park(env, connections, request, headers, chunked:)
-        io = env["rack.hijack"].call
-        io ||= env["rack.hijack_io"]
+      # How a long poll's socket can be handed to Rust: Rack hijack (Puma,
+      # Unicorn, Passenger), or detaching Thin's EventMachine connection
+      # (Thin has no hijack; EM stops watching the descriptor and leaves it open).
+      def socket_takeover(env)
+        return :hijack if env["rack.hijack"] && @bus.rack_hijack_enabled?
+
+        callback = env["async.callback"]
+        :thin if callback.respond_to?(:receiver) && callback.receiver.respond_to?(:detach)
+      end
+
+      def park(env, connections, request, headers, takeover, chunked:)
+        params = request.park_params(headers.to_a, chunked, @bus.long_polling_interval)
+        if takeover == :thin
+          fd = env["async.callback"].receiver.detach
+          begin
+            connections._park(fd, params)
+          ensure
+            IO.for_fd(fd).close
+          end
+          throw :async
+        end
+
+        io = env["rack.hijack"].call || env["rack.hijack_io"]
         begin
-          connections._park(io.fileno, request.park_params(headers.to_a, chunked, @bus.long_polling_interval))
+          connections._park(io.fileno, params)
         ensure
           io.close
         end
