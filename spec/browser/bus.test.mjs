@@ -6,6 +6,7 @@
 import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
 import { ROOT, NATIVE_BUILT, startPuma, launchBrowser, waitFor, setHidden } from "./helpers.mjs";
 
 const APP = path.join(ROOT, "spec/browser/bus_app.ru");
@@ -514,5 +515,34 @@ describe("baseUrl against a server with base_route /forum/", { skip }, () => {
     const status = new Promise((resolve) => lost.on("response", (r) => r.url().includes("/message-bus/") && resolve(r.status())));
     await subscribe(lost, channel);
     assert.equal(await status, 404);
+  });
+});
+
+describe("a server restart mid-stream (Redis backend)", { skip }, () => {
+  test("a page loses nothing that stayed in the backlog while the server was down", async () => {
+    const env = { MB_BACKEND: "redis", MB_RESET: "1" };
+    let server = await startPuma(APP, { env });
+    try {
+      const page = await client(server).open();
+      await page.evaluate(() => (window.got = []));
+      await subscribe(page, "/restart");
+      await ready(page, "/restart");
+      await client(server).publish("/restart", "before");
+      await receivedUntil(page, "/restart", "before");
+      const port = server.port;
+      await server.stop();
+      // Published by another process while no web server runs.
+      execFileSync("ruby", ["-Ilib", "-e", `
+        require "message_bus"
+        MessageBus.configure(backend: :redis, redis_config: { db: 12 }, logger: Logger.new(nil))
+        %w[during-1 during-2].each { |d| MessageBus.publish("/restart", d) }
+        MessageBus.destroy`], { cwd: ROOT });
+      server = await startPuma(APP, { env: { MB_BACKEND: "redis" }, port });
+      await client(server).publish("/restart", "after");
+      const list = await receivedUntil(page, "/restart", "after", 15000);
+      assert.deepEqual(list, ["before", "during-1", "during-2", "after"]);
+    } finally {
+      await server.stop();
+    }
   });
 });

@@ -17,13 +17,16 @@ require "message_bus"
 require "json"
 require "logger"
 
+# MB_BACKEND=redis: Redis database 12 (emptied when MB_RESET=1), so that a
+# restarted server finds its backlog again.
 MessageBus.configure(
-  backend: :memory,
+  **(ENV["MB_BACKEND"] == "redis" ? { backend: :redis, redis_config: { db: 12 } } : { backend: :memory }),
   logger: Logger.new($stderr, level: Logger::WARN),
   keepalive_interval: 0,
   long_polling_interval: Integer(ENV.fetch("MB_LONG_POLLING_INTERVAL", "1000")),
   base_route: ENV.fetch("MB_BASE_ROUTE", "/")
 )
+MessageBus.reset! if ENV["MB_RESET"] == "1"
 # Identities from request headers, which the page sets through MessageBus.headers.
 MessageBus.user_id_lookup { |env| env["HTTP_X_USER_ID"]&.to_i }
 MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"].to_s.split(",").map(&:to_i) }

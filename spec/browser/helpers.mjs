@@ -54,8 +54,8 @@ export async function waitFor(fn, { timeout = 5000, interval = 25, message = "co
 // Starts a server process on a free port and waits until `probe` answers.
 // `argv(port)` gives the command line, `env` extra environment (an object, or
 // a function of the port). Stopped by pid (server.stop()).
-export async function startServer(argv, { env = {}, probe = "/", timeout = 30000, name = "server" } = {}) {
-  const port = await freePort();
+export async function startServer(argv, { env = {}, probe = "/", timeout = 30000, name = "server", port: fixedPort } = {}) {
+  const port = fixedPort ?? (await freePort());
   const logFile = path.join(os.tmpdir(), `mb-browser-${name}-${port}.log`);
   const out = fs.openSync(logFile, "w");
   const [command, ...args] = argv(port);
