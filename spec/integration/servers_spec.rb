@@ -32,10 +32,15 @@ RSpec.describe "Other app servers", :integration do
     waiting.each(&:close)
   end
 
-  it "delivers across Puma cluster workers (after_fork in on_worker_boot)" do
-    skip "the memory backend is per process; this runs on the Redis and PostgreSQL passes" if SpecHelpers.backend_name == :memory
+  [false, true].each do |preload|
+    it "delivers across Puma cluster workers (after_fork in on_worker_boot#{', app preloaded' if preload})" do
+      skip "the memory backend is per process; this runs on the Redis and PostgreSQL passes" if SpecHelpers.backend_name == :memory
 
-    server = start_server(workers: 2, threads: 2, env: interval)
+      cluster_roundtrip(start_server(workers: 2, threads: 2, preload: preload, env: interval))
+    end
+  end
+
+  def cluster_roundtrip(server)
     pids = wait_for(timeout: 20, message: "two distinct workers answering") do
       seen = Array.new(10) { http(server.port, "GET", "/pid")[2].to_i }.uniq
       seen if seen.length >= 2

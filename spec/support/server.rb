@@ -19,7 +19,7 @@ module ServerHelpers
   end
 
   # `port:` reuses a port (e.g. to restart a server where clients expect it).
-  def start_server(kind: :puma, threads: 4, workers: 0, env: {}, app: APP, port: nil)
+  def start_server(kind: :puma, threads: 4, workers: 0, preload: false, env: {}, app: APP, port: nil)
     port ||= free_port
     log = File.join(Dir.tmpdir, "mb-server-#{port}.log")
     cmd =
@@ -27,6 +27,7 @@ module ServerHelpers
       when :puma
         args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{threads}:#{threads}", "-e", "test"]
         args += ["-w", workers.to_s, "-C", File.expand_path("../apps/puma_cluster.rb", __dir__)] if workers.positive?
+        args << "--preload" if preload
         args + [app]
       when :unicorn then ["unicorn", "-l", "127.0.0.1:#{port}", "-E", "none", app]
       when :thin then ["thin", "-a", "127.0.0.1", "-p", port.to_s, "-R", app, "start"]

@@ -67,10 +67,15 @@ module MessageBus
 
       private
 
+      # The parked-client registry of this process. A middleware built before
+      # a fork (Puma `preload_app!`) gets a fresh one in each worker: the
+      # parent's tasks and backend subscription do not exist there.
       def start_listener
         @lock.synchronize do
-          return @connections if @connections
+          return @connections if @connections && @pid == Process.pid
 
+          @connections&._stop
+          @pid = Process.pid
           backend = @bus.backend_instance
           unless backend.respond_to?(:native)
             raise ArgumentError, "MessageBus::Rack::Middleware needs one of the built-in backends (got #{backend.class})"
@@ -100,7 +105,7 @@ module MessageBus
       end
 
       def respond(env, request, headers)
-        connections = @connections || start_listener
+        connections = @connections && @pid == Process.pid ? @connections : start_listener
         @gate.sync(connections)
         long_polling = @bus.long_polling_enabled? && !env["QUERY_STRING"].to_s.include?("dlp=t") &&
                        connections._parked < @bus.max_active_clients
