@@ -34,7 +34,7 @@ RSpec.describe "Other app servers", :integration do
 
   [false, true].each do |preload|
     it "delivers across Puma cluster workers (after_fork in on_worker_boot#{', app preloaded' if preload})" do
-      skip "the memory backend is per process; this runs on the Redis and PostgreSQL passes" if SpecHelpers.backend_name == :memory
+      skip "the memory backend is per process; this runs on Redis and PostgreSQL" if SpecHelpers.backend_name == :memory
 
       cluster_roundtrip(start_server(workers: 2, threads: 2, preload: preload, env: interval))
     end
