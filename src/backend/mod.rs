@@ -2,7 +2,9 @@
 //! undecoded envelopes (COMPAT.md §1.12).
 
 pub mod memory;
+mod per_process;
 pub mod postgres;
+mod reconnect;
 pub mod redis;
 
 use std::sync::atomic::{AtomicI64, Ordering};

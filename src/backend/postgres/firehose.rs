@@ -21,6 +21,7 @@ use tokio::time::{timeout, Instant};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{sql, Delivery, Inner, ProcState};
+use crate::backend::reconnect::keep_listening;
 use crate::error::{Error, Result};
 use crate::log;
 use crate::message::{truncate, Message};
@@ -40,8 +41,6 @@ const HOLE_WAITS: [Duration; 3] = [
 ];
 /// Skipped ids remembered for late delivery.
 const MAX_SKIPPED: usize = 10_000;
-const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(100);
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// The listener's own statements (on its dedicated connection).
 struct Reader<'a> {
@@ -52,26 +51,22 @@ struct Reader<'a> {
 
 /// Runs until aborted: listens, and reconnects with backoff after errors.
 pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
-    let mut delay = MIN_RECONNECT_DELAY;
-    loop {
-        let mut confirmed = false;
-        let error = match listen(&inner, &proc, &mut confirmed).await {
-            Ok(()) => Error::Connection("LISTEN connection closed".into()),
-            Err(e) => e,
-        };
-        proc.subscribed.store(false, Ordering::SeqCst);
-        if confirmed {
-            delay = MIN_RECONNECT_DELAY;
-        }
-        log::warn(format!(
-            "message_bus: PostgreSQL LISTEN on {} ({}) lost: {error}; reconnecting in {} ms",
-            inner.notify_channel,
-            inner.target,
-            delay.as_millis()
-        ));
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-    }
+    let (inner, proc) = (&inner, &proc);
+    keep_listening(
+        &proc.subscribed,
+        || {
+            format!(
+                "PostgreSQL LISTEN on {} ({})",
+                inner.notify_channel, inner.target
+            )
+        },
+        || async move {
+            let mut confirmed = false;
+            let outcome = listen(inner, proc, &mut confirmed).await;
+            (confirmed, outcome)
+        },
+    )
+    .await
 }
 
 async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result<()> {

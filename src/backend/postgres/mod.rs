@@ -38,6 +38,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 use self::sql::{Statements, NOTIFY_PAYLOAD_LIMIT};
+use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::{Error, Result};
@@ -56,7 +57,6 @@ struct Conn {
 
 /// Everything that belongs to one process.
 struct ProcState {
-    pid: u32,
     pool: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
     /// Held while handing messages to the hub, and while a new subscription
@@ -69,10 +69,9 @@ struct ProcState {
     poke: tokio::sync::Notify,
 }
 
-impl ProcState {
-    fn new() -> Arc<Self> {
-        Arc::new(ProcState {
-            pid: std::process::id(),
+impl ProcessLocal for ProcState {
+    fn fresh() -> Self {
+        ProcState {
             pool: (0..POOL_SIZE)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -81,7 +80,7 @@ impl ProcState {
             firehose: Mutex::new(None),
             subscribed: AtomicBool::new(false),
             poke: tokio::sync::Notify::new(),
-        })
+        }
     }
 
     fn shut_down(&self) {
@@ -112,7 +111,7 @@ struct Inner {
     /// host:port/dbname as user, for messages.
     target: String,
     notify_channel: String,
-    state: Mutex<Arc<ProcState>>,
+    state: PerProcess<ProcState>,
     /// The highest global trimming threshold this backend applied: rows at
     /// or below it are deleted (but for late commits, see `trim_floor`).
     trimmed_to: AtomicI64,
@@ -187,7 +186,7 @@ impl PostgresBackend {
                 config,
                 target,
                 notify_channel: notify_channel.to_string(),
-                state: Mutex::new(ProcState::new()),
+                state: PerProcess::default(),
                 trimmed_to: AtomicI64::new(0),
                 trims: AtomicU64::new(0),
             }),
@@ -201,21 +200,13 @@ impl PostgresBackend {
 
 impl Drop for PostgresBackend {
     fn drop(&mut self) {
-        let state = self.inner.state.lock();
-        if state.pid == std::process::id() {
-            state.shut_down();
-        }
+        self.inner.state.shut_down_current();
     }
 }
 
 impl Inner {
     fn proc(&self) -> Arc<ProcState> {
-        let mut slot = self.state.lock();
-        if slot.pid != std::process::id() {
-            let inherited = std::mem::replace(&mut *slot, ProcState::new());
-            std::mem::forget(inherited);
-        }
-        Arc::clone(&slot)
+        self.state.current()
     }
 
     /// Maps a driver error to a connection error (server unreachable, no such
@@ -646,14 +637,9 @@ impl Backend for PostgresBackend {
 
     async fn destroy(&self) {
         self.inner.hub.close_subscriptions();
-        let old = {
-            let mut slot = self.inner.state.lock();
-            std::mem::replace(&mut *slot, ProcState::new())
-        };
-        if old.pid != std::process::id() {
-            std::mem::forget(old);
+        let Some(old) = self.inner.state.replace() else {
             return;
-        }
+        };
         old.shut_down();
     }
 

@@ -11,6 +11,7 @@ use tokio::time::{timeout, Instant};
 
 use super::keys::UNSUBSCRIBE;
 use super::{Delivery, Inner, ProcState};
+use crate::backend::reconnect::keep_listening;
 use crate::error::{Error, Result};
 use crate::log;
 use crate::message::{truncate, Message};
@@ -20,8 +21,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// noticed by TCP keepalive, much later).
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(100);
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// What to do with a live message, given the delivery position.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,26 +65,22 @@ pub(super) fn select_catch_up(highest: i64, backlog: Vec<Message>) -> Vec<Messag
 
 /// Runs until aborted: listens, and reconnects with backoff after errors.
 pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
-    let mut delay = MIN_RECONNECT_DELAY;
-    loop {
-        let mut confirmed = false;
-        let error = match listen(&inner, &proc, &mut confirmed).await {
-            Ok(()) => Error::Connection("pub/sub connection closed".into()),
-            Err(e) => e,
-        };
-        proc.subscribed.store(false, Ordering::SeqCst);
-        if confirmed {
-            delay = MIN_RECONNECT_DELAY;
-        }
-        log::warn(format!(
-            "message_bus: Redis subscription on {} ({}) lost: {error}; reconnecting in {} ms",
-            inner.pubsub_channel,
-            inner.url,
-            delay.as_millis()
-        ));
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-    }
+    let (inner, proc) = (&inner, &proc);
+    keep_listening(
+        &proc.subscribed,
+        || {
+            format!(
+                "Redis subscription on {} ({})",
+                inner.pubsub_channel, inner.url
+            )
+        },
+        || async move {
+            let mut confirmed = false;
+            let outcome = listen(inner, proc, &mut confirmed).await;
+            (confirmed, outcome)
+        },
+    )
+    .await
 }
 
 async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result<()> {

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use self::keys::*;
 use self::queue::PublishQueue;
+use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::{Error, Result};
@@ -52,7 +53,6 @@ const FLUSH_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Everything that belongs to one process: connections, tasks, the delivery
 /// position and the in-memory publish queue.
 struct ProcState {
-    pid: u32,
     conn: Mutex<Option<ConnectionManager>>,
     /// Held while handing messages to the hub, and while a new subscription
     /// reads its replay, so that the two never interleave.
@@ -64,20 +64,18 @@ struct ProcState {
     queue: Mutex<PublishQueue>,
 }
 
-impl ProcState {
-    fn new() -> Arc<Self> {
-        Arc::new(ProcState {
-            pid: std::process::id(),
+impl ProcessLocal for ProcState {
+    fn fresh() -> Self {
+        ProcState {
             conn: Mutex::new(None),
             delivery: tokio::sync::Mutex::new(Delivery::default()),
             firehose: Mutex::new(None),
             flusher: Mutex::new(None),
             subscribed: AtomicBool::new(false),
             queue: Mutex::new(PublishQueue::default()),
-        })
+        }
     }
 
-    /// Stops the tasks of this (current-process) state.
     fn shut_down(&self) {
         if let Some(task) = self.firehose.lock().take() {
             task.abort();
@@ -127,7 +125,7 @@ struct Inner {
     pubsub_channel: String,
     script: Script,
     dropped: AtomicU64,
-    state: Mutex<Arc<ProcState>>,
+    state: PerProcess<ProcState>,
 }
 
 pub struct RedisBackend {
@@ -174,7 +172,7 @@ impl RedisBackend {
                 pubsub_channel: pubsub_channel.to_string(),
                 script: Script::new(PUBLISH_SCRIPT),
                 dropped: AtomicU64::new(0),
-                state: Mutex::new(ProcState::new()),
+                state: PerProcess::default(),
             }),
         })
     }
@@ -186,23 +184,13 @@ impl RedisBackend {
 
 impl Drop for RedisBackend {
     fn drop(&mut self) {
-        let state = self.inner.state.lock();
-        if state.pid == std::process::id() {
-            state.shut_down();
-        }
+        self.inner.state.shut_down_current();
     }
 }
 
 impl Inner {
-    /// The state of the current process (a fresh one after a fork; the
-    /// inherited one is leaked: its tasks belong to the parent's runtime).
     fn proc(&self) -> Arc<ProcState> {
-        let mut slot = self.state.lock();
-        if slot.pid != std::process::id() {
-            let inherited = std::mem::replace(&mut *slot, ProcState::new());
-            std::mem::forget(inherited);
-        }
-        Arc::clone(&slot)
+        self.state.current()
     }
 
     fn to_error(&self, e: RedisError) -> Error {
@@ -668,14 +656,9 @@ impl Backend for RedisBackend {
 
     async fn destroy(&self) {
         self.inner.hub.close_subscriptions();
-        let old = {
-            let mut slot = self.inner.state.lock();
-            std::mem::replace(&mut *slot, ProcState::new())
-        };
-        if old.pid != std::process::id() {
-            std::mem::forget(old);
+        let Some(old) = self.inner.state.replace() else {
             return;
-        }
+        };
         old.shut_down();
         let lost = old.queue.lock().clear();
         if lost > 0 {
