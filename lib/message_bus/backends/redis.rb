@@ -15,7 +15,10 @@ module MessageBus
 
       # `config` is the bus configuration; only `config[:redis_config]`
       # reaches Redis (`url`, `host`, `port`, `db`, `username`, `password`,
-      # `path`, `ssl`). Nothing connects here.
+      # `path`, `ssl`, `ssl_params`). Nothing connects here. TLS (`rediss://`
+      # or `ssl: true`) verifies the server against the system's CA roots
+      # (OpenSSL: `SSL_CERT_FILE` points it at another bundle); with
+      # `ssl_params: { verify_mode: OpenSSL::SSL::VERIFY_NONE }` it does not.
       def initialize(config = {}, max_backlog_size = 1000)
         redis_config = config[:redis_config] || {}
         @native = MessageBus::Native::Backend.redis(
@@ -43,7 +46,9 @@ module MessageBus
         %i[host port db username password path].each { |k| parts[k] = opts[k] if opts.key?(k) && !opts[k].nil? }
         parts[:ssl] = opts[:ssl] ? true : false if opts.key?(:ssl)
         parts[:username] ||= opts[:user] if opts[:user]
-        build_url(parts)
+        url = build_url(parts)
+        verify_none = opts.dig(:ssl_params, :verify_mode) == 0 # OpenSSL::SSL::VERIFY_NONE
+        parts[:ssl] && verify_none ? "#{url}#insecure" : url
       end
 
       def self.parse_url(url)
