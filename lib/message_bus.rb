@@ -380,9 +380,11 @@ module MessageBus
       }
     end
 
-    # Called by MessageBus::Rack::Middleware at construction; held weakly.
+    # Called by MessageBus::Rack::Middleware at construction. Held strongly:
+    # iterating a WeakMap on Ruby 3.1 can yield an object that is being
+    # collected, whose ivars may already point at reused slots.
     def register_middleware(middleware)
-      @mutex.synchronize { (@middlewares ||= ObjectSpace::WeakMap.new)[middleware] = true }
+      @mutex.synchronize { (@middlewares ||= []) << middleware }
     end
 
     # --- internals shared with the middleware and DistributedCache -----------
@@ -402,7 +404,7 @@ module MessageBus
 
     def middleware_stats
       totals = { parked: 0, delivered: 0, slow_closed: 0, unreadable: 0 }
-      middlewares = @mutex.synchronize { @middlewares ? @middlewares.keys : [] }
+      middlewares = @mutex.synchronize { @middlewares ? @middlewares.dup : [] }
       middlewares.each { |m| m.stats.each { |k, v| totals[k] = totals.fetch(k, 0) + v.to_i } }
       totals
     end
