@@ -32,7 +32,8 @@ pub struct Session {
     pub subscriptions: Vec<Requested>,
     pub chunked: bool,
     /// Status line and headers (see `frame::head_prefix`).
-    pub head_prefix: Vec<u8>,
+    /// Shared by the connections of one middleware with the same headers.
+    pub head_prefix: Arc<[u8]>,
     pub timeout: Duration,
 }
 
@@ -153,7 +154,8 @@ impl Conn {
                 .await;
             return Closed::Abruptly;
         }
-        let mut scratch = [0u8; 512];
+        // Only end of stream matters: what the peer sends is discarded.
+        let mut scratch = [0u8; 64];
         loop {
             let kill = Arc::clone(&self.kill);
             tokio::select! {

@@ -28,6 +28,8 @@ type RbResult<T> = Result<T, magnus::Error>;
 pub struct NativeConnections {
     backend: Arc<dyn Backend>,
     fanout: Arc<Fanout>,
+    /// The last head prefix parked, shared by the connections that use it.
+    head: parking_lot::Mutex<Option<Arc<[u8]>>>,
 }
 
 fn identity(
@@ -85,7 +87,11 @@ impl NativeConnections {
         };
         backend.hub().add_sink(Arc::clone(&fanout) as Arc<dyn Sink>);
         block_on(ruby, || backend.ensure_listening())?;
-        Ok(NativeConnections { backend, fanout })
+        Ok(NativeConnections {
+            backend,
+            fanout,
+            head: parking_lot::Mutex::default(),
+        })
     }
 
     /// The JSON array answering a poll right away (rows A and D of §3.6).
@@ -124,7 +130,7 @@ impl NativeConnections {
             identity: who,
             subscriptions: subscriptions(ruby, request.fetch("channels")?)?,
             chunked: request.fetch("chunked")?,
-            head_prefix: head_prefix(&headers(request.fetch("headers")?)?),
+            head_prefix: rb_self.shared_head(head_prefix(&headers(request.fetch("headers")?)?)),
             timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
         };
         // SAFETY: dup of a descriptor the caller keeps open for this call.
@@ -147,6 +153,18 @@ impl NativeConnections {
             Arc::clone(&rb_self.backend),
         )
         .map_err(|e| to_ruby(ruby, e))
+    }
+
+    fn shared_head(&self, bytes: Vec<u8>) -> Arc<[u8]> {
+        let mut slot = self.head.lock();
+        match slot.as_ref() {
+            Some(head) if **head == *bytes => Arc::clone(head),
+            _ => {
+                let head: Arc<[u8]> = Arc::from(bytes);
+                *slot = Some(Arc::clone(&head));
+                head
+            }
+        }
     }
 
     /// What the Ruby filter thread must judge: String prefixes of client
