@@ -48,7 +48,10 @@ pub struct Parked {
 
 #[derive(Default)]
 struct Registry {
+    /// By client id; a connection still being answered is kept under
+    /// `pending_key` (client ids never contain NUL) until it is parked.
     clients: HashMap<String, Arc<Parked>>,
+    pending: usize,
     /// Decoded channel → client ids subscribed to it.
     index: HashMap<String, HashSet<String>>,
 }
@@ -66,6 +69,10 @@ impl Registry {
         }
         Some(parked)
     }
+}
+
+fn pending_key(conn_id: u64) -> String {
+    format!("\0{conn_id}")
 }
 
 pub struct Fanout {
@@ -164,12 +171,40 @@ impl Fanout {
     }
 
     pub fn parked(&self) -> usize {
-        self.registry.lock().clients.len()
+        let reg = self.registry.lock();
+        reg.clients.len() - reg.pending
+    }
+
+    /// Starts feeding a connection whose backlog is about to be read, before
+    /// it is known whether it will be parked: no message falls in between.
+    pub fn admit_pending(&self, parked: Arc<Parked>) {
+        let key = pending_key(parked.conn_id);
+        let mut reg = self.registry.lock();
+        for channel in &parked.channels {
+            reg.index
+                .entry(channel.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        reg.clients.insert(key, parked);
+        reg.pending += 1;
+    }
+
+    /// Takes a pending connection out; true if it was still registered (not
+    /// closed as too slow, nor by `close_all`).
+    pub fn release_pending(&self, conn_id: u64) -> bool {
+        let mut reg = self.registry.lock();
+        let found = reg.remove(&pending_key(conn_id)).is_some();
+        if found {
+            reg.pending -= 1;
+        }
+        found
     }
 
     /// Closes every parked connection (middleware stopped, bus destroyed).
     pub fn close_all(&self) {
         let mut reg = self.registry.lock();
+        reg.pending = 0;
         for (_, parked) in reg.clients.drain() {
             if parked.events.try_send(Event::Close).is_err() {
                 parked.kill.notify_one();
@@ -262,6 +297,9 @@ impl Fanout {
         }
         for (client_id, too_slow) in slow {
             if let Some(parked) = reg.remove(&client_id) {
+                if client_id.starts_with('\0') {
+                    reg.pending -= 1;
+                }
                 if too_slow {
                     // The client reconnects with its last ids; the backlog has the rest.
                     self.slow_closed.fetch_add(1, Ordering::Relaxed);

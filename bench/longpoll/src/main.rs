@@ -262,7 +262,11 @@ async fn parked(port: u16) -> std::io::Result<usize> {
     let count = text
         .split("\"parked\":")
         .nth(1)
-        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
         .and_then(|digits| digits.parse().ok())
         .unwrap_or(0);
     Ok(count)

@@ -51,9 +51,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send>) -> Error {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string());
-    Error::Backend(format!(
-        "internal error in message_bus native code: {what}"
-    ))
+    Error::Backend(format!("internal error in message_bus native code: {what}"))
 }
 
 unsafe extern "C" fn run_call<F, T>(data: *mut c_void) -> *mut c_void

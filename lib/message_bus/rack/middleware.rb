@@ -108,18 +108,41 @@ module MessageBus
         chunked = request.allow_chunked?
         return park(env, connections, request, headers, chunked: true) if hijack && chunked
 
-        body, empty = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
-                                        request.channels)
-        return park(env, connections, request, headers, chunked: false) if hijack && empty
+        return poll_then_park(env, connections, request, headers) if hijack
 
+        body, = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
+                                  request.channels)
         [200, headers, [body]]
       end
 
       def park(env, connections, request, headers, chunked:)
+        hijacked(env) do |fd|
+          connections._park(fd, request.park_params(headers.to_a, chunked, @bus.long_polling_interval))
+        end
+      end
+
+      # Answers at once when the backlog has anything; parks otherwise. The
+      # poll is registered for live messages before its backlog is read, so
+      # parking it needs no second read.
+      def poll_then_park(env, connections, request, headers)
+        body, pending = connections._poll_pending(request.client_id, request.site_id, request.user_json,
+                                                  request.groups_json, request.channels, request.seq)
+        return [200, headers, [body]] unless pending
+
+        begin
+          hijacked(env) do |fd|
+            connections._attach(pending, fd, request.park_params(headers.to_a, false, @bus.long_polling_interval))
+          end
+        ensure
+          pending._cancel
+        end
+      end
+
+      def hijacked(env)
         io = env["rack.hijack"].call
         io ||= env["rack.hijack_io"]
         begin
-          connections._park(io.fileno, request.park_params(headers.to_a, chunked, @bus.long_polling_interval))
+          yield io.fileno
         ensure
           io.close
         end
