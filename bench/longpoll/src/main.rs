@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const CHANNEL: &str = "/bench";
 
@@ -72,7 +72,7 @@ struct Stats {
     reconnects: AtomicU64,
     errors: AtomicU64,
     ready: AtomicUsize,
-    latencies: Mutex<Vec<u64>>,
+    latencies: std::sync::Mutex<Vec<u64>>,
 }
 
 /// What one client has seen: message numbers received, last message id.
@@ -128,11 +128,9 @@ async fn handle_payload(json: &[u8], state: &mut ClientState, stats: &Stats) -> 
                 state.seen[n] = true;
                 state.count += 1;
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .latencies
-                    .lock()
-                    .await
-                    .push(arrived.saturating_sub(sent));
+                if let Ok(mut latencies) = stats.latencies.lock() {
+                    latencies.push(arrived.saturating_sub(sent));
+                }
             }
         }
     }
@@ -350,7 +348,8 @@ async fn main() {
             abort.abort();
         }
     }
-    let mut latencies = std::mem::take(&mut *stats.latencies.lock().await);
+    let mut latencies =
+        std::mem::take(&mut *stats.latencies.lock().unwrap_or_else(|e| e.into_inner()));
     latencies.sort_unstable();
     let expected = (opts.clients * opts.messages) as u64;
     let received = stats.received.load(Ordering::Relaxed);
