@@ -309,3 +309,60 @@ impl Fanout {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parked(fanout: &Fanout, client: &str) -> (Arc<Parked>, mpsc::Receiver<Event>) {
+        let (events, rx) = mpsc::channel(QUEUE_BOUND);
+        let parked = Arc::new(Parked {
+            conn_id: fanout.next_conn_id(),
+            seq: 0,
+            identity: Identity {
+                client_id: client.into(),
+                user_id: Value::Null,
+                group_ids: vec![],
+                site_id: None,
+            },
+            channels: vec!["/c".into()],
+            events,
+            kill: Arc::new(Notify::new()),
+        });
+        (parked, rx)
+    }
+
+    fn message(id: i64) -> Message {
+        Message {
+            global_id: id,
+            message_id: id,
+            channel: "/c".into(),
+            data: r#"{"data":1,"user_ids":null,"group_ids":null,"client_ids":null}"#.into(),
+        }
+    }
+
+    #[test]
+    fn pending_polls_get_live_messages_but_do_not_count_as_parked() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let fanout = Fanout::new(Gate::new());
+        let (pending, mut rx) = parked(&fanout, "a");
+        fanout.admit_pending(Arc::clone(&pending));
+        assert_eq!(fanout.parked(), 0);
+        let m = message(1);
+        let envelope = Envelope::parse(&m.data).unwrap();
+        fanout.push(&m, "/c", None, &envelope);
+        assert!(matches!(rx.try_recv(), Ok(Event::Live(_))));
+        assert!(fanout.release_pending(pending.conn_id));
+        assert!(matches!(fanout.admit("a", pending), Admission::Parked));
+        assert_eq!(fanout.parked(), 1);
+        let (other, _rx) = parked(&fanout, "b");
+        fanout.admit_pending(Arc::clone(&other));
+        fanout.close_all();
+        assert!(!fanout.release_pending(other.conn_id));
+        assert_eq!(fanout.parked(), 0);
+    }
+}
