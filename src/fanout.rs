@@ -48,7 +48,10 @@ pub struct Parked {
 
 #[derive(Default)]
 struct Registry {
+    /// By client id; a connection still being answered is kept under
+    /// `pending_key` (client ids never contain NUL) until it is parked.
     clients: HashMap<String, Arc<Parked>>,
+    pending: usize,
     /// Decoded channel → client ids subscribed to it.
     index: HashMap<String, HashSet<String>>,
 }
@@ -66,6 +69,10 @@ impl Registry {
         }
         Some(parked)
     }
+}
+
+fn pending_key(conn_id: u64) -> String {
+    format!("\0{conn_id}")
 }
 
 pub struct Fanout {
@@ -164,12 +171,40 @@ impl Fanout {
     }
 
     pub fn parked(&self) -> usize {
-        self.registry.lock().clients.len()
+        let reg = self.registry.lock();
+        reg.clients.len() - reg.pending
+    }
+
+    /// Starts feeding a connection whose backlog is about to be read, before
+    /// it is known whether it will be parked: no message falls in between.
+    pub fn admit_pending(&self, parked: Arc<Parked>) {
+        let key = pending_key(parked.conn_id);
+        let mut reg = self.registry.lock();
+        for channel in &parked.channels {
+            reg.index
+                .entry(channel.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        reg.clients.insert(key, parked);
+        reg.pending += 1;
+    }
+
+    /// Takes a pending connection out; true if it was still registered (not
+    /// closed as too slow, nor by `close_all`).
+    pub fn release_pending(&self, conn_id: u64) -> bool {
+        let mut reg = self.registry.lock();
+        let found = reg.remove(&pending_key(conn_id)).is_some();
+        if found {
+            reg.pending -= 1;
+        }
+        found
     }
 
     /// Closes every parked connection (middleware stopped, bus destroyed).
     pub fn close_all(&self) {
         let mut reg = self.registry.lock();
+        reg.pending = 0;
         for (_, parked) in reg.clients.drain() {
             if parked.events.try_send(Event::Close).is_err() {
                 parked.kill.notify_one();
@@ -262,6 +297,9 @@ impl Fanout {
         }
         for (client_id, too_slow) in slow {
             if let Some(parked) = reg.remove(&client_id) {
+                if client_id.starts_with('\0') {
+                    reg.pending -= 1;
+                }
                 if too_slow {
                     // The client reconnects with its last ids; the backlog has the rest.
                     self.slow_closed.fetch_add(1, Ordering::Relaxed);
@@ -269,5 +307,62 @@ impl Fanout {
                 parked.kill.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parked(fanout: &Fanout, client: &str) -> (Arc<Parked>, mpsc::Receiver<Event>) {
+        let (events, rx) = mpsc::channel(QUEUE_BOUND);
+        let parked = Arc::new(Parked {
+            conn_id: fanout.next_conn_id(),
+            seq: 0,
+            identity: Identity {
+                client_id: client.into(),
+                user_id: Value::Null,
+                group_ids: vec![],
+                site_id: None,
+            },
+            channels: vec!["/c".into()],
+            events,
+            kill: Arc::new(Notify::new()),
+        });
+        (parked, rx)
+    }
+
+    fn message(id: i64) -> Message {
+        Message {
+            global_id: id,
+            message_id: id,
+            channel: "/c".into(),
+            data: r#"{"data":1,"user_ids":null,"group_ids":null,"client_ids":null}"#.into(),
+        }
+    }
+
+    #[test]
+    fn pending_polls_get_live_messages_but_do_not_count_as_parked() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let fanout = Fanout::new(Gate::new());
+        let (pending, mut rx) = parked(&fanout, "a");
+        fanout.admit_pending(Arc::clone(&pending));
+        assert_eq!(fanout.parked(), 0);
+        let m = message(1);
+        let envelope = Envelope::parse(&m.data).unwrap();
+        fanout.push(&m, "/c", None, &envelope);
+        assert!(matches!(rx.try_recv(), Ok(Event::Live(_))));
+        assert!(fanout.release_pending(pending.conn_id));
+        assert!(matches!(fanout.admit("a", pending), Admission::Parked));
+        assert_eq!(fanout.parked(), 1);
+        let (other, _rx) = parked(&fanout, "b");
+        fanout.admit_pending(Arc::clone(&other));
+        fanout.close_all();
+        assert!(!fanout.release_pending(other.conn_id));
+        assert_eq!(fanout.parked(), 0);
     }
 }

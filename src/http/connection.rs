@@ -32,7 +32,8 @@ pub struct Session {
     pub subscriptions: Vec<Requested>,
     pub chunked: bool,
     /// Status line and headers (see `frame::head_prefix`).
-    pub head_prefix: Vec<u8>,
+    /// Shared by the connections of one middleware with the same headers.
+    pub head_prefix: Arc<[u8]>,
     pub timeout: Duration,
 }
 
@@ -50,6 +51,45 @@ enum Closed {
     Abruptly,
 }
 
+fn take_over(fd: OwnedFd) -> Result<TcpStream> {
+    let std_stream = std::net::TcpStream::from(fd);
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))?;
+    TcpStream::from_std(std_stream)
+        .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))
+}
+
+/// A connection's registration, made before its backlog is read.
+struct Registration {
+    parked: Arc<Parked>,
+    events: mpsc::Receiver<Event>,
+    kill: Arc<Notify>,
+}
+
+fn register(
+    identity: &Identity,
+    seq: i64,
+    subscriptions: &[Requested],
+    fanout: &Fanout,
+) -> Registration {
+    let (events_tx, events) = mpsc::channel(QUEUE_BOUND);
+    let kill = Arc::new(Notify::new());
+    let parked = Arc::new(Parked {
+        conn_id: fanout.next_conn_id(),
+        seq,
+        identity: identity.clone(),
+        channels: subscriptions.iter().map(|(c, _)| c.clone()).collect(),
+        events: events_tx,
+        kill: Arc::clone(&kill),
+    });
+    Registration {
+        parked,
+        events,
+        kill,
+    }
+}
+
 /// Takes over `fd` (a connected stream socket), registers the client and
 /// spawns its task on the current runtime. Must be called within the runtime.
 pub fn park(
@@ -58,31 +98,112 @@ pub fn park(
     fanout: Arc<Fanout>,
     backend: Arc<dyn Backend>,
 ) -> Result<()> {
-    let std_stream = std::net::TcpStream::from(fd);
-    std_stream
-        .set_nonblocking(true)
-        .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))?;
-    let stream = TcpStream::from_std(std_stream)
-        .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))?;
-    let (events_tx, events) = mpsc::channel(QUEUE_BOUND);
-    let kill = Arc::new(Notify::new());
-    let conn_id = fanout.next_conn_id();
-    let channels = session
-        .subscriptions
-        .iter()
-        .map(|(c, _)| c.clone())
-        .collect();
-    let parked = Arc::new(Parked {
-        conn_id,
-        seq: session.seq,
-        identity: session.identity.clone(),
-        channels,
-        events: events_tx,
-        kill: Arc::clone(&kill),
-    });
-    let admission = fanout.admit(&session.client_id, parked);
+    let stream = take_over(fd)?;
+    let reg = register(
+        &session.identity,
+        session.seq,
+        &session.subscriptions,
+        &fanout,
+    );
+    let admission = fanout.admit(&session.client_id, Arc::clone(&reg.parked));
+    spawn(stream, session, reg, admission, None, fanout, backend);
+    Ok(())
+}
+
+/// How a parked connection answers.
+pub struct View {
+    pub chunked: bool,
+    pub head_prefix: Arc<[u8]>,
+    pub timeout: Duration,
+}
+
+/// A poll registered for live messages while its backlog is read: answered
+/// at once when the backlog has anything, parked (`attach`) otherwise.
+pub struct Pending {
+    reg: Option<Registration>,
+    fanout: Arc<Fanout>,
+}
+
+impl Pending {
+    /// Registers under a provisional key (not counted as parked).
+    pub fn new(
+        identity: &Identity,
+        seq: i64,
+        subscriptions: &[Requested],
+        fanout: Arc<Fanout>,
+    ) -> Self {
+        let reg = register(identity, seq, subscriptions, &fanout);
+        fanout.admit_pending(Arc::clone(&reg.parked));
+        Pending {
+            reg: Some(reg),
+            fanout,
+        }
+    }
+
+    /// Parks the connection on `fd` with the positions its (empty) backlog
+    /// answer covered, as `park` would have. Must be called within the runtime.
+    pub fn attach(
+        mut self,
+        fd: OwnedFd,
+        view: View,
+        positions: Vec<(String, i64)>,
+        backend: Arc<dyn Backend>,
+    ) -> Result<()> {
+        let stream = take_over(fd)?;
+        let Some(reg) = self.reg.take() else {
+            return Err(Error::Connection("poll already parked".into()));
+        };
+        let session = Session {
+            client_id: reg.parked.identity.client_id.clone(),
+            seq: reg.parked.seq,
+            identity: reg.parked.identity.clone(),
+            subscriptions: Vec::new(),
+            chunked: view.chunked,
+            head_prefix: view.head_prefix,
+            timeout: view.timeout,
+        };
+        let admission = if self.fanout.release_pending(reg.parked.conn_id) {
+            self.fanout
+                .admit(&session.client_id, Arc::clone(&reg.parked))
+        } else {
+            // Closed meanwhile (middleware stopped): answer "[]" and close.
+            Admission::Stale
+        };
+        spawn(
+            stream,
+            session,
+            reg,
+            admission,
+            Some(positions),
+            Arc::clone(&self.fanout),
+            backend,
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(reg) = self.reg.take() {
+            self.fanout.release_pending(reg.parked.conn_id);
+        }
+    }
+}
+
+fn spawn(
+    stream: TcpStream,
+    session: Session,
+    reg: Registration,
+    admission: Admission,
+    positions: Option<Vec<(String, i64)>>,
+    fanout: Arc<Fanout>,
+    backend: Arc<dyn Backend>,
+) {
+    let conn_id = reg.parked.conn_id;
+    drop(reg.parked);
+    let events = reg.events;
+    let kill = reg.kill;
     tokio::spawn(async move {
-        let client_id = session.client_id.clone();
         let mut conn = Conn {
             stream,
             session,
@@ -91,15 +212,17 @@ pub fn park(
         };
         let outcome = match admission {
             Admission::Stale => Closed::Gracefully,
-            Admission::Parked => conn.serve(backend.as_ref(), fanout.gate(), events).await,
+            Admission::Parked => {
+                conn.serve(backend.as_ref(), fanout.gate(), events, positions)
+                    .await
+            }
         };
         if let Closed::Gracefully = outcome {
             conn.close_output().await;
         }
         let _ = conn.stream.shutdown().await;
-        fanout.release(&client_id, conn_id);
+        fanout.release(&conn.session.client_id, conn_id);
     });
-    Ok(())
 }
 
 impl Conn {
@@ -114,27 +237,22 @@ impl Conn {
         }
     }
 
-    async fn serve(
+    /// Reads the backlog after registration (every message is either in it
+    /// or arrives as a live event, and positions drop the overlap) and
+    /// writes the head and the backlog.
+    async fn answer_backlog(
         &mut self,
         backend: &dyn Backend,
         gate: &Gate,
-        mut events: mpsc::Receiver<Event>,
-    ) -> Closed {
-        let deadline = Instant::now() + self.session.timeout;
-        // The backlog is read after registration: every message is either in
-        // it or arrives as a live event, and positions drop the overlap.
-        let backlog = match client::compute(
+    ) -> std::result::Result<HashMap<String, i64>, Closed> {
+        let backlog = client::compute(
             backend,
             gate,
             &self.session.identity,
             &self.session.subscriptions,
         )
         .await
-        {
-            Ok(b) => b,
-            Err(_) => return Closed::Gracefully,
-        };
-        let mut positions: HashMap<String, i64> = backlog.positions.iter().cloned().collect();
+        .map_err(|_| Closed::Gracefully)?;
         if self.session.chunked {
             let mut out = frame::chunked_head(&self.session.head_prefix);
             if backlog.is_empty() {
@@ -144,16 +262,47 @@ impl Conn {
             }
             self.head_written = true;
             if self.write(&out).await.is_err() {
-                return Closed::Abruptly;
+                return Err(Closed::Abruptly);
             }
         } else if !backlog.is_empty() {
             let body = payload(&backlog.messages, &backlog.status);
             let _ = self
                 .write(&frame::full_response(&self.session.head_prefix, &body))
                 .await;
-            return Closed::Abruptly;
+            return Err(Closed::Abruptly);
         }
-        let mut scratch = [0u8; 512];
+        Ok(backlog.positions.into_iter().collect())
+    }
+
+    async fn serve(
+        &mut self,
+        backend: &dyn Backend,
+        gate: &Gate,
+        mut events: mpsc::Receiver<Event>,
+        answered: Option<Vec<(String, i64)>>,
+    ) -> Closed {
+        let deadline = Instant::now() + self.session.timeout;
+        let mut positions: HashMap<String, i64> = match answered {
+            // Read before registration by the caller and found empty.
+            Some(positions) => {
+                if self.session.chunked {
+                    let mut out = frame::chunked_head(&self.session.head_prefix);
+                    out.extend_from_slice(frame::EMPTY_CHUNK);
+                    self.head_written = true;
+                    if self.write(&out).await.is_err() {
+                        return Closed::Abruptly;
+                    }
+                }
+                positions.into_iter().collect()
+            }
+            None => match self.answer_backlog(backend, gate).await {
+                Ok(positions) => positions,
+                Err(closed) => return closed,
+            },
+        };
+        // Only the positions matter from here on.
+        self.session.subscriptions = Vec::new();
+        let mut scratch = [0u8; 64];
         loop {
             let kill = Arc::clone(&self.kill);
             tokio::select! {

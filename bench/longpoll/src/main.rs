@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const CHANNEL: &str = "/bench";
 
@@ -72,7 +72,7 @@ struct Stats {
     reconnects: AtomicU64,
     errors: AtomicU64,
     ready: AtomicUsize,
-    latencies: Mutex<Vec<u64>>,
+    latencies: std::sync::Mutex<Vec<u64>>,
 }
 
 /// What one client has seen: message numbers received, last message id.
@@ -128,15 +128,24 @@ async fn handle_payload(json: &[u8], state: &mut ClientState, stats: &Stats) -> 
                 state.seen[n] = true;
                 state.count += 1;
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .latencies
-                    .lock()
-                    .await
-                    .push(arrived.saturating_sub(sent));
+                if let Ok(mut latencies) = stats.latencies.lock() {
+                    latencies.push(arrived.saturating_sub(sent));
+                }
             }
         }
     }
     true
+}
+
+/// The content-length header of a response head, if any.
+fn content_length(head: &[u8]) -> Option<usize> {
+    let head = std::str::from_utf8(head).ok()?;
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -156,6 +165,11 @@ async fn poll_once(
     stream
         .write_all(&request(client, state.last_id, opts.chunked, opts.port))
         .await?;
+    // A non-streamed poll gets no head before its answer: the request sent
+    // ends its ramp-up slot (main then waits for the server's parked count).
+    if !opts.chunked && permit.take().is_some() {
+        stats.ready.fetch_add(1, Ordering::Relaxed);
+    }
     let mut buf = Vec::with_capacity(4096);
     let mut scratch = vec![0u8; 8192];
     let mut body_start = None;
@@ -175,6 +189,13 @@ async fn poll_once(
                 if permit.take().is_some() {
                     stats.ready.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+        // A non-streamed answer may come from Puma on a kept-alive
+        // connection: it ends at its content-length, not at close.
+        if let (false, Some(start)) = (opts.chunked, body_start) {
+            if content_length(&buf[..start]).is_some_and(|len| buf.len() >= start + len) {
+                break;
             }
         }
         if opts.chunked && body_start.is_some() {
@@ -227,6 +248,28 @@ async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: 
     }
 }
 
+/// Clients parked on the server, from the test app's `/diagnostics`.
+async fn parked(port: u16) -> std::io::Result<usize> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /diagnostics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut text = Vec::new();
+    stream.read_to_end(&mut text).await?;
+    let text = String::from_utf8_lossy(&text);
+    let count = text
+        .split("\"parked\":")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0);
+    Ok(count)
+}
+
 async fn publish(port: u16, n: usize) -> std::io::Result<()> {
     let body = format!(
         r#"{{"channel":"{CHANNEL}","data":{{"n":{n},"t":{}}}}}"#,
@@ -277,6 +320,15 @@ async fn main() {
     while stats.ready.load(Ordering::Relaxed) < opts.clients && Instant::now() < connect_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if !opts.chunked {
+        while Instant::now() < connect_deadline {
+            let waiting = tokio::time::timeout(Duration::from_secs(5), parked(opts.port)).await;
+            if matches!(waiting, Ok(Ok(n)) if n >= opts.clients) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let connected_after = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = opts.server_pid.and_then(rss_kib);
@@ -296,7 +348,8 @@ async fn main() {
             abort.abort();
         }
     }
-    let mut latencies = std::mem::take(&mut *stats.latencies.lock().await);
+    let mut latencies =
+        std::mem::take(&mut *stats.latencies.lock().unwrap_or_else(|e| e.into_inner()));
     latencies.sort_unstable();
     let expected = (opts.clients * opts.messages) as u64;
     let received = stats.received.load(Ordering::Relaxed);

@@ -12,7 +12,7 @@ use message_bus_core::client::{self, Requested};
 use message_bus_core::envelope::Identity;
 use message_bus_core::fanout::Fanout;
 use message_bus_core::gate::Gate;
-use message_bus_core::http::connection::{park, Session};
+use message_bus_core::http::connection::{park, Pending, Session, View};
 use message_bus_core::http::frame::head_prefix;
 use message_bus_core::http::json::payload;
 use message_bus_core::runtime::runtime;
@@ -28,6 +28,8 @@ type RbResult<T> = Result<T, magnus::Error>;
 pub struct NativeConnections {
     backend: Arc<dyn Backend>,
     fanout: Arc<Fanout>,
+    /// The last head prefix parked, shared by the connections that use it.
+    head: parking_lot::Mutex<Option<Arc<[u8]>>>,
 }
 
 fn identity(
@@ -66,6 +68,32 @@ fn subscriptions(ruby: &Ruby, list: RArray) -> RbResult<Vec<Requested>> {
     Ok(out)
 }
 
+/// A duplicate of `fd`, which the caller keeps open for this call.
+fn dup_fd(ruby: &Ruby, fd: i32) -> RbResult<OwnedFd> {
+    // SAFETY: dup of a descriptor the caller keeps open for this call.
+    let dup = unsafe { libc::dup(fd) };
+    if dup < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(to_ruby(
+            ruby,
+            Error::Connection(format!("cannot duplicate the client socket: {e}")),
+        ));
+    }
+    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// `MessageBus::Native::PendingPoll`: a poll registered for live messages,
+/// waiting to be parked; dropping it (or `_cancel`) unregisters it.
+#[magnus::wrap(class = "MessageBus::Native::PendingPoll", free_immediately, size)]
+pub struct PendingPoll(parking_lot::Mutex<Option<(Pending, Vec<(String, i64)>)>>);
+
+impl PendingPoll {
+    fn cancel(&self) {
+        self.0.lock().take();
+    }
+}
+
 fn headers(list: RArray) -> RbResult<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(list.len());
     for pair in list.into_iter() {
@@ -85,7 +113,11 @@ impl NativeConnections {
         };
         backend.hub().add_sink(Arc::clone(&fanout) as Arc<dyn Sink>);
         block_on(ruby, || backend.ensure_listening())?;
-        Ok(NativeConnections { backend, fanout })
+        Ok(NativeConnections {
+            backend,
+            fanout,
+            head: parking_lot::Mutex::default(),
+        })
     }
 
     /// The JSON array answering a poll right away (rows A and D of §3.6).
@@ -109,6 +141,66 @@ impl NativeConnections {
         ))
     }
 
+    /// Like `poll`, but registered for live messages before the backlog is
+    /// read: `[body, nil]` when there is something to answer, `[body,
+    /// pending]` when the client may be parked with `_attach` (no second read).
+    fn poll_pending(
+        ruby: &Ruby,
+        rb_self: &Self,
+        args: &[magnus::Value],
+    ) -> RbResult<(RString, Option<PendingPoll>)> {
+        let args = magnus::scan_args::scan_args::<
+            (RString, Option<RString>, RString, RString, RArray, i64),
+            (),
+            (),
+            (),
+            (),
+            (),
+        >(args)?;
+        let (client_id, site_id, user_json, groups_json, channels, seq) = args.required;
+        let who = identity(ruby, client_id, site_id, user_json, groups_json)?;
+        let subs = subscriptions(ruby, channels)?;
+        let pending = Pending::new(&who, seq, &subs, Arc::clone(&rb_self.fanout));
+        let backlog = block_on(ruby, || {
+            client::compute(rb_self.backend.as_ref(), rb_self.fanout.gate(), &who, &subs)
+        })?;
+        let body = ruby.str_new(&payload(&backlog.messages, &backlog.status));
+        if !backlog.is_empty() {
+            return Ok((body, None));
+        }
+        Ok((
+            body,
+            Some(PendingPoll(parking_lot::Mutex::new(Some((
+                pending,
+                backlog.positions,
+            ))))),
+        ))
+    }
+
+    /// Parks a pending poll on a duplicate of `fd` (rows B of §3.6).
+    fn attach(
+        ruby: &Ruby,
+        rb_self: &Self,
+        pending: &PendingPoll,
+        fd: i32,
+        request: RHash,
+    ) -> RbResult<()> {
+        let Some((pending, positions)) = pending.0.lock().take() else {
+            return Err(to_ruby(ruby, Error::Argument("poll already parked".into())));
+        };
+        let view = View {
+            chunked: request.fetch("chunked")?,
+            head_prefix: rb_self.shared_head(head_prefix(&headers(request.fetch("headers")?)?)),
+            timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
+        };
+        let owned = dup_fd(ruby, fd)?;
+        let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
+        let _guard = rt.enter();
+        pending
+            .attach(owned, view, positions, Arc::clone(&rb_self.backend))
+            .map_err(|e| to_ruby(ruby, e))
+    }
+
     /// Takes over a duplicate of `fd` and parks the client (rows B of §3.6).
     fn park(ruby: &Ruby, rb_self: &Self, fd: i32, request: RHash) -> RbResult<()> {
         let who = identity(
@@ -124,20 +216,10 @@ impl NativeConnections {
             identity: who,
             subscriptions: subscriptions(ruby, request.fetch("channels")?)?,
             chunked: request.fetch("chunked")?,
-            head_prefix: head_prefix(&headers(request.fetch("headers")?)?),
+            head_prefix: rb_self.shared_head(head_prefix(&headers(request.fetch("headers")?)?)),
             timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
         };
-        // SAFETY: dup of a descriptor the caller keeps open for this call.
-        let dup = unsafe { libc::dup(fd) };
-        if dup < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(to_ruby(
-                ruby,
-                Error::Connection(format!("cannot duplicate the client socket: {e}")),
-            ));
-        }
-        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let owned = dup_fd(ruby, fd)?;
         let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
         let _guard = rt.enter();
         park(
@@ -147,6 +229,18 @@ impl NativeConnections {
             Arc::clone(&rb_self.backend),
         )
         .map_err(|e| to_ruby(ruby, e))
+    }
+
+    fn shared_head(&self, bytes: Vec<u8>) -> Arc<[u8]> {
+        let mut slot = self.head.lock();
+        match slot.as_ref() {
+            Some(head) if **head == *bytes => Arc::clone(head),
+            _ => {
+                let head: Arc<[u8]> = Arc::from(bytes);
+                *slot = Some(Arc::clone(&head));
+                head
+            }
+        }
     }
 
     /// What the Ruby filter thread must judge: String prefixes of client
@@ -212,6 +306,14 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     class.define_singleton_method("new", magnus::function!(NativeConnections::new, 1))?;
     class.define_method("_poll", magnus::method!(NativeConnections::poll, 5))?;
     class.define_method("_park", magnus::method!(NativeConnections::park, 2))?;
+    class.define_method(
+        "_poll_pending",
+        magnus::method!(NativeConnections::poll_pending, -1),
+    )?;
+    class.define_method("_attach", magnus::method!(NativeConnections::attach, 3))?;
+    let pending = native.define_class("PendingPoll", ruby.class_object())?;
+    pending.undef_default_alloc_func();
+    pending.define_method("_cancel", magnus::method!(PendingPoll::cancel, 0))?;
     class.define_method("_parked", magnus::method!(NativeConnections::parked, 0))?;
     class.define_method(
         "_configure_gate",

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use magnus::Ruby;
 use message_bus_core::runtime::runtime;
@@ -44,6 +45,15 @@ struct Call<F, T> {
     result: Option<Result<T>>,
 }
 
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    Error::Backend(format!("internal error in message_bus native code: {what}"))
+}
+
 unsafe extern "C" fn run_call<F, T>(data: *mut c_void) -> *mut c_void
 where
     F: FnOnce() -> Result<T>,
@@ -51,16 +61,7 @@ where
     // SAFETY: `data` is the `Call` owned by `without_gvl`, alive for this call.
     let call = unsafe { &mut *(data as *mut Call<F, T>) };
     if let Some(func) = call.func.take() {
-        let outcome = catch_unwind(AssertUnwindSafe(func)).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(Error::Backend(format!(
-                "internal error in message_bus native code: {what}"
-            )))
-        });
+        let outcome = catch_unwind(AssertUnwindSafe(func)).unwrap_or_else(|p| Err(panicked(p)));
         call.result = Some(outcome);
     }
     std::ptr::null_mut()
@@ -112,7 +113,9 @@ pub fn blocking<T>(
     }
 }
 
-/// Drives a future to completion on the process runtime, without the GVL.
+/// Drives a future to completion on the process runtime. It is polled once
+/// right here, GVL held (the memory backend, or anything answered without
+/// waiting, finishes there); only a future that must wait releases the GVL.
 pub fn block_on<T, Fut>(
     ruby: &Ruby,
     mut make: impl FnMut() -> Fut,
@@ -121,8 +124,19 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let rt = runtime().map_err(|e| crate::errors::to_ruby(ruby, e))?;
+    let mut first = {
+        let _guard = rt.enter();
+        let mut fut = Box::pin(make());
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)))
+            .unwrap_or_else(|p| Poll::Ready(Err(panicked(p))));
+        match polled {
+            Poll::Ready(result) => return result.map_err(|e| crate::errors::to_ruby(ruby, e)),
+            Poll::Pending => Some(fut),
+        }
+    };
     blocking(ruby, None, |cancel| {
-        let fut = make();
+        let fut = first.take().unwrap_or_else(|| Box::pin(make()));
         rt.block_on(async {
             tokio::select! {
                 biased;

@@ -112,11 +112,10 @@ module MessageBus
         takeover = long_polling && socket_takeover(env)
         chunked = request.allow_chunked?
         return park(env, connections, request, headers, takeover, chunked: true) if takeover && chunked
+        return poll_then_park(env, connections, request, headers, takeover) if takeover
 
-        body, empty = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
-                                        request.channels)
-        return park(env, connections, request, headers, takeover, chunked: false) if takeover && empty
-
+        body, = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
+                                  request.channels)
         [200, headers, [body]]
       end
 
@@ -131,11 +130,35 @@ module MessageBus
       end
 
       def park(env, connections, request, headers, takeover, chunked:)
-        params = request.park_params(headers.to_a, chunked, @bus.long_polling_interval)
+        taken_over(env, takeover) do |fd|
+          connections._park(fd, request.park_params(headers.to_a, chunked, @bus.long_polling_interval))
+        end
+      end
+
+      # Answers at once when the backlog has anything; parks otherwise. The
+      # poll is registered for live messages before its backlog is read, so
+      # parking it needs no second read.
+      def poll_then_park(env, connections, request, headers, takeover)
+        body, pending = connections._poll_pending(request.client_id, request.site_id, request.user_json,
+                                                  request.groups_json, request.channels, request.seq)
+        return [200, headers, [body]] unless pending
+
+        begin
+          taken_over(env, takeover) do |fd|
+            connections._attach(pending, fd, request.park_params(headers.to_a, false, @bus.long_polling_interval))
+          end
+        ensure
+          pending._cancel
+        end
+      end
+
+      # Yields the socket's descriptor (Rust takes a duplicate), closes ours,
+      # and answers the server as a takeover requires.
+      def taken_over(env, takeover)
         if takeover == :thin
           fd = env["async.callback"].receiver.detach
           begin
-            connections._park(fd, params)
+            yield fd
           ensure
             IO.for_fd(fd).close
           end
@@ -144,7 +167,7 @@ module MessageBus
 
         io = env["rack.hijack"].call || env["rack.hijack_io"]
         begin
-          connections._park(io.fileno, params)
+          yield io.fileno
         ensure
           io.close
         end

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "cgi/util"
 require "json"
 
 module MessageBus
@@ -24,6 +25,11 @@ module MessageBus
       CLIENT_ID_FORMAT = /\A[\w\-.~:@+=]*\z/
       INTEGER = /\A\s*-?\d+\s*\z/
       SEQ_RANGE = (-(2**63)..((2**63) - 1))
+      SEQ_MIN = SEQ_RANGE.min
+      SEQ_MAX = SEQ_RANGE.max
+      NULL_JSON = "null"
+      EMPTY_LIST_JSON = "[]"
+      EMPTY = [].freeze
 
       attr_reader :client_id, :site_id, :seq, :channels, :user_json, :groups_json
 
@@ -34,8 +40,8 @@ module MessageBus
         user_id = bus.user_id_lookup&.call(env)
         group_ids = bus.group_ids_lookup&.call(env) || []
         @site_id = bus.site_id_lookup&.call(env)&.to_s
-        @user_json = JSON.generate(user_id)
-        @groups_json = JSON.generate(Array(group_ids))
+        @user_json = user_id.nil? ? NULL_JSON : JSON.generate(user_id)
+        @groups_json = group_ids.nil? || group_ids == EMPTY ? EMPTY_LIST_JSON : JSON.generate(Array(group_ids))
         @seq = 0
         @channels = read_channels
       end
@@ -111,8 +117,10 @@ module MessageBus
         end
       end
 
+      # `+` and valid %XX escapes decoded, anything else kept as is (the body
+      # is valid UTF-8 here: splitting it would have raised otherwise).
       def unescape(text)
-        text.tr("+", " ").b.gsub(/%\h\h/n) { |escape| escape[1, 2].hex.chr }.force_encoding(Encoding::UTF_8)
+        CGI.unescape(text, Encoding::UTF_8)
       end
 
       def parse_json(body)
@@ -163,7 +171,7 @@ module MessageBus
       end
 
       def clamp(value)
-        value.clamp(SEQ_RANGE.min, SEQ_RANGE.max)
+        value.clamp(SEQ_MIN, SEQ_MAX)
       end
     end
   end
