@@ -7,6 +7,13 @@
 //!
 //! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
 //!          [--server-pid PID] [--deadline S]
+//!          [--publishers K] [--duration S] [--external-publishers]
+//!
+//! Soak mode (`bench/soak`): `--duration S` makes K publishers (`--publishers`,
+//! default 1) each publish `S * 1000 / I` messages I ms apart, message number
+//! `p + K * i`; with `--external-publishers` the driver publishes nothing
+//! (other processes do, same numbering) and waits S seconds after printing
+//! `READY`. The server's RSS and open fds are reported at start and end.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +33,9 @@ struct Options {
     chunked: bool,
     server_pid: Option<u32>,
     deadline: Duration,
+    publishers: usize,
+    duration: Option<Duration>,
+    external: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -49,6 +59,12 @@ fn options() -> Result<Options, String> {
         chunked: !args.iter().any(|a| a == "--no-chunk"),
         server_pid: value("--server-pid").and_then(|v| v.parse().ok()),
         deadline: Duration::from_secs(number("--deadline", 120)?),
+        publishers: (number("--publishers", 1)? as usize).max(1),
+        duration: value("--duration")
+            .map(|v| v.parse().map(Duration::from_secs))
+            .transpose()
+            .map_err(|_| "--duration needs a number of seconds".to_string())?,
+        external: args.iter().any(|a| a == "--external-publishers"),
     })
 }
 
@@ -63,6 +79,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+fn server_usage(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!(
+            "RSS {} KiB, {} open fds",
+            rss_kib(pid).map_or("?".into(), |v| v.to_string()),
+            fd_count(pid).map_or("?".into(), |v| v.to_string())
+        ),
+        None => "no --server-pid".into(),
+    }
 }
 
 #[derive(Default)]
@@ -255,7 +286,13 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let opts = match options() {
-        Ok(o) if o.port != 0 => Arc::new(o),
+        Ok(mut o) if o.port != 0 => {
+            if let Some(d) = o.duration {
+                let per = (d.as_millis() / o.interval.as_millis().max(1)) as usize;
+                o.messages = per * o.publishers;
+            }
+            Arc::new(o)
+        }
         Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID]"),
         Err(e) => return eprintln!("{e}"),
     };
@@ -280,12 +317,40 @@ async fn main() {
     let connected_after = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = opts.server_pid.and_then(rss_kib);
-    for n in 0..opts.messages {
-        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n)).await {
-            Ok(Ok(())) => {}
-            _ => eprintln!("publish {n} failed"),
+    let usage_start = server_usage(opts.server_pid);
+    println!(
+        "READY: {} clients connected after {:.1} s; server {usage_start}",
+        stats.ready.load(Ordering::Relaxed),
+        connected_after.as_secs_f64()
+    );
+    let publish_failures = Arc::new(AtomicU64::new(0));
+    if opts.external {
+        tokio::time::sleep(opts.duration.unwrap_or_default()).await;
+    } else {
+        let k = opts.publishers;
+        let per = opts.messages / k;
+        let publishers: Vec<_> = (0..k)
+            .map(|p| {
+                let opts = Arc::clone(&opts);
+                let failures = Arc::clone(&publish_failures);
+                tokio::spawn(async move {
+                    for i in 0..per {
+                        let n = p + k * i;
+                        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n)).await {
+                            Ok(Ok(())) => {}
+                            _ => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("publish {n} failed");
+                            }
+                        }
+                        tokio::time::sleep(opts.interval).await;
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            let _ = p.await;
         }
-        tokio::time::sleep(opts.interval).await;
     }
     // Every client stops once it has every message; the rest are cut off at the deadline.
     let stop = Instant::now() + opts.deadline;
@@ -324,6 +389,14 @@ async fn main() {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    if opts.duration.is_some() {
+        println!(
+            "soak: {:.0} s, publish failures {}, server at start: {usage_start}; at end: {}",
+            started.elapsed().as_secs_f64(),
+            publish_failures.load(Ordering::Relaxed),
+            server_usage(opts.server_pid)
+        );
+    }
     if let (Some(before), Some(connected)) = (rss_before, rss_connected) {
         let per = (connected.saturating_sub(before) as f64 * 1024.0) / opts.clients.max(1) as f64;
         println!("server RSS: {before} KiB before, {connected} KiB with all clients waiting ({per:.0} bytes per client)");
