@@ -20,6 +20,13 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn parse(text: &str) -> Result<Envelope> {
+        // serde's derived struct visitor also accepts a JSON array of the
+        // fields in order (`[data, user_ids, ...]`); the codec only writes objects.
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidMessage(
+                "message envelope is not the JSON codec's format: not a JSON object".to_string(),
+            ));
+        }
         serde_json::from_str(text).map_err(|e| {
             Error::InvalidMessage(format!(
                 "message envelope is not the JSON codec's format: {e}"
