@@ -104,6 +104,10 @@ struct Stats {
     errors: AtomicU64,
     ready: AtomicUsize,
     latencies: Mutex<Vec<u64>>,
+    /// Set at the drain deadline: clients stop after their current poll.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Per message number, how many clients never received it.
+    missing: Mutex<Vec<u64>>,
 }
 
 /// What one client has seen: message numbers received, last message id.
@@ -248,13 +252,22 @@ async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: 
     };
     // Ramp up: only a few hundred connects in flight at once.
     let mut permit = Arc::clone(&gate).acquire_owned().await.ok();
-    while state.count < opts.messages {
+    while state.count < opts.messages && !stats.stopping.load(Ordering::Relaxed) {
         let result = poll_once(&opts, client, &mut state, &stats, &mut permit).await;
         if result.is_err() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    if state.count < opts.messages {
+        let mut missing = stats.missing.lock().await;
+        missing.resize(opts.messages, 0);
+        for (n, seen) in state.seen.iter().enumerate() {
+            if !seen {
+                missing[n] += 1;
+            }
+        }
     }
 }
 
@@ -336,7 +349,9 @@ async fn main() {
                 tokio::spawn(async move {
                     for i in 0..per {
                         let n = p + k * i;
-                        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n)).await {
+                        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n))
+                            .await
+                        {
                             Ok(Ok(())) => {}
                             _ => {
                                 failures.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +369,16 @@ async fn main() {
     }
     // Every client stops once it has every message; the rest are cut off at the deadline.
     let stop = Instant::now() + opts.deadline;
+    {
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(stop.into()).await;
+            stats
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let stop = stop + Duration::from_secs(30); // current polls end within the long-polling interval
     for t in tasks {
         let remaining = stop.saturating_duration_since(Instant::now());
         let abort = t.abort_handle();
@@ -389,6 +414,20 @@ async fn main() {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    let missing = std::mem::take(&mut *stats.missing.lock().await);
+    let holes: Vec<String> = missing
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(n, c)| format!("{n}x{c}"))
+        .collect();
+    if !holes.is_empty() {
+        println!(
+            "missing (message number x clients), {} numbers: {}",
+            holes.len(),
+            holes.iter().take(40).cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
     if opts.duration.is_some() {
         println!(
             "soak: {:.0} s, publish failures {}, server at start: {usage_start}; at end: {}",
