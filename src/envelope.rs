@@ -239,20 +239,25 @@ mod tests {
                 Just(Value::Null),
                 any::<bool>().prop_map(Value::from),
                 any::<i64>().prop_map(Value::from),
-                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
                 "\\PC{0,8}".prop_map(Value::from),
             ];
             let tree = leaf.prop_recursive(4, 32, 6, |inner| {
                 prop_oneof![
                     proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
                     proptest::collection::vec(
-                        (prop_oneof![
-                            Just("data".to_string()),
-                            Just("user_ids".to_string()),
-                            Just("group_ids".to_string()),
-                            Just("client_ids".to_string()),
-                            "[a-z]{1,3}",
-                        ], inner),
+                        (
+                            prop_oneof![
+                                Just("data".to_string()),
+                                Just("user_ids".to_string()),
+                                Just("group_ids".to_string()),
+                                Just("client_ids".to_string()),
+                                "[a-z]{1,3}",
+                            ],
+                            inner
+                        ),
                         0..6,
                     )
                     .prop_map(|kv| Value::Object(kv.into_iter().collect())),
@@ -261,12 +266,20 @@ mod tests {
             // Mostly objects with the envelope's keys.
             prop_oneof![
                 tree.clone(),
-                (tree.clone(), proptest::option::of(tree.clone()), proptest::option::of(tree))
+                (
+                    tree.clone(),
+                    proptest::option::of(tree.clone()),
+                    proptest::option::of(tree)
+                )
                     .prop_map(|(d, u, g)| {
                         let mut m = serde_json::Map::new();
                         m.insert("data".into(), d);
-                        if let Some(u) = u { m.insert("user_ids".into(), u); }
-                        if let Some(g) = g { m.insert("group_ids".into(), g); }
+                        if let Some(u) = u {
+                            m.insert("user_ids".into(), u);
+                        }
+                        if let Some(g) = g {
+                            m.insert("group_ids".into(), g);
+                        }
                         Value::Object(m)
                     }),
             ]

@@ -22,7 +22,11 @@ fn dechunk(frame: &[u8]) -> Vec<u8> {
 /// What a client does with the de-chunked stream.
 fn records(stream: &str) -> Vec<String> {
     let mut parts: Vec<&str> = stream.split(SEPARATOR).collect();
-    assert_eq!(parts.pop(), Some(""), "stream does not end with a separator");
+    assert_eq!(
+        parts.pop(),
+        Some(""),
+        "stream does not end with a separator"
+    );
     parts
         .into_iter()
         .map(|p| p.replace("\r\n||\r\n", SEPARATOR))

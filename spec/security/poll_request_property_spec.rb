@@ -17,7 +17,7 @@ RSpec.describe MessageBus::Rack::PollRequest do
 
   # Bugs in poll_request.rb (owned by another developer; see the pending
   # examples): any of these reaches the client as a 500.
-  KNOWN_BUG = lambda do |klass, message|
+  known_bug = lambda do |klass, message|
     (klass == ArgumentError && message.start_with?("invalid byte sequence in UTF-8")) || klass == FloatDomainError
   end
 
@@ -41,7 +41,8 @@ RSpec.describe MessageBus::Rack::PollRequest do
   it "clamps or rejects an infinite JSON __seq (1e400)" do
     pending "BUG poll_request.rb to_seq: Float::INFINITY.to_i raises FloatDomainError (500)"
     result = parse(%({"/a":1,"__seq":1e400}), content_type: "application/json")
-    expect(result.is_a?(Integer) ? result : result.seq).to satisfy { |v| v.is_a?(Integer) }
+    expect(result).to be_a(described_class)
+    expect(result.seq).to be_a(Integer)
   end
 
   let(:rng) { Random.new(RSpec.configuration.seed) }
@@ -57,10 +58,10 @@ RSpec.describe MessageBus::Rack::PollRequest do
     case rng.rand(8)
     when 0 then random_bytes(12)
     when 1 then "/chan/#{rng.rand(5)}"
-    when 2 then "/#{pick("é", "✓", "\u0000", "$|$", "|", "$$123$$", " ", "%", "\xFF".b, "\xC3".b)}x".b
+    when 2 then "/#{pick('é', '✓', "\u0000", '$|$', '|', '$$123$$', ' ', '%', "\xFF".b, "\xC3".b)}x".b
     when 3 then "__seq"
     when 4 then ""
-    when 5 then pick("9" * rng.rand(1..60), "-#{"9" * rng.rand(1..60)}", "1e400", "-1e400", "1.5", " 3 ", "0x10", "NaN")
+    when 5 then pick("9" * rng.rand(1..60), "-#{'9' * rng.rand(1..60)}", "1e400", "-1e400", "1.5", " 3 ", "0x10", "NaN")
     when 6 then rng.rand(-(2**70)..(2**70)).to_s
     else "/c#{rng.rand(3)}"
     end
@@ -98,11 +99,11 @@ RSpec.describe MessageBus::Rack::PollRequest do
   def json_object_text
     members = Array.new(rng.rand(0..6)) do
       key = pick("__seq", "/a", "/a", "/b", random_text.dup.force_encoding(Encoding::UTF_8).scrub)
-      value = pick(JSON.generate(json_value), "1e400", "-1e400", "1#{"0" * rng.rand(1..400)}", "-0", "1.0e-400",
+      value = pick(JSON.generate(json_value), "1e400", "-1e400", "1#{'0' * rng.rand(1..400)}", "-0", "1.0e-400",
                    JSON.generate(json_value))
       "#{JSON.generate(key)}:#{value}"
     end
-    text = "{#{members.join(",")}}"
+    text = "{#{members.join(',')}}"
     case rng.rand(12)
     when 0 then text[0, rng.rand(text.size + 1)]
     when 1 then text.b.sub("/a", "/\xFF\xFEa".b)
@@ -116,7 +117,12 @@ RSpec.describe MessageBus::Rack::PollRequest do
   def random_env
     json = rng.rand(2).zero?
     body = json ? json_object_text : form_body
-    content_type = json ? pick("application/json", "application/json; charset=utf-8") : pick("application/x-www-form-urlencoded", nil, "text/plain")
+    content_type = if json
+                     pick("application/json",
+                          "application/json; charset=utf-8")
+                   else
+                     pick("application/x-www-form-urlencoded", nil, "text/plain")
+                   end
     opts = { method: "POST", input: body.b }
     opts["CONTENT_TYPE"] = content_type if content_type
     opts["HTTP_X_SITE_ID"] = "s1" if rng.rand(2).zero?
@@ -148,10 +154,10 @@ RSpec.describe MessageBus::Rack::PollRequest do
         raise if ENV["MB_PROP_STRICT"] == "1"
 
         where = e.backtrace.find { |l| l.include?("lib/message_bus") }.to_s[/[\w.]+:\d+/]
-        (failures[[e.class, where]] ||= []) << "#{e.message[0, 80]} for #{body.inspect[0, 120]} (#{env["CONTENT_TYPE"].inspect})"
+        (failures[[e.class, where]] ||= []) << "#{e.message[0, 80]} for #{body.inspect[0, 120]} (#{env['CONTENT_TYPE'].inspect})"
       end
     end
-    known, unknown = failures.partition { |(klass, _), list| KNOWN_BUG.call(klass, list.first) }
+    known, unknown = failures.partition { |(klass, _), list| known_bug.call(klass, list.first) }
     known.each { |k, v| warn "  known bug (pending examples below) #{k.inspect}: #{v.size}x, e.g. #{v.first}" }
     expect(unknown.to_h).to be_empty
     # Both outcomes must be well represented, or the generator is too narrow.

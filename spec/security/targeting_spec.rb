@@ -11,6 +11,8 @@
 #   backlog, chunked long poll   (poll from 0: backlog is the first chunk)
 #   backlog, Dont-Chunk          (poll from 0: immediate answer)
 # Seeded from the RSpec seed. Rounds via MB_TARGETING_ROUNDS.
+TargetIdentity = Struct.new(:client_id, :user_id, :group_ids, :site)
+
 RSpec.describe "Targeting and site isolation through every transport", :integration do
   include ServerHelpers
 
@@ -23,13 +25,12 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
 
   let(:server) { @server }
   let(:rng) { Random.new(RSpec.configuration.seed) }
-  Identity = Struct.new(:client_id, :user_id, :group_ids, :site)
 
   def pick(list) = list[rng.rand(list.size)]
   def subset(list) = list.select { rng.rand(2).zero? }
 
   def random_identity(index)
-    Identity.new("c#{pick(%w[a b])}#{index}", pick([nil, 1, 2, "1", 1.0]), subset([10, 11, "10", 10.0]), pick(%w[a b]))
+    TargetIdentity.new("c#{pick(%w[a b])}#{index}", pick([nil, 1, 2, "1", 1.0]), subset([10, 11, "10", 10.0]), pick(%w[a b]))
   end
 
   # Lists as the publisher passes them (JSON: integers, floats and strings survive).
@@ -143,12 +144,12 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
     publish_via(server, "/same", "for-a", site_id: "a")
     publish_via(server, "/same", "for-b", site_id: "b")
     %w[a b].each do |site|
-      who = Identity.new("x", nil, [], site)
-      seen = body_payloads(read_all(open_request(server.port, poll_request("x", form([["/same", "0"]]), query: "dlp=t",
-                                                                           headers: headers_for(who)))))
+      who = TargetIdentity.new("x", nil, [], site)
+      request = poll_request("x", form([["/same", "0"]]), query: "dlp=t", headers: headers_for(who))
+      seen = body_payloads(read_all(open_request(server.port, request)))
       expect(data_seen(seen, "/same")).to eq(["for-#{site}"])
     end
-    who = Identity.new("x", nil, [], "a")
+    who = TargetIdentity.new("x", nil, [], "a")
     ["/same$|$b", "/x$|$"].each do |channel|
       status, = http(server.port, "POST", "/message-bus/x/poll?dlp=t", form([[channel, "0"]]),
                      headers_for(who, "Content-Type" => "application/x-www-form-urlencoded"))
@@ -160,10 +161,10 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
     channels = ["/p|q", "/p$$123$$q", "/p q", "/ü✓", "/p|q|r", "/p"]
     ids = channels.map { |c| publish_via(server, c, "data of #{c}", site_id: "a") }
     expect(ids).to all(be_a(Integer))
-    who = Identity.new("k", nil, [], "a")
+    who = TargetIdentity.new("k", nil, [], "a")
     channels.each do |c|
-      seen = body_payloads(read_all(open_request(server.port, poll_request("k", form([[c, "0"]]), query: "dlp=t",
-                                                                           headers: headers_for(who))))).flatten
+      request = poll_request("k", form([[c, "0"]]), query: "dlp=t", headers: headers_for(who))
+      seen = body_payloads(read_all(open_request(server.port, request))).flatten
       expect(seen.map { |m| m["data"] }).to eq(["data of #{c}"])
       # Q19 (kept): a literal $$123$$ reads back as | where the wire string is parsed (Redis).
       expect([c, c.gsub("$$123$$", "|")]).to include(seen.first["channel"])
@@ -177,7 +178,7 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
       expect(redis.call("ZCARD", "__mb_backlog_n_#{key}").strip).to eq("1"), key
       expect(redis.call("GET", "__mb_backlog_id_n_#{key}").strip).to eq("1"), key
       member = redis.call("ZRANGE", "__mb_backlog_n_#{key}", "0", "-1").strip
-      expect(member.split("|", 3)[2]).to start_with("#{key.gsub("|", "$$123$$")}|{\"data\":\"data of #{c}\"")
+      expect(member.split("|", 3)[2]).to start_with("#{key.gsub('|', '$$123$$')}|{\"data\":\"data of #{c}\"")
     end
   end
 
