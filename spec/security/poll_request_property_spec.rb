@@ -157,6 +157,8 @@ RSpec.describe MessageBus::Rack::PollRequest do
         (failures[[e.class, where]] ||= []) << "#{e.message[0, 80]} for #{body.inspect[0, 120]} (#{env['CONTENT_TYPE'].inspect})"
       end
     end
+    warn "  #{iterations} bodies: #{outcomes[:parsed]} parsed, #{outcomes[:rejected]} rejected with 4xx, " \
+         "#{failures.values.sum(&:size)} other exceptions"
     known, unknown = failures.partition { |(klass, _), list| known_bug.call(klass, list.first) }
     known.each { |k, v| warn "  known bug (pending examples below) #{k.inspect}: #{v.size}x, e.g. #{v.first}" }
     expect(unknown.to_h).to be_empty
