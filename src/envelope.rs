@@ -20,6 +20,13 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn parse(text: &str) -> Result<Envelope> {
+        // serde's derived struct visitor also accepts a JSON array of the
+        // fields in order (`[data, user_ids, ...]`); the codec only writes objects.
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidMessage(
+                "message envelope is not the JSON codec's format: not a JSON object".to_string(),
+            ));
+        }
         serde_json::from_str(text).map_err(|e| {
             Error::InvalidMessage(format!(
                 "message envelope is not the JSON codec's format: {e}"
@@ -133,5 +140,149 @@ mod tests {
     fn rejects_foreign_formats() {
         assert!(Envelope::parse("not json").is_err());
         assert!(Envelope::parse(r#"{"user_ids":null}"#).is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Target values of a few types: integers, the same as floats and as
+        /// strings, so that type-sensitivity (§9 Q46) is exercised.
+        fn id() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                (0i64..4).prop_map(|n| json!(n)),
+                (0i64..4).prop_map(|n| json!(n as f64)),
+                (0i64..4).prop_map(|n| json!(n.to_string())),
+            ]
+        }
+
+        fn ids() -> impl Strategy<Value = Option<Vec<Value>>> {
+            proptest::option::of(proptest::collection::vec(id(), 0..4))
+        }
+
+        fn client_ids() -> impl Strategy<Value = Option<Vec<Value>>> {
+            proptest::option::of(proptest::collection::vec(
+                prop_oneof![Just(json!("a")), Just(json!("b")), Just(json!(1))],
+                0..3,
+            ))
+        }
+
+        /// COMPAT.md §3.5, written out independently of `allows`.
+        fn model(
+            users: &Option<Vec<Value>>,
+            groups: &Option<Vec<Value>>,
+            clients: &Option<Vec<Value>>,
+            who: &Identity,
+        ) -> bool {
+            let client_ok = match clients {
+                None => true,
+                Some(c) => c.is_empty() || c.contains(&json!(who.client_id)),
+            };
+            let num = |v: &Value| v.as_f64();
+            let users = users.clone().unwrap_or_default();
+            let groups = groups.clone().unwrap_or_default();
+            // Ruby `==`: 1 == 1.0, 1 != "1", nil never matches.
+            let user_ok = !who.user_id.is_null()
+                && users.iter().any(|u| match (u, &who.user_id) {
+                    (Value::Number(_), Value::Number(_)) => num(u) == num(&who.user_id),
+                    _ => u == &who.user_id,
+                });
+            // Hash equality: same type (integer vs float) and same value.
+            let group_ok = groups.iter().any(|g| {
+                who.group_ids
+                    .iter()
+                    .any(|m| g == m && g.is_f64() == m.is_f64())
+            });
+            client_ok && (user_ok || group_ok || (users.is_empty() && groups.is_empty()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Arbitrary text never panics the parser.
+            #[test]
+            fn parse_never_panics(text in "\\PC*") {
+                let _ = Envelope::parse(&text);
+            }
+
+            /// Arbitrary JSON (nested, wrong types, extra keys) never panics; the
+            /// envelope parses iff `data` is present and the lists are lists or null.
+            #[test]
+            fn parse_arbitrary_json(v in arbitrary_json()) {
+                let text = v.to_string();
+                let parsed = Envelope::parse(&text);
+                let ok_list = |k: &str| v.get(k).is_none_or(|x| x.is_null() || x.is_array());
+                let expected = v.is_object() && v.get("data").is_some()
+                    && ok_list("user_ids") && ok_list("group_ids") && ok_list("client_ids");
+                prop_assert_eq!(parsed.is_ok(), expected, "{}", text);
+                if let Ok(e) = parsed {
+                    prop_assert_eq!(e.data.get(), v["data"].to_string());
+                }
+            }
+
+            /// Targets: `allows` is exactly the §3.5 rule.
+            #[test]
+            fn targets_follow_the_rule(users in ids(), groups in ids(), clients in client_ids(),
+                                       user in prop_oneof![Just(Value::Null), id()],
+                                       mine in proptest::collection::vec(id(), 0..3),
+                                       client in prop_oneof![Just("a"), Just("b"), Just("1")]) {
+                let text = json!({"data": "x", "user_ids": users, "group_ids": groups,
+                                  "client_ids": clients}).to_string();
+                let e = Envelope::parse(&text).unwrap();
+                let who = who(user, mine, client);
+                prop_assert_eq!(e.allows(&who), model(&users, &groups, &clients, &who), "{}", text);
+            }
+        }
+
+        fn arbitrary_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "\\PC{0,8}".prop_map(Value::from),
+            ];
+            let tree = leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("data".to_string()),
+                                Just("user_ids".to_string()),
+                                Just("group_ids".to_string()),
+                                Just("client_ids".to_string()),
+                                "[a-z]{1,3}",
+                            ],
+                            inner
+                        ),
+                        0..6,
+                    )
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            });
+            // Mostly objects with the envelope's keys.
+            prop_oneof![
+                tree.clone(),
+                (
+                    tree.clone(),
+                    proptest::option::of(tree.clone()),
+                    proptest::option::of(tree)
+                )
+                    .prop_map(|(d, u, g)| {
+                        let mut m = serde_json::Map::new();
+                        m.insert("data".into(), d);
+                        if let Some(u) = u {
+                            m.insert("user_ids".into(), u);
+                        }
+                        if let Some(g) = g {
+                            m.insert("group_ids".into(), g);
+                        }
+                        Value::Object(m)
+                    }),
+            ]
+        }
     }
 }

@@ -96,23 +96,22 @@ pub fn ruby_to_i(s: &str) -> i64 {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let mut value: i64 = 0;
+    // Accumulated wider than i64 so that i64::MIN round-trips; Ruby would
+    // make a Bignum, we clamp to the i64 range.
+    let mut value: i128 = 0;
     let mut previous_digit = false;
     for b in digits.bytes() {
         match b {
             b'0'..=b'9' => {
-                value = value.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+                value = (value * 10 + i128::from(b - b'0')).min(i128::from(i64::MAX) + 1);
                 previous_digit = true;
             }
             b'_' if previous_digit => previous_digit = false,
             _ => break,
         }
     }
-    if negative {
-        -value
-    } else {
-        value
-    }
+    let value = if negative { -value } else { value };
+    value.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
@@ -168,5 +167,73 @@ mod tests {
     fn rejects_strings_without_three_pipes() {
         assert!(Message::decode("1|2|/chan").is_err());
         assert!(Message::decode("garbage").is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever arrives from Redis or NOTIFY: never a panic; with three
+            /// pipes it decodes, and the data is everything after the third one.
+            #[test]
+            fn decode_never_panics(wire in "\\PC*") {
+                let pipes = wire.matches('|').count();
+                match Message::decode(&wire) {
+                    Ok(m) => {
+                        prop_assert!(pipes >= 3);
+                        prop_assert!(wire.ends_with(&m.data));
+                    }
+                    Err(_) => prop_assert!(pipes < 3),
+                }
+            }
+
+            /// Wire-like strings: digits, pipes, the escape and the site token.
+            #[test]
+            fn decode_wire_like(wire in "([0-9_+ -]|\\||\\$\\$123\\$\\$|\\$\\|\\$|[a-z/])*") {
+                let _ = Message::decode(&wire);
+            }
+
+            /// encode -> decode is the identity (ids from storage are >= 0, but
+            /// any i64 round-trips) for channels without `$`...
+            #[test]
+            fn round_trip(gid in any::<i64>(), mid in any::<i64>(),
+                          channel in "[^$]*", data in "\\PC*") {
+                let m = Message::new(gid, mid, channel, data);
+                prop_assert_eq!(Message::decode(&m.encode()).unwrap(), m.clone());
+                let without = m.encode_without_ids();
+                let (c, d) = without.split_once('|').unwrap();
+                prop_assert_eq!(unescape_channel(c), m.channel);
+                prop_assert_eq!(d, m.data);
+            }
+
+            /// ...and for any channel the ids and data survive; the channel
+            /// comes back as `unescape(escape(c))` (lossy only for a literal
+            /// `$$123$$`, §9 Q19).
+            #[test]
+            fn round_trip_any_channel(gid in 0..i64::MAX, mid in 0..i64::MAX,
+                                      channel in "(\\$|\\||1|2|3|/|a|\\$\\|\\$)*",
+                                      data in "(\\||[a-z{}:\"])*") {
+                let m = Message::new(gid, mid, channel.clone(), data.clone());
+                let back = Message::decode(&m.encode()).unwrap();
+                prop_assert_eq!((back.global_id, back.message_id), (gid, mid));
+                prop_assert_eq!(&back.data, &data);
+                prop_assert_eq!(back.channel, unescape_channel(&escape_channel(&channel)));
+                if !channel.contains('$') {
+                    prop_assert_eq!(unescape_channel(&escape_channel(&channel)), channel);
+                }
+            }
+
+            /// `ruby_to_i` agrees with Rust parsing on plain integers and never
+            /// panics on anything.
+            #[test]
+            fn to_i_matches_integers(n in any::<i64>(), junk in "\\PC*") {
+                prop_assert_eq!(ruby_to_i(&n.to_string()), n);
+                prop_assert_eq!(ruby_to_i(&format!("{n}x{junk}")), n);
+                let _ = ruby_to_i(&junk);
+            }
+        }
     }
 }

@@ -15,9 +15,10 @@ MessageBus.configure(
   keepalive_interval: 0,
   long_polling_interval: Integer(ENV.fetch("MB_LONG_POLLING_INTERVAL", "2000")),
   max_active_clients: Integer(ENV.fetch("MB_MAX_ACTIVE_CLIENTS", "1000")),
-  allow_broadcast: ENV["MB_ALLOW_BROADCAST"] == "1",
   base_route: ENV.fetch("MB_BASE_ROUTE", "/")
 )
+# MB_DEFAULT_BROADCAST=1 leaves allow_broadcast unset (the computed default).
+MessageBus.configure(allow_broadcast: ENV["MB_ALLOW_BROADCAST"] == "1") unless ENV["MB_DEFAULT_BROADCAST"] == "1"
 MessageBus.reset! if ENV["MB_RESET"] == "1"
 MessageBus.user_id_lookup { |env| env["HTTP_X_USER_ID"] && JSON.parse(env["HTTP_X_USER_ID"]) }
 MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"] && JSON.parse(env["HTTP_X_GROUP_IDS"]) }

@@ -7,6 +7,13 @@
 //!
 //! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
 //!          [--server-pid PID] [--deadline S]
+//!          [--publishers K] [--duration S] [--external-publishers]
+//!
+//! Soak mode (`bench/soak`): `--duration S` makes K publishers (`--publishers`,
+//! default 1) each publish `S * 1000 / I` messages I ms apart, message number
+//! `p + K * i`; with `--external-publishers` the driver publishes nothing
+//! (other processes do, same numbering) and waits S seconds after printing
+//! `READY`. The server's RSS and open fds are reported at start and end.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +33,9 @@ struct Options {
     chunked: bool,
     server_pid: Option<u32>,
     deadline: Duration,
+    publishers: usize,
+    duration: Option<Duration>,
+    external: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -49,6 +59,12 @@ fn options() -> Result<Options, String> {
         chunked: !args.iter().any(|a| a == "--no-chunk"),
         server_pid: value("--server-pid").and_then(|v| v.parse().ok()),
         deadline: Duration::from_secs(number("--deadline", 120)?),
+        publishers: (number("--publishers", 1)? as usize).max(1),
+        duration: value("--duration")
+            .map(|v| v.parse().map(Duration::from_secs))
+            .transpose()
+            .map_err(|_| "--duration needs a number of seconds".to_string())?,
+        external: args.iter().any(|a| a == "--external-publishers"),
     })
 }
 
@@ -65,6 +81,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+fn server_usage(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!(
+            "RSS {} KiB, {} open fds",
+            rss_kib(pid).map_or("?".into(), |v| v.to_string()),
+            fd_count(pid).map_or("?".into(), |v| v.to_string())
+        ),
+        None => "no --server-pid".into(),
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     received: AtomicU64,
@@ -73,6 +104,10 @@ struct Stats {
     errors: AtomicU64,
     ready: AtomicUsize,
     latencies: std::sync::Mutex<Vec<u64>>,
+    /// Set at the drain deadline: clients stop after their current poll.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Per message number, how many clients never received it.
+    missing: std::sync::Mutex<Vec<u64>>,
 }
 
 /// What one client has seen: message numbers received, last message id.
@@ -238,13 +273,22 @@ async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: 
     };
     // Ramp up: only a few hundred connects in flight at once.
     let mut permit = Arc::clone(&gate).acquire_owned().await.ok();
-    while state.count < opts.messages {
+    while state.count < opts.messages && !stats.stopping.load(Ordering::Relaxed) {
         let result = poll_once(&opts, client, &mut state, &stats, &mut permit).await;
         if result.is_err() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    if state.count < opts.messages {
+        let mut missing = stats.missing.lock().unwrap_or_else(|e| e.into_inner());
+        missing.resize(opts.messages, 0);
+        for (n, seen) in state.seen.iter().enumerate() {
+            if !seen {
+                missing[n] += 1;
+            }
+        }
     }
 }
 
@@ -298,7 +342,13 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let opts = match options() {
-        Ok(o) if o.port != 0 => Arc::new(o),
+        Ok(mut o) if o.port != 0 => {
+            if let Some(d) = o.duration {
+                let per = (d.as_millis() / o.interval.as_millis().max(1)) as usize;
+                o.messages = per * o.publishers;
+            }
+            Arc::new(o)
+        }
         Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID]"),
         Err(e) => return eprintln!("{e}"),
     };
@@ -332,15 +382,55 @@ async fn main() {
     let connected_after = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = opts.server_pid.and_then(rss_kib);
-    for n in 0..opts.messages {
-        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n)).await {
-            Ok(Ok(())) => {}
-            _ => eprintln!("publish {n} failed"),
+    let usage_start = server_usage(opts.server_pid);
+    println!(
+        "READY: {} clients connected after {:.1} s; server {usage_start}",
+        stats.ready.load(Ordering::Relaxed),
+        connected_after.as_secs_f64()
+    );
+    let publish_failures = Arc::new(AtomicU64::new(0));
+    if opts.external {
+        tokio::time::sleep(opts.duration.unwrap_or_default()).await;
+    } else {
+        let k = opts.publishers;
+        let per = opts.messages / k;
+        let publishers: Vec<_> = (0..k)
+            .map(|p| {
+                let opts = Arc::clone(&opts);
+                let failures = Arc::clone(&publish_failures);
+                tokio::spawn(async move {
+                    for i in 0..per {
+                        let n = p + k * i;
+                        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            _ => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("publish {n} failed");
+                            }
+                        }
+                        tokio::time::sleep(opts.interval).await;
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            let _ = p.await;
         }
-        tokio::time::sleep(opts.interval).await;
     }
     // Every client stops once it has every message; the rest are cut off at the deadline.
     let stop = Instant::now() + opts.deadline;
+    {
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(stop.into()).await;
+            stats
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let stop = stop + Duration::from_secs(30); // current polls end within the long-polling interval
     for t in tasks {
         let remaining = stop.saturating_duration_since(Instant::now());
         let abort = t.abort_handle();
@@ -377,6 +467,28 @@ async fn main() {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    let missing = std::mem::take(&mut *stats.missing.lock().unwrap_or_else(|e| e.into_inner()));
+    let holes: Vec<String> = missing
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(n, c)| format!("{n}x{c}"))
+        .collect();
+    if !holes.is_empty() {
+        println!(
+            "missing (message number x clients), {} numbers: {}",
+            holes.len(),
+            holes.iter().take(40).cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
+    if opts.duration.is_some() {
+        println!(
+            "soak: {:.0} s, publish failures {}, server at start: {usage_start}; at end: {}",
+            started.elapsed().as_secs_f64(),
+            publish_failures.load(Ordering::Relaxed),
+            server_usage(opts.server_pid)
+        );
+    }
     if let (Some(before), Some(connected)) = (rss_before, rss_connected) {
         let per = (connected.saturating_sub(before) as f64 * 1024.0) / opts.clients.max(1) as f64;
         println!("server RSS: {before} KiB before, {connected} KiB with all clients waiting ({per:.0} bytes per client)");

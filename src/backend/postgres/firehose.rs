@@ -322,4 +322,51 @@ mod tests {
         assert!(has_hole(3, &[m(4), m(6)]));
         assert!(!has_hole(3, &[]));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// A NOTIFY payload is decoded with the wire parser: arbitrary
+            /// payloads never panic, and the unsubscribe marker is never a message.
+            #[test]
+            fn notification_payloads_never_panic(payload in "\\PC*") {
+                let _ = Message::decode(&payload);
+                prop_assert!(Message::decode(UNSUBSCRIBE).is_err());
+            }
+
+            /// A row as read back (id, channel, value) re-encoded as the NOTIFY
+            /// payload of the publish statement decodes to the same message.
+            #[test]
+            fn row_and_notification_agree(id in 1..i64::MAX, channel in "[^$]*", value in "\\PC*") {
+                let row = Message::new(id, id, channel, value);
+                prop_assert_eq!(Message::decode(&row.encode()).unwrap(), row);
+            }
+
+            /// Ids at the edges of i64 never overflow the delivery logic.
+            #[test]
+            fn steps_never_overflow(highest in any::<i64>(), id in any::<i64>(),
+                                    skipped in proptest::collection::btree_set(any::<i64>(), 0..4)) {
+                let step = next_step(highest, &skipped, id);
+                if highest < i64::MAX && id == highest + 1 {
+                    prop_assert_eq!(step, Step::Deliver);
+                } else if id > highest {
+                    prop_assert_eq!(step, Step::CatchUp);
+                }
+            }
+
+            /// `has_hole` is true exactly when the ascending rows are not the
+            /// contiguous run after `highest`.
+            #[test]
+            fn holes_match_contiguity(highest in 0i64..100,
+                                      ids in proptest::collection::btree_set(0i64..120, 0..8)) {
+                let rows: Vec<Message> = ids.iter().filter(|&&i| i > highest).map(|&i| m(i)).collect();
+                let contiguous = rows.iter().enumerate().all(|(k, r)| r.global_id == highest + 1 + k as i64);
+                prop_assert_eq!(has_hole(highest, &rows), !contiguous);
+            }
+        }
+    }
 }

@@ -149,4 +149,45 @@ mod tests {
             "redis+unix:///tmp/r.sock?db=3&pass=***"
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Any member read from `__mb_global_backlog_n`: never a panic; a
+            /// parse means an integer before the first pipe.
+            #[test]
+            fn global_member_never_panics(member in "\\PC*") {
+                if let Some((id, channel)) = parse_global_member(&member) {
+                    prop_assert_eq!(format!("{}|{}", member.split_once('|').unwrap().0, channel), member.clone());
+                    prop_assert_eq!(member.split_once('|').unwrap().0.parse::<i64>().ok(), Some(id));
+                }
+            }
+
+            /// What the publish script writes (`<message id>|<encoded channel>`)
+            /// comes back exactly, whatever the channel contains.
+            #[test]
+            fn global_member_round_trip(id in any::<i64>(), channel in "\\PC*") {
+                let member = format!("{id}|{channel}");
+                prop_assert_eq!(parse_global_member(&member), Some((id, channel.as_str())));
+            }
+
+            /// Key names are the prefix and the channel verbatim: two different
+            /// channels never share a key.
+            #[test]
+            fn keys_are_injective(a in "\\PC*", b in "\\PC*") {
+                prop_assert_eq!(backlog_key(&a) == backlog_key(&b), a == b);
+                prop_assert_eq!(backlog_id_key(&a) == backlog_id_key(&b), a == b);
+                prop_assert_ne!(backlog_key(&a), backlog_id_key(&b));
+            }
+
+            #[test]
+            fn redaction_never_panics(url in "\\PC*") {
+                let _ = redact_url(&url);
+            }
+        }
+    }
 }
