@@ -79,7 +79,9 @@ module MessageBus
         end
 
         pairs = body_pairs
-        raise BadRequest.new("too many channels in one poll (at most #{MAX_CHANNELS})", 413) if pairs.length > MAX_CHANNELS + 1
+        if pairs.count { |key, _| key != "__seq" } > MAX_CHANNELS
+          raise BadRequest.new("too many channels in one poll (at most #{MAX_CHANNELS})", 413)
+        end
 
         channels = {}
         pairs.each do |key, value|
@@ -107,9 +109,10 @@ module MessageBus
       end
 
       # Form pairs in order. Unlike URI.decode_www_form, invalid UTF-8 is
-      # reported rather than replaced.
+      # reported (by check_channel / to_last_id) rather than replaced; the body
+      # is split as bytes, which invalid UTF-8 cannot make fail.
       def decode_form(body)
-        body.split("&").filter_map do |pair|
+        body.b.split("&").filter_map do |pair|
           next if pair.empty?
 
           key, value = pair.split("=", 2)
@@ -117,10 +120,9 @@ module MessageBus
         end
       end
 
-      # `+` and valid %XX escapes decoded, anything else kept as is (the body
-      # is valid UTF-8 here: splitting it would have raised otherwise).
+      # `+` and valid %XX escapes decoded, anything else kept as is.
       def unescape(text)
-        CGI.unescape(text, Encoding::UTF_8)
+        CGI.unescape(text, Encoding::UTF_8).force_encoding(Encoding::UTF_8)
       end
 
       def parse_json(body)
@@ -157,7 +159,7 @@ module MessageBus
         when nil, "" then nil
         when Integer then clamp(value)
         when Float then value.finite? ? clamp(value.to_i) : invalid_id(channel, value)
-        when INTEGER then clamp(value.to_i)
+        when String then value.b.match?(INTEGER) ? clamp(value.to_i) : invalid_id(channel, value)
         else invalid_id(channel, value)
         end
       end
@@ -166,8 +168,12 @@ module MessageBus
         raise BadRequest, "invalid last id #{value.to_s[0, 40].inspect} for channel #{channel.to_s[0, 100].inspect}"
       end
 
+      # Any number; huge ones (even a JSON 1e400, which is Infinity) are clamped.
       def to_seq(value)
-        clamp(value.is_a?(Numeric) ? value.to_i : value.to_s.to_i)
+        return 0 if value.is_a?(Float) && value.nan?
+        return value.positive? ? SEQ_MAX : SEQ_MIN if value.is_a?(Float) && value.infinite?
+
+        clamp(value.is_a?(Numeric) ? value.to_i : value.to_s.b.to_i)
       end
 
       def clamp(value)
