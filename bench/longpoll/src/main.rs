@@ -36,6 +36,9 @@ struct Options {
     publishers: usize,
     duration: Option<Duration>,
     external: bool,
+    /// Like the browser client's `callbackInterval`: after a poll that
+    /// brought nothing, the next one starts this long after it (0: at once).
+    callback_interval: Duration,
 }
 
 fn options() -> Result<Options, String> {
@@ -59,6 +62,7 @@ fn options() -> Result<Options, String> {
         chunked: !args.iter().any(|a| a == "--no-chunk"),
         server_pid: value("--server-pid").and_then(|v| v.parse().ok()),
         deadline: Duration::from_secs(number("--deadline", 120)?),
+        callback_interval: Duration::from_millis(number("--callback-interval-ms", 0)?),
         publishers: (number("--publishers", 1)? as usize).max(1),
         duration: value("--duration")
             .map(|v| v.parse().map(Duration::from_secs))
@@ -208,6 +212,9 @@ async fn poll_once(
     let mut buf = Vec::with_capacity(4096);
     let mut scratch = vec![0u8; 8192];
     let mut body_start = None;
+    // A streaming request may still get a plain answer (the server's
+    // max_active_clients reached, or a backlog without chunking).
+    let mut plain = !opts.chunked;
     let mut records = 0usize; // de-chunked payload bytes consumed
     let mut dechunked: Vec<u8> = Vec::new();
     let mut chunk_pos = 0usize;
@@ -220,6 +227,9 @@ async fn poll_once(
         if body_start.is_none() {
             if let Some(end) = find(&buf, b"\r\n\r\n") {
                 body_start = Some(end + 4);
+                if content_length(&buf[..end + 4]).is_some() {
+                    plain = true;
+                }
                 chunk_pos = end + 4;
                 if permit.take().is_some() {
                     stats.ready.fetch_add(1, Ordering::Relaxed);
@@ -228,12 +238,12 @@ async fn poll_once(
         }
         // A non-streamed answer may come from Puma on a kept-alive
         // connection: it ends at its content-length, not at close.
-        if let (false, Some(start)) = (opts.chunked, body_start) {
+        if let (true, Some(start)) = (plain, body_start) {
             if content_length(&buf[..start]).is_some_and(|len| buf.len() >= start + len) {
                 break;
             }
         }
-        if opts.chunked && body_start.is_some() {
+        if !plain && body_start.is_some() {
             // De-chunk what is complete, then split records on the separator.
             while let Some(line_end) = find(&buf[chunk_pos..], b"\r\n") {
                 let size_text =
@@ -255,7 +265,7 @@ async fn poll_once(
             }
         }
     }
-    if !opts.chunked {
+    if plain {
         if let Some(start) = body_start {
             if !handle_payload(&buf[start..], state, stats).await {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -274,10 +284,24 @@ async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: 
     // Ramp up: only a few hundred connects in flight at once.
     let mut permit = Arc::clone(&gate).acquire_owned().await.ok();
     while state.count < opts.messages && !stats.stopping.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let before = state.count;
         let result = poll_once(&opts, client, &mut state, &stats, &mut permit).await;
         if result.is_err() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
+        } else if !opts.callback_interval.is_zero() {
+            // The browser client's schedule (COMPAT §7.4): 100 ms after data,
+            // else callbackInterval after the previous start, at least 100 ms.
+            let floor = Duration::from_millis(100);
+            let wait = if state.count > before {
+                floor
+            } else {
+                opts.callback_interval
+                    .saturating_sub(started.elapsed())
+                    .max(floor)
+            };
+            tokio::time::sleep(wait).await;
         }
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
     }
