@@ -63,6 +63,26 @@ impl NativeBackend {
         Ok(NativeBackend(Arc::new(backend)))
     }
 
+    /// Redis Sentinel: `node_url`'s host is the master name. Never connects.
+    fn redis_sentinel(
+        ruby: &Ruby,
+        node_url: RString,
+        sentinel_urls: RArray,
+        pubsub_channel: RString,
+    ) -> RbResult<Self> {
+        let node_url = rstring(ruby, node_url, "Redis URL")?;
+        let sentinel_urls = (0..sentinel_urls.len())
+            .map(|i| {
+                let url: RString = sentinel_urls.entry(i as isize)?;
+                rstring(ruby, url, "sentinel URL")
+            })
+            .collect::<RbResult<Vec<_>>>()?;
+        let pubsub_channel = rstring(ruby, pubsub_channel, "pub/sub channel")?;
+        let backend = RedisBackend::sentinel(&node_url, &sentinel_urls, &pubsub_channel)
+            .map_err(|e| to_ruby(ruby, e))?;
+        Ok(NativeBackend(Arc::new(backend)))
+    }
+
     /// Never connects: connections are made on first use.
     fn postgres(ruby: &Ruby, conninfo: RString, notify_channel: RString) -> RbResult<Self> {
         let conninfo = rstring(ruby, conninfo, "PostgreSQL connection string")?;
@@ -217,6 +237,10 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     class.undef_default_alloc_func();
     class.define_singleton_method("memory", magnus::function!(NativeBackend::memory, 0))?;
     class.define_singleton_method("redis", magnus::function!(NativeBackend::redis, 2))?;
+    class.define_singleton_method(
+        "redis_sentinel",
+        magnus::function!(NativeBackend::redis_sentinel, 3),
+    )?;
     class.define_singleton_method("postgres", magnus::function!(NativeBackend::postgres, 2))?;
     class.define_method("_setting", magnus::method!(NativeBackend::get_setting, 1))?;
     class.define_method(

@@ -12,6 +12,7 @@ module MessageBus
     class Redis < Base
       DEFAULT_HOST = "127.0.0.1"
       DEFAULT_PORT = 6379
+      DEFAULT_SENTINEL_PORT = 26_379
 
       # `config` is the bus configuration; only `config[:redis_config]`
       # reaches Redis (`url`, `host`, `port`, `db`, `username`, `password`,
@@ -19,12 +20,22 @@ module MessageBus
       # or `ssl: true`) verifies the server against the system's CA roots
       # (OpenSSL: `SSL_CERT_FILE` points it at another bundle); with
       # `ssl_params: { verify_mode: OpenSSL::SSL::VERIFY_NONE }` it does not.
+      #
+      # Redis Sentinel, as in redis-rb: `sentinels: [{ host:, port: }, ...]`
+      # (or "redis://host:port" strings), the master's name as the host of
+      # `url` (or `name:`), `role: :master`, and `db`, `username`, `password`,
+      # `ssl` for the master; `sentinel_username`/`sentinel_password` (or each
+      # entry's own) for the sentinels. The master is asked of the sentinels on
+      # every (re)connection.
       def initialize(config = {}, max_backlog_size = 1000)
         redis_config = config[:redis_config] || {}
-        @native = MessageBus::Native::Backend.redis(
-          self.class.url_for(redis_config),
-          self.class.pubsub_channel_for(redis_config)
-        )
+        channel = self.class.pubsub_channel_for(redis_config)
+        @native =
+          if redis_config[:sentinels] || redis_config["sentinels"]
+            MessageBus::Native::Backend.redis_sentinel(*self.class.sentinel_for(redis_config), channel)
+          else
+            MessageBus::Native::Backend.redis(self.class.url_for(redis_config), channel)
+          end
         super
       end
 
@@ -40,7 +51,7 @@ module MessageBus
       def self.url_for(redis_config)
         opts = {}
         redis_config.each { |key, value| opts[key.to_sym] = value }
-        raise ArgumentError, "message_bus: Redis Sentinel (:sentinels) is not supported yet" if opts[:sentinels]
+        raise ArgumentError, "message_bus: a Redis Sentinel config (:sentinels) has no single URL" if opts[:sentinels]
 
         parts = opts[:url] ? parse_url(opts[:url].to_s) : {}
         %i[host port db username password path].each { |k| parts[k] = opts[k] if opts.key?(k) && !opts[k].nil? }
@@ -49,6 +60,38 @@ module MessageBus
         url = build_url(parts)
         verify_none = opts.dig(:ssl_params, :verify_mode) == 0 # OpenSSL::SSL::VERIFY_NONE
         parts[:ssl] && verify_none ? "#{url}#insecure" : url
+      end
+
+      # `[master_url, sentinel_urls]` for a redis-rb style Sentinel config:
+      # the master URL's host is the master name.
+      def self.sentinel_for(redis_config)
+        opts = {}
+        redis_config.each { |key, value| opts[key.to_sym] = value }
+        role = opts.delete(:role)
+        unless role.nil? || role.to_s == "master"
+          raise ArgumentError, "message_bus: Redis Sentinel role #{role.inspect} is not supported (it writes: :master)"
+        end
+
+        sentinels = Array(opts.delete(:sentinels))
+        raise ArgumentError, "message_bus: Redis Sentinel config without sentinels" if sentinels.empty?
+
+        auth = { username: opts.delete(:sentinel_username), password: opts.delete(:sentinel_password) }
+        name = opts.delete(:name)
+        opts[:host] = name if name
+        [url_for(opts), sentinels.map { |sentinel| sentinel_url(sentinel, auth) }]
+      end
+
+      def self.sentinel_url(sentinel, auth)
+        return sentinel.to_s unless sentinel.is_a?(Hash)
+
+        entry = {}
+        sentinel.each { |key, value| entry[key.to_sym] = value }
+        parts = entry[:url] ? parse_url(entry[:url].to_s) : {}
+        %i[host port username password].each { |k| parts[k] = entry[k] unless entry[k].nil? }
+        %i[username password].each { |k| parts[k] ||= auth[k] if auth[k] }
+        parts[:port] ||= DEFAULT_SENTINEL_PORT
+        parts[:db] = 0
+        build_url(parts)
       end
 
       def self.parse_url(url)
@@ -106,7 +149,7 @@ module MessageBus
         URI.encode_www_form_component(value.to_s).gsub("+", "%20")
       end
 
-      private_class_method :parse_url, :unix_url_parts, :tcp_url_parts, :build_url, :escape
+      private_class_method :sentinel_url, :parse_url, :unix_url_parts, :tcp_url_parts, :build_url, :escape
     end
   end
 end

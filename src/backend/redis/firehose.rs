@@ -90,7 +90,12 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
             inner.url
         ))
     };
-    let pubsub = timeout(CONNECT_TIMEOUT, inner.client.get_async_pubsub())
+    let client = inner.client().await.map_err(|e| inner.to_error(e))?;
+    if inner.is_sentinel() {
+        // The master may have changed: read from the one subscribed to.
+        proc.conn.lock().take();
+    }
+    let pubsub = timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| timed_out("connecting"))?
         .map_err(|e| inner.to_error(e))?;

@@ -14,6 +14,10 @@
 //!
 //! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
 //! child never touches what it inherited (it is leaked) and builds its own.
+//!
+//! With Redis Sentinel the master is asked of the sentinels whenever a
+//! connection is (re)made: the command connection is dropped on READONLY and
+//! on connection errors, the pub/sub connection on every reconnect.
 
 mod firehose;
 pub mod keys;
@@ -24,7 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{cmd, pipe, Client, ErrorKind, RedisError, Script};
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use ::redis::{
+    cmd, pipe, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError,
+    Script, TlsMode,
+};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -46,6 +54,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to read the global id when a firehose starts.
 const START_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed to ask the sentinels for the master.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retry delays of the in-memory publish queue.
 const FLUSH_MIN_DELAY: Duration = Duration::from_millis(50);
 const FLUSH_MAX_DELAY: Duration = Duration::from_secs(1);
@@ -116,10 +126,23 @@ impl Delivery {
     }
 }
 
+/// Where the Redis is.
+enum Target {
+    /// A fixed address.
+    Direct(Client),
+    /// The master named `master` by the sentinels at `sentinels`, reached
+    /// with `node` (db, credentials, TLS).
+    Sentinel {
+        master: String,
+        sentinels: Vec<ConnectionInfo>,
+        node: SentinelNodeConnectionInfo,
+    },
+}
+
 struct Inner {
     settings: Settings,
     hub: Arc<Hub>,
-    client: Client,
+    target: Target,
     /// The URL without its password, for messages.
     url: String,
     pubsub_channel: String,
@@ -163,18 +186,89 @@ impl RedisBackend {
         let redacted = redact_url(url);
         let client = Client::open(url)
             .map_err(|e| Error::Argument(format!("invalid Redis URL {redacted}: {e}")))?;
-        Ok(RedisBackend {
+        Ok(Self::with_target(
+            Target::Direct(client),
+            redacted,
+            pubsub_channel,
+        ))
+    }
+
+    /// Redis Sentinel: `node_url` is a Redis URL whose host is the master
+    /// name (as in redis-rb) and whose db, credentials and TLS apply to the
+    /// master; `sentinel_urls` are the sentinels' own URLs. Never connects.
+    pub fn sentinel(
+        node_url: &str,
+        sentinel_urls: &[String],
+        pubsub_channel: &str,
+    ) -> Result<Self> {
+        let redacted = redact_url(node_url);
+        let info = node_url
+            .into_connection_info()
+            .map_err(|e| Error::Argument(format!("invalid Redis URL {redacted}: {e}")))?;
+        let (master, tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, _) => (host.clone(), None),
+            ConnectionAddr::TcpTls { host, insecure, .. } => (
+                host.clone(),
+                Some(if *insecure {
+                    TlsMode::Insecure
+                } else {
+                    TlsMode::Secure
+                }),
+            ),
+            _ => {
+                return Err(Error::Argument(format!(
+                    "Redis Sentinel needs a master name, not {redacted}"
+                )))
+            }
+        };
+        if sentinel_urls.is_empty() {
+            return Err(Error::Argument("Redis Sentinel: no sentinels given".into()));
+        }
+        let sentinels = sentinel_urls
+            .iter()
+            .map(|url| {
+                url.as_str().into_connection_info().map_err(|e| {
+                    Error::Argument(format!("invalid sentinel URL {}: {e}", redact_url(url)))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(info.redis_settings().clone());
+        if let Some(tls) = tls {
+            node = node.set_tls_mode(tls);
+        }
+        let shown = format!(
+            "sentinel master {master} (via {})",
+            sentinel_urls
+                .iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(Self::with_target(
+            Target::Sentinel {
+                master,
+                sentinels,
+                node,
+            },
+            shown,
+            pubsub_channel,
+        ))
+    }
+
+    fn with_target(target: Target, url: String, pubsub_channel: &str) -> Self {
+        RedisBackend {
             inner: Arc::new(Inner {
                 settings: Settings::default(),
                 hub: Hub::new(),
-                client,
-                url: redacted,
+                target,
+                url,
                 pubsub_channel: pubsub_channel.to_string(),
                 script: Script::new(PUBLISH_SCRIPT),
                 dropped: AtomicU64::new(0),
                 state: PerProcess::default(),
             }),
-        })
+        }
     }
 
     pub fn pubsub_channel(&self) -> &str {
@@ -201,23 +295,78 @@ impl Inner {
         }
     }
 
-    fn conn(&self, proc: &ProcState) -> Result<ConnectionManager> {
-        self.conn_raw(proc).map_err(|e| self.to_error(e))
+    fn is_sentinel(&self) -> bool {
+        matches!(self.target, Target::Sentinel { .. })
+    }
+
+    /// A client for the Redis: with sentinels, for the master they name now.
+    /// A failed lookup is a connection error (the publish is queued).
+    async fn client(&self) -> std::result::Result<Client, RedisError> {
+        let (master, sentinels, node) = match &self.target {
+            Target::Direct(client) => return Ok(client.clone()),
+            Target::Sentinel {
+                master,
+                sentinels,
+                node,
+            } => (master, sentinels, node),
+        };
+        let lookup = async {
+            let mut sentinel = SentinelClient::build(
+                sentinels.clone(),
+                master.clone(),
+                Some(node.clone()),
+                SentinelServerType::Master,
+            )?;
+            sentinel.async_get_client().await
+        };
+        let failed = |what: String| {
+            RedisError::from((
+                ErrorKind::Io,
+                "Redis Sentinel lookup failed",
+                format!("master {master}: {what}"),
+            ))
+        };
+        match tokio::time::timeout(SENTINEL_TIMEOUT, lookup).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) if is_connection(&e) => Err(e),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("timed out".into())),
+        }
+    }
+
+    /// After a failed command: forget a connection that may point at a node
+    /// that is no longer the master, so that the next command looks it up.
+    fn after_error(&self, proc: &ProcState, e: &RedisError) {
+        if is_readonly(e) || (self.is_sentinel() && is_connection(e)) {
+            proc.conn.lock().take();
+        }
+    }
+
+    async fn conn(&self, proc: &ProcState) -> Result<ConnectionManager> {
+        self.conn_raw(proc).await.map_err(|e| self.to_error(e))
     }
 
     /// The shared multiplexed connection of this process, made on first use.
-    fn conn_raw(&self, proc: &ProcState) -> std::result::Result<ConnectionManager, RedisError> {
-        let mut slot = proc.conn.lock();
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
+    async fn conn_raw(
+        &self,
+        proc: &ProcState,
+    ) -> std::result::Result<ConnectionManager, RedisError> {
+        let existing = proc.conn.lock().clone();
+        if let Some(conn) = existing {
+            return Ok(conn);
         }
+        let client = self.client().await?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let mut slot = proc.conn.lock();
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -225,15 +374,16 @@ impl Inner {
     /// Runs one command on the shared multiplexed connection.
     async fn query<T: ::redis::FromRedisValue>(&self, command: &::redis::Cmd) -> Result<T> {
         let proc = self.proc();
-        let mut conn = self.conn(&proc)?;
-        command
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.to_error(e))
+        let mut conn = self.conn(&proc).await?;
+        command.query_async(&mut conn).await.map_err(|e| {
+            self.after_error(&proc, &e);
+            self.to_error(e)
+        })
     }
 
     /// Runs the publish script; on READONLY the connection is dropped so that
-    /// the next attempt reconnects (the name may point at a new primary).
+    /// the next attempt reconnects (the name, or the sentinels, may point at
+    /// a new primary).
     async fn publish_now(
         &self,
         proc: &ProcState,
@@ -249,7 +399,7 @@ impl Inner {
             .max_backlog_size
             .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
         let global_size = Settings::get(&s.max_global_backlog_size);
-        let mut conn = self.conn_raw(proc)?;
+        let mut conn = self.conn_raw(proc).await?;
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(GLOBAL_ID_KEY)
@@ -265,9 +415,7 @@ impl Inner {
             .arg(channel);
         let result = invocation.invoke_async(&mut conn).await;
         if let Err(e) = &result {
-            if is_readonly(e) {
-                proc.conn.lock().take();
-            }
+            self.after_error(proc, e);
         }
         result
     }
@@ -388,11 +536,11 @@ impl Inner {
             pipeline.cmd("ZRANGEBYSCORE").arg(key).arg(*id).arg(*id);
         }
         let proc = self.proc();
-        let mut conn = self.conn(&proc)?;
-        let results: Vec<Vec<Vec<u8>>> = pipeline
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.to_error(e))?;
+        let mut conn = self.conn(&proc).await?;
+        let results: Vec<Vec<Vec<u8>>> = pipeline.query_async(&mut conn).await.map_err(|e| {
+            self.after_error(&proc, &e);
+            self.to_error(e)
+        })?;
         Ok(entries
             .iter()
             .zip(results.iter())
