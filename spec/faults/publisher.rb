@@ -15,6 +15,7 @@ require "logger"
 config_json, channel, count, interval_ms = ARGV
 config = JSON.parse(config_json, symbolize_names: true)
 config[:backend] = config[:backend].to_sym
+from = config.delete(:data_from) # tags the data when several publishers share a channel
 $stdout.sync = true
 
 bus = MessageBus::Instance.new
@@ -26,7 +27,7 @@ interval = interval_ms.to_f / 1000
 1.upto(Integer(count)) do |i|
   line = { i: i }
   begin
-    id = bus.publish(channel, { "i" => i })
+    id = bus.publish(channel, from ? { "i" => i, "from" => from } : { "i" => i })
     line[:r] = id ? "id" : "queued"
     line[:id] = id
   rescue StandardError => e
