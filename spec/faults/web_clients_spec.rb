@@ -29,9 +29,10 @@ RSpec.describe "Faults with web clients on a Puma cluster", :integration do
         socket&.close
       end
       records(raw).each do |m|
-        if m["channel"] == "/__status"
+        case m["channel"]
+        when "/__status"
           last = m["data"][channel] if m["data"].key?(channel)
-        elsif m["channel"] == channel
+        when channel
           received << [m["data"]["from"], m["data"]["i"]]
           last = m["message_id"]
         end
