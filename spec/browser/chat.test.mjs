@@ -66,6 +66,8 @@ test("bin/demo: users chat, private messages reach only their addressee, history
   await say(alice, "hello from alice");
   for (const page of everyone) await seen(page, "messages", "hello from alice");
   await say(bob, "hi alice ✓ <b>not bold</b>");
+  // bob's message is published before carol sends (two pages' POSTs would race)
+  await seen(bob, "messages", "hi alice");
   await say(carol, "hey both");
   for (const page of everyone) await seen(page, "messages", "hey both");
   for (const page of everyone) {
