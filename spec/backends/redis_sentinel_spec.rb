@@ -65,12 +65,12 @@ RSpec.describe "Redis backend through Sentinel", if: PrivateRedis.available? do
     expect(cli(@master, "GET", "__mb_global_id_n")).to start_with("1")
 
     # The replica must be in sync and known to the sentinel to be promoted.
-    wait_for(timeout: 10, message: "the replica to sync") do
+    wait_for(timeout: 30, message: "the replica to sync (sentinels learn replicas from INFO every 10 s)") do
       sleep 0.05
       cli(@replica, "INFO", "replication").include?("master_link_status:up") &&
         cli(@sentinel, "SENTINEL", "REPLICAS", "mymaster").include?(@replica.to_s)
     end
-    wait_for(timeout: 10, message: "SENTINEL FAILOVER to be accepted") do
+    wait_for(timeout: 20, message: "SENTINEL FAILOVER to be accepted") do
       sleep 0.1
       cli(@sentinel, "SENTINEL", "FAILOVER", "mymaster").start_with?("OK")
     end
