@@ -126,6 +126,18 @@ const TRIM_MARGIN: i64 = 1000;
 const FULL_TRIM_EVERY: u64 = 1000;
 
 impl Inner {
+    /// The message of `channel` with id `id` whose stored value is column `value_column` of `row`.
+    fn channel_message(
+        &self,
+        row: &tokio_postgres::Row,
+        value_column: usize,
+        id: i64,
+        channel: &str,
+    ) -> Result<Message> {
+        let value: String = row.try_get(value_column).map_err(|e| self.to_error(e))?;
+        Ok(Message::new(id, id, channel, value))
+    }
+
     /// The lower bound (exclusive) of the rows the next trim looks at.
     fn trim_floor(&self) -> i64 {
         if self
@@ -574,8 +586,7 @@ impl Backend for PostgresBackend {
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get(0).map_err(|e| inner.to_error(e))?;
-                let value: String = r.try_get(1).map_err(|e| inner.to_error(e))?;
-                Ok(Message::new(id, id, channel, value))
+                inner.channel_message(r, 1, id, channel)
             })
             .collect()
     }
@@ -590,10 +601,7 @@ impl Backend for PostgresBackend {
             .query(|s| &s.get_message, &[&channel, &message_id])
             .await?;
         rows.first()
-            .map(|r| {
-                let value: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
-                Ok(Message::new(message_id, message_id, channel, value))
-            })
+            .map(|r| inner.channel_message(r, 0, message_id, channel))
             .transpose()
     }
 
