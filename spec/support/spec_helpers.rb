@@ -12,11 +12,14 @@ module SpecHelpers
   end
 
   # Backend configuration for a fresh, empty store of the selected backend.
-  # `store` picks one of several separate stores (Redis databases 9, 10, ...).
+  # `store` picks one of several separate stores (Redis databases 9, 10, ...;
+  # MB_SPEC_REDIS_DB moves the first one, so that two suites can run at once).
   def self.backend_config(store: 0)
     case backend_name
     when :memory then { backend: :memory }
-    when :redis then { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: 9 + store } }
+    when :redis
+      db = Integer(ENV.fetch("MB_SPEC_REDIS_DB", "9")) + store
+      { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: db } }
     when :postgres then { backend: :postgres, backend_options: postgres_options(store) }
     else raise "unknown MESSAGE_BUS_BACKEND #{backend_name}"
     end
