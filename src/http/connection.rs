@@ -1,25 +1,30 @@
 //! The task that owns one hijacked long-poll socket: it writes the head and
-//! the backlog, streams live messages, and closes on timeout, on replacement,
-//! on peer close or when it cannot keep up (COMPAT.md §3.9, §3.10).
+//! the backlog, finishes what the fan-out threads could not write at once,
+//! and closes on timeout, on replacement, on peer close or when the client
+//! cannot keep up (COMPAT.md §3.9, §3.10).
 
-use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::backend::Backend;
 use crate::client::{self, Requested};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::fanout::{Admission, Event, Fanout, Parked, QUEUE_BOUND};
-use crate::gate::Gate;
+use crate::fanout::{Admission, Fanout, Next, Outbox, Parked};
 use crate::http::frame;
 use crate::http::json::payload;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A write that cannot complete in this time closes the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,11 +42,22 @@ pub struct Session {
     pub timeout: Duration,
 }
 
+/// How a parked connection answers.
+pub struct View {
+    pub chunked: bool,
+    pub head_prefix: Arc<[u8]>,
+    pub timeout: Duration,
+}
+
 struct Conn {
-    stream: TcpStream,
-    session: Session,
-    kill: Arc<Notify>,
+    stream: Arc<TcpStream>,
+    parked: Arc<Parked>,
+    view: View,
     head_written: bool,
+    /// Taken when the task starts answering (boxed: idle connections keep
+    /// only the pointer).
+    start: Option<Box<Start>>,
+    fanout: Arc<Fanout>,
 }
 
 enum Closed {
@@ -49,6 +65,8 @@ enum Closed {
     Gracefully,
     /// The peer went away or cannot keep up: just drop the socket.
     Abruptly,
+    /// The response is complete.
+    Done,
 }
 
 fn take_over(fd: OwnedFd) -> Result<TcpStream> {
@@ -56,15 +74,10 @@ fn take_over(fd: OwnedFd) -> Result<TcpStream> {
     std_stream
         .set_nonblocking(true)
         .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))?;
+    // Live messages are small writes that must leave at once.
+    let _ = std_stream.set_nodelay(true);
     TcpStream::from_std(std_stream)
         .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))
-}
-
-/// A connection's registration, made before its backlog is read.
-struct Registration {
-    parked: Arc<Parked>,
-    events: mpsc::Receiver<Event>,
-    kill: Arc<Notify>,
 }
 
 fn register(
@@ -72,22 +85,14 @@ fn register(
     seq: i64,
     subscriptions: &[Requested],
     fanout: &Fanout,
-) -> Registration {
-    let (events_tx, events) = mpsc::channel(QUEUE_BOUND);
-    let kill = Arc::new(Notify::new());
-    let parked = Arc::new(Parked {
+) -> Arc<Parked> {
+    Arc::new(Parked {
         conn_id: fanout.next_conn_id(),
         seq,
         identity: identity.clone(),
         channels: subscriptions.iter().map(|(c, _)| c.clone()).collect(),
-        events: events_tx,
-        kill: Arc::clone(&kill),
-    });
-    Registration {
-        parked,
-        events,
-        kill,
-    }
+        outbox: Outbox::default(),
+    })
 }
 
 /// Takes over `fd` (a connected stream socket), registers the client and
@@ -99,28 +104,27 @@ pub fn park(
     backend: Arc<dyn Backend>,
 ) -> Result<()> {
     let stream = take_over(fd)?;
-    let reg = register(
+    let parked = register(
         &session.identity,
         session.seq,
         &session.subscriptions,
         &fanout,
     );
-    let admission = fanout.admit(&session.client_id, Arc::clone(&reg.parked));
-    spawn(stream, session, reg, admission, None, fanout, backend);
+    let admission = fanout.admit(&session.client_id, Arc::clone(&parked));
+    let view = View {
+        chunked: session.chunked,
+        head_prefix: session.head_prefix,
+        timeout: session.timeout,
+    };
+    let start = Start::Backlog(session.subscriptions, backend);
+    spawn(stream, parked, view, admission, start, fanout);
     Ok(())
-}
-
-/// How a parked connection answers.
-pub struct View {
-    pub chunked: bool,
-    pub head_prefix: Arc<[u8]>,
-    pub timeout: Duration,
 }
 
 /// A poll registered for live messages while its backlog is read: answered
 /// at once when the backlog has anything, parked (`attach`) otherwise.
 pub struct Pending {
-    reg: Option<Registration>,
+    parked: Option<Arc<Parked>>,
     fanout: Arc<Fanout>,
 }
 
@@ -132,51 +136,34 @@ impl Pending {
         subscriptions: &[Requested],
         fanout: Arc<Fanout>,
     ) -> Self {
-        let reg = register(identity, seq, subscriptions, &fanout);
-        fanout.admit_pending(Arc::clone(&reg.parked));
+        let parked = register(identity, seq, subscriptions, &fanout);
+        fanout.admit_pending(Arc::clone(&parked));
         Pending {
-            reg: Some(reg),
+            parked: Some(parked),
             fanout,
         }
     }
 
     /// Parks the connection on `fd` with the positions its (empty) backlog
     /// answer covered, as `park` would have. Must be called within the runtime.
-    pub fn attach(
-        mut self,
-        fd: OwnedFd,
-        view: View,
-        positions: Vec<(String, i64)>,
-        backend: Arc<dyn Backend>,
-    ) -> Result<()> {
+    pub fn attach(mut self, fd: OwnedFd, view: View, positions: Vec<(String, i64)>) -> Result<()> {
         let stream = take_over(fd)?;
-        let Some(reg) = self.reg.take() else {
+        let Some(parked) = self.parked.take() else {
             return Err(Error::Connection("poll already parked".into()));
         };
-        let session = Session {
-            client_id: reg.parked.identity.client_id.clone(),
-            seq: reg.parked.seq,
-            identity: reg.parked.identity.clone(),
-            subscriptions: Vec::new(),
-            chunked: view.chunked,
-            head_prefix: view.head_prefix,
-            timeout: view.timeout,
-        };
-        let admission = if self.fanout.release_pending(reg.parked.conn_id) {
-            self.fanout
-                .admit(&session.client_id, Arc::clone(&reg.parked))
-        } else {
-            // Closed meanwhile (middleware stopped): answer "[]" and close.
-            Admission::Stale
-        };
+        // Closed meanwhile (middleware stopped): answer "[]" and close.
+        let admission = self
+            .fanout
+            .promote(Arc::clone(&parked))
+            .unwrap_or(Admission::Stale);
+        let fanout = Arc::clone(&self.fanout);
         spawn(
             stream,
-            session,
-            reg,
+            parked,
+            view,
             admission,
-            Some(positions),
-            Arc::clone(&self.fanout),
-            backend,
+            Start::Answered(positions),
+            fanout,
         );
         Ok(())
     }
@@ -184,170 +171,265 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(reg) = self.reg.take() {
-            self.fanout.release_pending(reg.parked.conn_id);
+        if let Some(parked) = self.parked.take() {
+            self.fanout.release_pending(&parked);
         }
     }
+}
+
+/// Where a parked connection starts.
+enum Start {
+    /// Read and write the backlog of these subscriptions first.
+    Backlog(Vec<Requested>, Arc<dyn Backend>),
+    /// The backlog was read (and found empty) with these positions.
+    Answered(Vec<(String, i64)>),
 }
 
 fn spawn(
     stream: TcpStream,
-    session: Session,
-    reg: Registration,
+    parked: Arc<Parked>,
+    view: View,
     admission: Admission,
-    positions: Option<Vec<(String, i64)>>,
+    start: Start,
     fanout: Arc<Fanout>,
-    backend: Arc<dyn Backend>,
 ) {
-    let conn_id = reg.parked.conn_id;
-    drop(reg.parked);
-    let events = reg.events;
-    let kill = reg.kill;
-    tokio::spawn(async move {
-        let mut conn = Conn {
-            stream,
-            session,
-            kill,
-            head_written: false,
-        };
-        let outcome = match admission {
-            Admission::Stale => Closed::Gracefully,
-            Admission::Parked => {
-                conn.serve(backend.as_ref(), fanout.gate(), events, positions)
-                    .await
-            }
-        };
-        if let Closed::Gracefully = outcome {
-            conn.close_output().await;
-        }
-        let _ = conn.stream.shutdown().await;
-        fanout.release(&conn.session.client_id, conn_id);
-    });
+    let conn = Conn {
+        stream: Arc::new(stream),
+        parked,
+        view,
+        head_written: false,
+        start: Some(Box::new(start)),
+        fanout,
+    };
+    // Everything the task keeps is in `conn`: arguments copied into the
+    // future would be kept by every idle connection.
+    tokio::spawn(conn.run(admission));
 }
 
 impl Conn {
-    async fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), ()> {
-        let kill = Arc::clone(&self.kill);
-        tokio::select! {
-            result = timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)) => match result {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(()),
-            },
-            _ = kill.notified() => Err(()),
+    async fn run(mut self, admission: Admission) {
+        let outcome = match admission {
+            Admission::Stale => Closed::Gracefully,
+            Admission::Parked => self.serve().await,
+        };
+        let rest = self.parked.outbox.finish();
+        if let Closed::Gracefully = outcome {
+            self.close_output(rest).await;
+        }
+        let Conn {
+            stream,
+            parked,
+            fanout,
+            ..
+        } = self;
+        if let Ok(mut stream) = Arc::try_unwrap(stream) {
+            let _ = stream.shutdown().await;
+        }
+        fanout.release(&parked.identity.client_id, parked.conn_id);
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.parked.outbox
+    }
+
+    /// Writes all of `bytes`; fails on a write error, after `WRITE_TIMEOUT`,
+    /// or when the fan-out kills the connection meanwhile. A socket that
+    /// takes everything at once (the usual case) needs no waiting state;
+    /// the rest is boxed so that idle connections stay small.
+    async fn write(&self, bytes: &[u8]) -> std::result::Result<(), ()> {
+        match self.try_write_all(bytes)? {
+            0 => Ok(()),
+            left => self.write_slowly(&bytes[bytes.len() - left..]).await,
         }
     }
 
+    /// Writes what the socket takes now; returns how many bytes are left.
+    fn try_write_all(&self, mut bytes: &[u8]) -> std::result::Result<usize, ()> {
+        while !bytes.is_empty() {
+            match self.stream.try_write(bytes) {
+                Ok(0) => return Err(()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    /// Boxed by a plain function: an `async fn` calling `Box::pin(async_fn())`
+    /// still reserves room for the unboxed future in its own state.
+    fn write_slowly<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, std::result::Result<(), ()>> {
+        Box::pin(self.write_slowly_unboxed(bytes))
+    }
+
+    async fn write_slowly_unboxed(&self, mut bytes: &[u8]) -> std::result::Result<(), ()> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        while !bytes.is_empty() {
+            let writable = poll_fn(|cx| {
+                if self.outbox().poll_killed(cx) {
+                    return Poll::Ready(Err(()));
+                }
+                self.stream.poll_write_ready(cx).map_err(|_| ())
+            });
+            tokio::select! {
+                ready = writable => ready?,
+                _ = sleep_until(deadline) => return Err(()),
+            }
+            let left = self.try_write_all(bytes)?;
+            bytes = &bytes[bytes.len() - left..];
+        }
+        Ok(())
+    }
+
     /// Reads the backlog after registration (every message is either in it
-    /// or arrives as a live event, and positions drop the overlap) and
-    /// writes the head and the backlog.
+    /// or arrives live, and positions drop the overlap) and writes the head
+    /// and the backlog.
     async fn answer_backlog(
         &mut self,
         backend: &dyn Backend,
-        gate: &Gate,
-    ) -> std::result::Result<HashMap<String, i64>, Closed> {
+        subscriptions: &[Requested],
+    ) -> std::result::Result<Vec<(String, i64)>, Closed> {
         let backlog = client::compute(
             backend,
-            gate,
-            &self.session.identity,
-            &self.session.subscriptions,
+            self.fanout.gate(),
+            &self.parked.identity,
+            subscriptions,
         )
         .await
         .map_err(|_| Closed::Gracefully)?;
-        if self.session.chunked {
-            let mut out = frame::chunked_head(&self.session.head_prefix);
+        if self.view.chunked {
+            let mut out = frame::chunked_head(&self.view.head_prefix);
             if backlog.is_empty() {
                 out.extend_from_slice(frame::EMPTY_CHUNK);
             } else {
                 out.extend_from_slice(&frame::chunk(&payload(&backlog.messages, &backlog.status)));
             }
             self.head_written = true;
-            if self.write(&out).await.is_err() {
-                return Err(Closed::Abruptly);
-            }
+            self.write(&out).await.map_err(|_| Closed::Abruptly)?;
         } else if !backlog.is_empty() {
             let body = payload(&backlog.messages, &backlog.status);
             let _ = self
-                .write(&frame::full_response(&self.session.head_prefix, &body))
+                .write(&frame::full_response(&self.view.head_prefix, &body))
                 .await;
-            return Err(Closed::Abruptly);
+            return Err(Closed::Done);
         }
-        Ok(backlog.positions.into_iter().collect())
+        Ok(backlog.positions)
     }
 
-    async fn serve(
-        &mut self,
-        backend: &dyn Backend,
-        gate: &Gate,
-        mut events: mpsc::Receiver<Event>,
-        answered: Option<Vec<(String, i64)>>,
-    ) -> Closed {
-        let deadline = Instant::now() + self.session.timeout;
-        let mut positions: HashMap<String, i64> = match answered {
-            // Read before registration by the caller and found empty.
-            Some(positions) => {
-                if self.session.chunked {
-                    let mut out = frame::chunked_head(&self.session.head_prefix);
+    async fn serve(&mut self) -> Closed {
+        let deadline = Instant::now() + self.view.timeout;
+        // Boxed: what answering takes is freed before the long wait.
+        let positions = match self.answer().await {
+            Ok(positions) => positions,
+            Err(closed) => return closed,
+        };
+        self.outbox().open(
+            Arc::clone(&self.stream),
+            self.view.chunked,
+            Arc::clone(&self.view.head_prefix),
+            &self.parked.channels,
+            positions,
+        );
+        self.fanout.close_at(deadline, &self.parked);
+        self.wait().await
+    }
+
+    /// Writes the head and what the client is owed now; returns the
+    /// positions that answer covered.
+    fn answer(&mut self) -> BoxFuture<'_, std::result::Result<Vec<(String, i64)>, Closed>> {
+        Box::pin(self.answer_unboxed())
+    }
+
+    async fn answer_unboxed(&mut self) -> std::result::Result<Vec<(String, i64)>, Closed> {
+        match *self.start.take().ok_or(Closed::Abruptly)? {
+            Start::Answered(positions) => {
+                if self.view.chunked {
+                    let mut out = frame::chunked_head(&self.view.head_prefix);
                     out.extend_from_slice(frame::EMPTY_CHUNK);
                     self.head_written = true;
-                    if self.write(&out).await.is_err() {
-                        return Closed::Abruptly;
-                    }
+                    self.write(&out).await.map_err(|_| Closed::Abruptly)?;
                 }
-                positions.into_iter().collect()
+                Ok(positions)
             }
-            None => match self.answer_backlog(backend, gate).await {
-                Ok(positions) => positions,
-                Err(closed) => return closed,
-            },
-        };
-        // Only the positions matter from here on.
-        self.session.subscriptions = Vec::new();
-        let mut scratch = [0u8; 64];
-        loop {
-            let kill = Arc::clone(&self.kill);
-            tokio::select! {
-                biased;
-                _ = kill.notified() => return Closed::Abruptly,
-                event = events.recv() => match event {
-                    Some(Event::Live(live)) => {
-                        let id = live.message.message_id;
-                        let position = positions.entry(live.message.channel.clone()).or_insert(i64::MIN);
-                        // Already covered by the backlog or a previous push (§9 Q43).
-                        if id <= *position {
-                            continue;
-                        }
-                        *position = id;
-                        if self.session.chunked {
-                            if self.write(&live.chunk).await.is_err() {
-                                return Closed::Abruptly;
-                            }
-                        } else {
-                            let _ = self.write(&frame::full_response(&self.session.head_prefix, &live.body)).await;
-                            return Closed::Abruptly;
-                        }
-                    }
-                    Some(Event::Close) | None => return Closed::Gracefully,
-                },
-                _ = sleep_until(deadline) => return Closed::Gracefully,
-                read = self.stream.read(&mut scratch) => match read {
-                    // The peer closed (or reset) its side: nobody will read.
-                    Ok(0) | Err(_) => return Closed::Abruptly,
-                    Ok(_) => {}
-                },
+            Start::Backlog(subscriptions, backend) => {
+                self.answer_backlog(backend.as_ref(), &subscriptions).await
             }
         }
     }
 
-    async fn close_output(&mut self) {
+    /// The long wait: live messages, replacement, timeout, peer close.
+    async fn wait(&self) -> Closed {
+        loop {
+            if let Some(closed) = self.drain().await {
+                return closed;
+            }
+            // Woken by the outbox (queued, closed, killed, timed out) or by
+            // the socket becoming readable; no state of its own to keep.
+            let readable = poll_fn(|cx| {
+                if self.outbox().poll_news(cx) {
+                    return Poll::Ready(Ok(false));
+                }
+                self.stream.poll_read_ready(cx).map_ok(|()| true)
+            })
+            .await;
+            match readable {
+                Ok(false) => {}
+                Ok(true) => {
+                    let mut scratch = [0u8; 64];
+                    match self.stream.try_read(&mut scratch) {
+                        // The peer closed (or reset) its side: nobody will read.
+                        Ok(0) => return Closed::Abruptly,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => return Closed::Abruptly,
+                    }
+                }
+                Err(_) => return Closed::Abruptly,
+            }
+        }
+    }
+
+    /// Writes what the fan-out queued; `None` once nothing is left (the
+    /// fan-out threads then write directly).
+    async fn drain(&self) -> Option<Closed> {
+        loop {
+            match self.outbox().next(&self.parked.channels) {
+                Next::Idle => return None,
+                Next::Close => return Some(Closed::Gracefully),
+                Next::Kill => return Some(Closed::Abruptly),
+                Next::Done => return Some(Closed::Done),
+                Next::Write(out, ends_response) => {
+                    if self.write(out.as_ref()).await.is_err() {
+                        return Some(Closed::Abruptly);
+                    }
+                    if ends_response {
+                        return Some(Closed::Done);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The close output of §3.10, after the unwritten end of a direct write.
+    fn close_output(&self, rest: Option<(Vec<u8>, bool)>) -> BoxFuture<'_, ()> {
+        Box::pin(self.close_output_unboxed(rest))
+    }
+
+    async fn close_output_unboxed(&self, rest: Option<(Vec<u8>, bool)>) {
+        if let Some((bytes, ends_response)) = rest {
+            if self.write(&bytes).await.is_err() || ends_response {
+                return;
+            }
+        }
         let mut out = Vec::new();
-        if self.session.chunked {
+        if self.view.chunked {
             if !self.head_written {
-                out.extend_from_slice(&frame::chunked_head(&self.session.head_prefix));
+                out.extend_from_slice(&frame::chunked_head(&self.view.head_prefix));
             }
             out.extend_from_slice(frame::EMPTY_CHUNK);
             out.extend_from_slice(frame::LAST_CHUNK);
         } else {
-            out = frame::full_response(&self.session.head_prefix, "[]");
+            out = frame::full_response(&self.view.head_prefix, "[]");
         }
         let _ = self.write(&out).await;
     }

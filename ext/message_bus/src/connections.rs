@@ -109,7 +109,7 @@ impl NativeConnections {
         let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
         let fanout = {
             let _guard = rt.enter();
-            Fanout::new(Gate::new())
+            Fanout::new(Gate::new()).map_err(|e| to_ruby(ruby, e))?
         };
         backend.hub().add_sink(Arc::clone(&fanout) as Arc<dyn Sink>);
         block_on(ruby, || backend.ensure_listening())?;
@@ -197,7 +197,7 @@ impl NativeConnections {
         let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
         let _guard = rt.enter();
         pending
-            .attach(owned, view, positions, Arc::clone(&rb_self.backend))
+            .attach(owned, view, positions)
             .map_err(|e| to_ruby(ruby, e))
     }
 

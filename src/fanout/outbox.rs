@@ -1,0 +1,395 @@
+//! The outgoing side of one parked connection, shared by its task and the
+//! fan-out threads. While the connection is idle (head written, nothing
+//! queued) a fan-out thread writes a live message straight to the socket
+//! without waking the task; what cannot be written at once is queued, in
+//! order, for the task to finish writing.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use super::Live;
+use crate::http::frame;
+
+/// Live messages a connection may have waiting before it counts as a slow
+/// reader and is closed (the client reconnects with its last ids).
+pub const QUEUE_BOUND: usize = 256;
+
+enum Item {
+    Live(Arc<Live>),
+    /// The unwritten end of a direct write.
+    Rest {
+        bytes: Vec<u8>,
+        ends_response: bool,
+    },
+}
+
+/// Bytes the task must write.
+pub enum Out {
+    Chunk(Arc<Live>),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Out {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Out::Chunk(live) => &live.chunk,
+            Out::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// What the task does next.
+pub enum Next {
+    /// Write these bytes; `true`: they complete the response.
+    Write(Out, bool),
+    /// Nothing queued: the fan-out threads write directly from now on.
+    Idle,
+    /// A newer request of the client replaced this one, the bus stopped, or
+    /// the long-polling interval is over: write the close output.
+    Close,
+    /// Too slow, or the peer is gone: drop the socket.
+    Kill,
+    /// The response was completed by a direct write.
+    Done,
+}
+
+/// Outcome of handing a live message to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Written,
+    Queued,
+    /// Already covered, or the connection is closing.
+    Skipped,
+    /// The queue is full: the connection is being closed.
+    TooSlow,
+    /// The connection has ended.
+    Gone,
+}
+
+#[derive(Default)]
+struct State {
+    /// Set once the head is written; direct writes need it.
+    stream: Option<Arc<TcpStream>>,
+    direct: bool,
+    chunked: bool,
+    head_prefix: Option<Arc<[u8]>>,
+    /// Per subscribed channel (in the order of `Parked::channels`), the id
+    /// the client is up to: live messages at or below it were already
+    /// answered (§9 Q43). Empty until the backlog is answered.
+    positions: Vec<i64>,
+    queue: VecDeque<Item>,
+    close_requested: bool,
+    killed: bool,
+    finished: bool,
+    /// The connection's task, waiting for any of the above to change.
+    waker: Option<Waker>,
+}
+
+impl State {
+    /// True if the message is new to the client (and records it).
+    fn advance(&mut self, channels: &[String], live: &Live) -> bool {
+        let (channel, id) = (&live.message.channel, live.message.message_id);
+        let Some(n) = channels.iter().position(|c| c == channel) else {
+            return true;
+        };
+        match self.positions.get_mut(n) {
+            Some(position) if id <= *position => false,
+            Some(position) => {
+                *position = id;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn has_news(&self) -> bool {
+        self.killed || self.finished || self.close_requested || !self.queue.is_empty()
+    }
+
+    fn response(&self, live: &Arc<Live>) -> Out {
+        if self.chunked {
+            Out::Chunk(Arc::clone(live))
+        } else {
+            let prefix = self.head_prefix.as_deref().unwrap_or_default();
+            Out::Owned(frame::full_response(prefix, &live.body))
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Outbox {
+    state: Mutex<State>,
+}
+
+/// Wakes the task (outside the lock).
+fn wake(mut s: parking_lot::MutexGuard<'_, State>) {
+    let waker = s.waker.take();
+    drop(s);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+impl Outbox {
+    /// Called by the task once the head (and any backlog) is written, with
+    /// the positions that answer covered, per channel of `channels`.
+    pub fn open(
+        &self,
+        stream: Arc<TcpStream>,
+        chunked: bool,
+        head_prefix: Arc<[u8]>,
+        channels: &[String],
+        covered: Vec<(String, i64)>,
+    ) {
+        let mut s = self.state.lock();
+        s.stream = Some(stream);
+        s.chunked = chunked;
+        s.head_prefix = Some(head_prefix);
+        s.positions = channels
+            .iter()
+            .map(|c| {
+                covered
+                    .iter()
+                    .find(|(name, _)| name == c)
+                    .map_or(i64::MIN, |(_, id)| *id)
+            })
+            .collect();
+    }
+
+    /// Ready when the task has something to do; otherwise the task is woken
+    /// when it does.
+    pub fn poll_news(&self, cx: &mut Context<'_>) -> bool {
+        let mut s = self.state.lock();
+        if s.has_news() {
+            return true;
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        false
+    }
+
+    /// True (and the task woken) once killed; registers the task otherwise.
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> bool {
+        let mut s = self.state.lock();
+        if s.killed {
+            return true;
+        }
+        s.waker = Some(cx.waker().clone());
+        false
+    }
+
+    /// Hands a live message over: written at once when the connection is
+    /// idle and the socket takes it, queued otherwise. `channels` are the
+    /// connection's subscriptions.
+    pub fn push(&self, channels: &[String], live: &Arc<Live>) -> Push {
+        let mut s = self.state.lock();
+        if s.finished || s.killed {
+            return Push::Gone;
+        }
+        if s.close_requested {
+            return Push::Skipped;
+        }
+        if !s.direct {
+            if s.queue.len() >= QUEUE_BOUND {
+                s.killed = true;
+                wake(s);
+                return Push::TooSlow;
+            }
+            s.queue.push_back(Item::Live(Arc::clone(live)));
+            wake(s);
+            return Push::Queued;
+        }
+        if !s.advance(channels, live) {
+            return Push::Skipped;
+        }
+        let out = s.response(live);
+        let bytes = out.as_ref();
+        let ends_response = !s.chunked;
+        let Some(stream) = s.stream.as_ref() else {
+            return Push::Gone;
+        };
+        let mut written = 0;
+        while written < bytes.len() {
+            match stream.try_write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // The peer is gone; the task sees it too and ends.
+                    s.killed = true;
+                    wake(s);
+                    return Push::Gone;
+                }
+            }
+        }
+        if written == bytes.len() {
+            if ends_response {
+                s.finished = true;
+                wake(s);
+            }
+            return Push::Written;
+        }
+        let rest = bytes[written..].to_vec();
+        s.queue.push_back(Item::Rest {
+            bytes: rest,
+            ends_response,
+        });
+        s.direct = false;
+        wake(s);
+        Push::Queued
+    }
+
+    /// The task's next step (see `Next`).
+    pub fn next(&self, channels: &[String]) -> Next {
+        let mut s = self.state.lock();
+        if s.killed {
+            return Next::Kill;
+        }
+        if s.finished {
+            return Next::Done;
+        }
+        while let Some(item) = s.queue.pop_front() {
+            match item {
+                Item::Rest {
+                    bytes,
+                    ends_response,
+                } => {
+                    s.finished |= ends_response;
+                    return Next::Write(Out::Owned(bytes), ends_response);
+                }
+                Item::Live(live) => {
+                    if !s.advance(channels, &live) {
+                        continue;
+                    }
+                    let ends_response = !s.chunked;
+                    s.finished |= ends_response;
+                    return Next::Write(s.response(&live), ends_response);
+                }
+            }
+        }
+        if s.close_requested {
+            return Next::Close;
+        }
+        s.direct = s.stream.is_some();
+        Next::Idle
+    }
+
+    /// Stops all writing but the task's own: returns the unwritten end of a
+    /// direct write, which must go out before any close output.
+    pub fn finish(&self) -> Option<(Vec<u8>, bool)> {
+        let mut s = self.state.lock();
+        s.finished = true;
+        s.direct = false;
+        s.stream = None;
+        match s.queue.pop_front() {
+            Some(Item::Rest {
+                bytes,
+                ends_response,
+            }) => Some((bytes, ends_response)),
+            _ => None,
+        }
+    }
+
+    /// Asks the task to write the close output after what is queued.
+    pub fn request_close(&self) {
+        let mut s = self.state.lock();
+        s.close_requested = true;
+        wake(s);
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.state.lock().killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::json::OutMessage;
+
+    fn live(channel: &str, id: i64) -> Arc<Live> {
+        let message = OutMessage {
+            global_id: id,
+            message_id: id,
+            channel: channel.into(),
+            data: "1".into(),
+        };
+        let body = crate::http::json::payload(std::slice::from_ref(&message), &[]);
+        let chunk = frame::chunk(&body);
+        Arc::new(Live {
+            message,
+            body,
+            chunk,
+        })
+    }
+
+    fn written(next: Next) -> Vec<u8> {
+        match next {
+            Next::Write(out, _) => out.as_ref().to_vec(),
+            _ => panic!("expected a write"),
+        }
+    }
+
+    /// The subscriptions of the connections below.
+    fn ab() -> Vec<String> {
+        vec!["/a".into(), "/b".into()]
+    }
+
+    #[test]
+    fn queued_messages_are_deduplicated_against_the_answered_positions() {
+        let outbox = Outbox::default();
+        assert_eq!(outbox.push(&ab(), &live("/a", 3)), Push::Queued);
+        assert_eq!(outbox.push(&ab(), &live("/a", 4)), Push::Queued);
+        assert_eq!(outbox.push(&ab(), &live("/b", 1)), Push::Queued);
+        // The backlog answer covered /a up to 3.
+        outbox.state.lock().positions = vec![3, i64::MIN];
+        outbox.state.lock().chunked = true;
+        assert_eq!(written(outbox.next(&ab())), live("/a", 4).chunk);
+        assert_eq!(written(outbox.next(&ab())), live("/b", 1).chunk);
+        // No socket yet: stays queued mode.
+        assert!(matches!(outbox.next(&ab()), Next::Idle));
+        assert_eq!(outbox.push(&ab(), &live("/a", 4)), Push::Queued);
+        assert!(matches!(outbox.next(&ab()), Next::Idle));
+    }
+
+    #[test]
+    fn a_full_queue_kills_and_a_close_waits_for_the_queue() {
+        let outbox = Outbox::default();
+        for id in 0..QUEUE_BOUND as i64 {
+            assert_eq!(outbox.push(&ab(), &live("/a", id + 1)), Push::Queued);
+        }
+        assert_eq!(outbox.push(&ab(), &live("/a", 999)), Push::TooSlow);
+        assert!(outbox.is_killed());
+        assert!(matches!(outbox.next(&ab()), Next::Kill));
+        assert_eq!(outbox.push(&ab(), &live("/a", 1000)), Push::Gone);
+
+        let closing = Outbox::default();
+        closing.state.lock().chunked = true;
+        assert_eq!(closing.push(&ab(), &live("/a", 1)), Push::Queued);
+        closing.request_close();
+        assert_eq!(closing.push(&ab(), &live("/a", 2)), Push::Skipped);
+        assert!(matches!(closing.next(&ab()), Next::Write(_, false)));
+        assert!(matches!(closing.next(&ab()), Next::Close));
+        assert!(closing.finish().is_none());
+        assert_eq!(closing.push(&ab(), &live("/a", 3)), Push::Gone);
+    }
+
+    #[test]
+    fn a_non_streamed_answer_ends_with_its_first_message() {
+        let outbox = Outbox::default();
+        outbox.state.lock().head_prefix = Some(Arc::from(&b"HTTP/1.1 200 OK\r\n"[..]));
+        assert_eq!(outbox.push(&ab(), &live("/a", 1)), Push::Queued);
+        assert_eq!(outbox.push(&ab(), &live("/a", 2)), Push::Queued);
+        let bytes = written(outbox.next(&ab()));
+        assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(bytes.ends_with(live("/a", 1).body.as_bytes()));
+        assert!(matches!(outbox.next(&ab()), Next::Done));
+    }
+}
