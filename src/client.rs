@@ -43,7 +43,8 @@ pub async fn compute(
     let bus_ids = if encoded.is_empty() {
         Vec::new()
     } else {
-        backend.last_ids(&encoded).await?
+        let requested: Vec<Option<i64>> = subscriptions.iter().map(|(_, r)| *r).collect();
+        backend.last_ids_for_poll(&encoded, &requested).await?
     };
     let mut out = ClientBacklog::default();
     for (((channel, requested), encoded), bus_id) in

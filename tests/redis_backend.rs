@@ -709,3 +709,153 @@ fn concurrent_publishers_are_delivered_once_each_in_global_id_order() {
     assert_eq!(global_ids(&got), (1..=400).collect::<Vec<i64>>());
     block(b.destroy());
 }
+
+// The last-id cache of web polls (`last_ids_for_poll`), each test on a
+// private server so that `INFO commandstats` counts only its own MGETs.
+
+fn mget_calls(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn poll_ids(b: &RedisBackend, channels: &[&str], requested: &[Option<i64>]) -> Vec<i64> {
+    let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+    block(b.last_ids_for_poll(&channels, requested)).unwrap()
+}
+
+/// A backend whose firehose is subscribed, with its subscription.
+fn listening(server: &Server) -> (RedisBackend, Arc<Subscription>) {
+    let b = server.backend();
+    let sub = block(b.subscribe(None)).unwrap();
+    wait_until("the subscription", || b.is_subscribed());
+    (b, sub)
+}
+
+#[test]
+fn polls_read_cached_ids_fed_by_the_firehose_and_by_own_publishes() {
+    let server = Server::start();
+    let mut con = server.con();
+    let (b, sub) = listening(&server);
+    let other = server.backend(); // another process: same Redis, its own state
+
+    assert_eq!(poll_ids(&b, &["/a", "/b"], &[Some(-1), None]), vec![0, 0]);
+    let mgets = mget_calls(&mut con);
+    assert_eq!(
+        poll_ids(&b, &["/a", "/b"], &[Some(-1), Some(0)]),
+        vec![0, 0]
+    );
+    assert_eq!(mget_calls(&mut con), mgets, "answered from the cache");
+
+    // Our own publish shows in the very next poll.
+    assert_eq!(publish(&b, "/a", "mine"), Some(1));
+    assert_eq!(poll_ids(&b, &["/a"], &[Some(0)]), vec![1]);
+
+    // Another process's publish shows once it is delivered live.
+    assert_eq!(publish(&other, "/b", "theirs"), Some(1));
+    assert_eq!(global_ids(&receive(&sub, 2)), vec![1, 2]);
+    assert_eq!(poll_ids(&b, &["/a", "/b"], &[Some(1), Some(0)]), vec![1, 1]);
+    assert_eq!(mget_calls(&mut con), mgets, "still from the cache");
+
+    // A client ahead of a cached id, or looking behind, gets a storage read.
+    assert_eq!(poll_ids(&b, &["/b"], &[Some(5)]), vec![1]);
+    assert_eq!(poll_ids(&b, &["/b"], &[Some(-2)]), vec![1]);
+    assert_eq!(mget_calls(&mut con), mgets + 2);
+
+    // The Ruby API always reads Redis (an id written without a message).
+    let _: () = con.set("__mb_backlog_id_n_/b", 7).unwrap();
+    assert_eq!(block(b.last_ids(&["/b".to_string()])).unwrap(), vec![7]);
+    assert_eq!(block(b.last_id("/b")).unwrap(), 7);
+    block(b.destroy());
+    block(other.destroy());
+}
+
+#[test]
+fn a_foreign_reset_shows_in_polls_within_the_trust_period() {
+    let server = Server::start();
+    let (b, _sub) = listening(&server);
+    let other = server.backend();
+    publish(&b, "/a", "1");
+    publish(&b, "/a", "2");
+    assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![2]);
+    // Deleted by another process: no message tells this one.
+    let deleted = Instant::now();
+    block(other.reset()).unwrap();
+    let deadline = deleted + Duration::from_secs(3);
+    loop {
+        if poll_ids(&b, &["/a"], &[Some(-1)]) == vec![0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reset never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = deleted.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "took {waited:?} (trust lasts 1 s)"
+    );
+    // Our own reset clears at once.
+    publish(&b, "/a", "1");
+    assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+    block(b.reset()).unwrap();
+    assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![0]);
+    block(b.destroy());
+    block(other.destroy());
+}
+
+#[test]
+fn losing_the_firehose_connection_clears_the_cache() {
+    let server = Server::start();
+    let mut con = server.con();
+    let (b, _sub) = listening(&server);
+    publish(&b, "/a", "1");
+    // Conclusive only if the poll after the kill comes before the cached
+    // entry's trust ran out by itself (1 s): retried on a slow machine.
+    let mut conclusive = false;
+    for _ in 0..5 {
+        wait_until("the subscription", || b.is_subscribed());
+        let filled = Instant::now();
+        assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+        let mgets = mget_calls(&mut con);
+        assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+        assert_eq!(mget_calls(&mut con), mgets, "answered from the cache");
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut con)
+            .unwrap();
+        wait_until("the disconnect", || !b.is_subscribed());
+        assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+        let reread = mget_calls(&mut con) == mgets + 1;
+        if filled.elapsed() < Duration::from_millis(900) {
+            assert!(reread, "the poll after the disconnect read Redis");
+            conclusive = true;
+            break;
+        }
+    }
+    assert!(conclusive, "the machine was too slow for 5 attempts");
+    // Once subscribed again the cache works again.
+    wait_until("the reconnect", || b.is_subscribed());
+    assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+    let mgets = mget_calls(&mut con);
+    assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+    assert_eq!(mget_calls(&mut con), mgets);
+    block(b.destroy());
+}
+
+#[test]
+fn without_a_firehose_every_poll_reads_redis() {
+    let server = Server::start();
+    let mut con = server.con();
+    let b = server.backend();
+    publish(&b, "/a", "1");
+    let mgets = mget_calls(&mut con);
+    for _ in 0..3 {
+        assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
+    }
+    assert_eq!(mget_calls(&mut con), mgets + 3);
+    block(b.destroy());
+}

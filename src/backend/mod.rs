@@ -1,6 +1,7 @@
 //! The storage backends. Every method works on *encoded* channel names and
 //! undecoded envelopes (COMPAT.md §1.12).
 
+pub mod last_id_cache;
 pub mod memory;
 mod per_process;
 pub mod postgres;
@@ -78,6 +79,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Option<i64>>;
     async fn last_id(&self, channel: &str) -> Result<i64>;
     async fn last_ids(&self, channels: &[String]) -> Result<Vec<i64>>;
+    /// `last_ids` for a web poll (COMPAT.md §3.4 step 1) that requested
+    /// `requested` (same order). A backend may answer from ids its firehose
+    /// keeps (see [`last_id_cache`]): they may lag behind the storage by the
+    /// live delivery delay, never run ahead of it for long. Everything else
+    /// (the Ruby API included) reads the storage with `last_ids`.
+    async fn last_ids_for_poll(
+        &self,
+        channels: &[String],
+        requested: &[Option<i64>],
+    ) -> Result<Vec<i64>> {
+        let _ = requested;
+        self.last_ids(channels).await
+    }
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>>;
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>>;
     async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>>;

@@ -77,6 +77,8 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
         || async move {
             let mut confirmed = false;
             let outcome = listen(inner, proc, &mut confirmed).await;
+            // Messages may be missed until the next subscription catches up.
+            proc.cache.go_dark();
             (confirmed, outcome)
         },
     )
@@ -121,6 +123,8 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
         inner.catch_up(&mut delivery).await?;
     }
     proc.subscribed.store(true, Ordering::SeqCst);
+    // From here on every message reaches the hub (and the cache) in order.
+    proc.cache.go_live();
     *confirmed = true;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     loop {

@@ -11,6 +11,9 @@
 //! also checks that the storage still holds the last message it delivered:
 //! a Redis restarted empty restarts its ids, and once they pass the old
 //! position the reference's `highest > global id` test no longer sees it.
+//! Web polls read last ids from a per-process cache fed by the firehose
+//! ([`LastIdCache`]) rather than with one MGET each: another process's
+//! publish shows in this process's polls once delivered live.
 //!
 //! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
 //! child never touches what it inherited (it is leaked) and builds its own.
@@ -25,7 +28,7 @@ mod queue;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
@@ -39,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use self::keys::*;
 use self::queue::PublishQueue;
+use super::last_id_cache::{self, LastIdCache};
 use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, PublishOptions, Settings};
 use crate::bus::Hub;
@@ -72,17 +76,26 @@ struct ProcState {
     /// The pub/sub subscription is confirmed and the connection is up.
     subscribed: AtomicBool,
     queue: Mutex<PublishQueue>,
+    /// Last ids for web polls, fed by the firehose (live only while it is).
+    cache: Arc<LastIdCache>,
 }
 
 impl ProcessLocal for ProcState {
     fn fresh() -> Self {
+        let cache = Arc::new(LastIdCache::new());
         ProcState {
             conn: Mutex::new(None),
-            delivery: tokio::sync::Mutex::new(Delivery::default()),
+            delivery: tokio::sync::Mutex::new(Delivery {
+                highest: None,
+                stream_pos: 0,
+                last: None,
+                cache: Arc::clone(&cache),
+            }),
             firehose: Mutex::new(None),
             flusher: Mutex::new(None),
             subscribed: AtomicBool::new(false),
             queue: Mutex::new(PublishQueue::default()),
+            cache,
         }
     }
 
@@ -95,10 +108,11 @@ impl ProcessLocal for ProcState {
         }
         self.conn.lock().take();
         self.subscribed.store(false, Ordering::SeqCst);
+        self.cache.go_dark();
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Delivery {
     /// The highest global id handed to the hub (`None`: not known yet).
     highest: Option<i64>,
@@ -107,12 +121,17 @@ struct Delivery {
     /// The last message handed over (its global id is `highest`): after a
     /// reconnect, storage that no longer holds it was reset or replaced.
     last: Option<Message>,
+    /// The process's last-id cache, told of every message handed over.
+    cache: Arc<LastIdCache>,
 }
 
 impl Delivery {
-    /// Hands `message` to the hub and advances the position to it.
+    /// Hands `message` to the hub and advances the position to it. The
+    /// cache learns the id first: a poll that sees it reads the message
+    /// from the backlog, one that does not gets it live (if registered).
     fn hand_over(&mut self, hub: &Hub, message: Message) {
         self.highest = Some(message.global_id);
+        self.cache.delivered(&message.channel, message.message_id);
         self.last = Some(message.clone());
         hub.deliver(message);
     }
@@ -122,6 +141,7 @@ impl Delivery {
         self.highest = Some(0);
         self.stream_pos = 0;
         self.last = None;
+        self.cache.clear();
         hub.storage_reset();
     }
 }
@@ -724,7 +744,11 @@ impl Backend for RedisBackend {
             return Ok(None);
         }
         match inner.publish_now(&proc, channel, data, opts).await {
-            Ok(id) => Ok(Some(id)),
+            Ok(id) => {
+                // Our next poll sees it, even before its live delivery.
+                proc.cache.published(channel, id);
+                Ok(Some(id))
+            }
             Err(e) if may_queue && (is_readonly(&e) || is_connection(&e)) => {
                 log::warn(format!(
                     "message_bus: publish to {channel} queued in memory: {}",
@@ -754,6 +778,30 @@ impl Backend for RedisBackend {
         Ok(values.into_iter().map(parse_int).collect())
     }
 
+    /// From the last-id cache when it trusts every channel (and the client
+    /// is not ahead of it), else one MGET whose answer fills the cache.
+    async fn last_ids_for_poll(
+        &self,
+        channels: &[String],
+        requested: &[Option<i64>],
+    ) -> Result<Vec<i64>> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cache = Arc::clone(&self.inner.proc().cache);
+        if let Some(ids) = cache.lookup(channels, Instant::now()) {
+            if last_id_cache::answers(requested, &ids) {
+                return Ok(ids);
+            }
+        }
+        let ticket = cache.ticket(Instant::now());
+        let ids = self.last_ids(channels).await?;
+        if let Some(ticket) = ticket {
+            cache.fill(ticket, channels, &ids);
+        }
+        Ok(ids)
+    }
+
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
         self.inner.backlog(channel, last_id).await
     }
@@ -769,7 +817,10 @@ impl Backend for RedisBackend {
     async fn reset(&self) -> Result<()> {
         let proc = self.inner.proc();
         let mut delivery = proc.delivery.lock().await;
-        self.inner.delete_matching(ALL_KEYS_PATTERN).await?;
+        let deleted = self.inner.delete_matching(ALL_KEYS_PATTERN).await;
+        // After the deletion: reads sent before it are dropped when they answer.
+        proc.cache.clear();
+        deleted?;
         let known = delivery.highest.is_some();
         delivery.restart(&self.inner.hub);
         if !known {
@@ -779,10 +830,15 @@ impl Backend for RedisBackend {
     }
 
     async fn expire_all_backlogs(&self) -> Result<()> {
-        self.inner
-            .query::<()>(cmd("DEL").arg(GLOBAL_BACKLOG_KEY))
-            .await?;
-        self.inner.delete_matching(CHANNEL_BACKLOGS_PATTERN).await
+        let result = async {
+            self.inner
+                .query::<()>(cmd("DEL").arg(GLOBAL_BACKLOG_KEY))
+                .await?;
+            self.inner.delete_matching(CHANNEL_BACKLOGS_PATTERN).await
+        }
+        .await;
+        self.inner.proc().cache.clear();
+        result
     }
 
     async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
@@ -818,7 +874,8 @@ impl Backend for RedisBackend {
     }
 
     fn after_fork(&self) {
-        self.inner.proc();
+        // A forked child gets a fresh state (its cache starts empty and dark).
+        self.inner.proc().cache.clear();
     }
 
     fn is_subscribed(&self) -> bool {

@@ -1,0 +1,31 @@
+# frozen_string_literal: true
+
+# The bench's short poll (`%2Fbench=-1&__seq=1`, `?dlp=t`) through
+# `MessageBus::Rack::Middleware#call` in this process, without Puma:
+#   MESSAGE_BUS_BACKEND=redis ruby bench/shortpoll/inprocess.rb [requests]
+# Uses the spec configuration (Redis database 9) and resets it.
+$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
+require "message_bus"
+require "stringio"
+require_relative "../../spec/support/spec_helpers"
+
+MessageBus.configure(SpecHelpers.backend_config.merge(keepalive_interval: 0))
+MessageBus.reset!
+MessageBus.publish("/bench", { n: 0 })
+app = MessageBus::Rack::Middleware.new(->(_env) { [404, {}, ["not found"]] })
+BODY = "%2Fbench=-1&__seq=1"
+request = lambda do
+  { "REQUEST_METHOD" => "POST", "PATH_INFO" => "/message-bus/x/poll", "QUERY_STRING" => "dlp=t",
+    "CONTENT_TYPE" => "application/x-www-form-urlencoded", "rack.input" => StringIO.new(BODY.dup),
+    "CONTENT_LENGTH" => BODY.bytesize.to_s }
+end
+puts app.call(request.call)[2].first
+sleep 0.3 # the firehose subscribes
+n = Integer(ARGV[0] || 20_000)
+3.times do
+  started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  n.times { app.call(request.call) }
+  elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+  puts format("%<backend>s: %<us>.1f us/request", backend: SpecHelpers.backend_name, us: elapsed / n * 1e6)
+end
+MessageBus.destroy
