@@ -12,7 +12,6 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -20,7 +19,7 @@ use crate::backend::Backend;
 use crate::client::{self, Requested};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::fanout::{Admission, Fanout, Next, Outbox, Parked};
+use crate::fanout::{Admission, Fanout, Next, Out, Outbox, Parked};
 use crate::http::frame;
 use crate::http::json::payload;
 
@@ -177,6 +176,19 @@ impl Drop for Pending {
     }
 }
 
+/// One step of writing what was queued.
+enum Step<'a> {
+    Idle,
+    End(Closed),
+    Wrote {
+        ends_response: bool,
+    },
+    Writing {
+        rest: BoxFuture<'a, std::result::Result<(), ()>>,
+        ends_response: bool,
+    },
+}
+
 /// Where a parked connection starts.
 enum Start {
     /// Read and write the backlog of these subscriptions first.
@@ -208,24 +220,37 @@ fn spawn(
 
 impl Conn {
     async fn run(mut self, admission: Admission) {
-        let outcome = match admission {
-            Admission::Stale => Closed::Gracefully,
-            Admission::Parked => self.serve().await,
+        let outcome = if let Admission::Parked = admission {
+            self.serve().await
+        } else {
+            Closed::Gracefully
         };
-        let rest = self.parked.outbox.finish();
-        if let Closed::Gracefully = outcome {
-            self.close_output(rest).await;
-        }
-        let Conn {
-            stream,
-            parked,
-            fanout,
-            ..
-        } = self;
-        if let Ok(mut stream) = Arc::try_unwrap(stream) {
-            let _ = stream.shutdown().await;
-        }
-        fanout.release(&parked.identity.client_id, parked.conn_id);
+        self.end(outcome).await;
+    }
+
+    /// Writes the close output if the outcome wants one, closes the socket
+    /// and unregisters. Boxed with the connection: the waiting task keeps
+    /// no room for it.
+    fn end(self, outcome: Closed) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let rest = self.parked.outbox.finish();
+            if let Closed::Gracefully = outcome {
+                self.close_output(rest).await;
+            }
+            let Conn {
+                stream,
+                parked,
+                fanout,
+                ..
+            } = self;
+            // A FIN after what was written.
+            if let Ok(stream) = Arc::try_unwrap(stream) {
+                if let Ok(stream) = stream.into_std() {
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
+            fanout.release(&parked.identity.client_id, parked.conn_id);
+        })
     }
 
     fn outbox(&self) -> &Outbox {
@@ -260,6 +285,15 @@ impl Conn {
     /// still reserves room for the unboxed future in its own state.
     fn write_slowly<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, std::result::Result<(), ()>> {
         Box::pin(self.write_slowly_unboxed(bytes))
+    }
+
+    /// Writes the last `left` bytes of `out`.
+    fn write_rest(&self, out: Out, left: usize) -> BoxFuture<'_, std::result::Result<(), ()>> {
+        Box::pin(async move {
+            let bytes = out.as_ref();
+            self.write_slowly_unboxed(&bytes[bytes.len() - left..])
+                .await
+        })
     }
 
     async fn write_slowly_unboxed(&self, mut bytes: &[u8]) -> std::result::Result<(), ()> {
@@ -393,13 +427,19 @@ impl Conn {
     /// fan-out threads then write directly).
     async fn drain(&self) -> Option<Closed> {
         loop {
-            match self.outbox().next(&self.parked.channels) {
-                Next::Idle => return None,
-                Next::Close => return Some(Closed::Gracefully),
-                Next::Kill => return Some(Closed::Abruptly),
-                Next::Done => return Some(Closed::Done),
-                Next::Write(out, ends_response) => {
-                    if self.write(out.as_ref()).await.is_err() {
+            match self.step() {
+                Step::Idle => return None,
+                Step::End(closed) => return Some(closed),
+                Step::Wrote { ends_response } => {
+                    if ends_response {
+                        return Some(Closed::Done);
+                    }
+                }
+                Step::Writing {
+                    rest,
+                    ends_response,
+                } => {
+                    if rest.await.is_err() {
                         return Some(Closed::Abruptly);
                     }
                     if ends_response {
@@ -410,12 +450,27 @@ impl Conn {
         }
     }
 
-    /// The close output of §3.10, after the unwritten end of a direct write.
-    fn close_output(&self, rest: Option<(Vec<u8>, bool)>) -> BoxFuture<'_, ()> {
-        Box::pin(self.close_output_unboxed(rest))
+    /// Takes the next queued item and writes what the socket takes now; a
+    /// rest is written by a boxed future that owns it (nothing kept while idle).
+    fn step(&self) -> Step<'_> {
+        match self.outbox().next(&self.parked.channels) {
+            Next::Idle => Step::Idle,
+            Next::Close => Step::End(Closed::Gracefully),
+            Next::Kill => Step::End(Closed::Abruptly),
+            Next::Done => Step::End(Closed::Done),
+            Next::Write(out, ends_response) => match self.try_write_all(out.as_ref()) {
+                Ok(0) => Step::Wrote { ends_response },
+                Ok(left) => Step::Writing {
+                    rest: self.write_rest(out, left),
+                    ends_response,
+                },
+                Err(()) => Step::End(Closed::Abruptly),
+            },
+        }
     }
 
-    async fn close_output_unboxed(&self, rest: Option<(Vec<u8>, bool)>) {
+    /// The close output of §3.10, after the unwritten end of a direct write.
+    async fn close_output(&self, rest: Option<(Vec<u8>, bool)>) {
         if let Some((bytes, ends_response)) = rest {
             if self.write(&bytes).await.is_err() || ends_response {
                 return;

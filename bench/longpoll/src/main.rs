@@ -382,17 +382,28 @@ async fn main() {
     let rss_before = opts.server_pid.and_then(rss_kib);
     let gate = Arc::new(Semaphore::new(200));
     let mut tasks = Vec::with_capacity(opts.clients);
-    for client in 0..opts.clients {
-        tasks.push(tokio::spawn(run_client(
-            Arc::clone(&opts),
-            client,
-            Arc::clone(&stats),
-            Arc::clone(&gate),
-        )));
-    }
-    // Wait until every client has its first response head (or the deadline).
-    while stats.ready.load(Ordering::Relaxed) < opts.clients && Instant::now() < connect_deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Two halves, with the server's RSS between them: the second half's
+    // growth is the cost of one more waiting client, without the one-time
+    // growth of a fresh server (Ruby heap, allocator arenas).
+    let half = opts.clients / 2;
+    let mut rss_half = None;
+    for (from, to) in [(0, half), (half, opts.clients)] {
+        for client in from..to {
+            tasks.push(tokio::spawn(run_client(
+                Arc::clone(&opts),
+                client,
+                Arc::clone(&stats),
+                Arc::clone(&gate),
+            )));
+        }
+        // Wait until these clients have their first response head (or the deadline).
+        while stats.ready.load(Ordering::Relaxed) < to && Instant::now() < connect_deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to == half && opts.chunked {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rss_half = opts.server_pid.and_then(rss_kib);
+        }
     }
     if !opts.chunked {
         while Instant::now() < connect_deadline {
@@ -516,5 +527,11 @@ async fn main() {
     if let (Some(before), Some(connected)) = (rss_before, rss_connected) {
         let per = (connected.saturating_sub(before) as f64 * 1024.0) / opts.clients.max(1) as f64;
         println!("server RSS: {before} KiB before, {connected} KiB with all clients waiting ({per:.0} bytes per client)");
+        if let Some(at_half) = rss_half {
+            let second = opts.clients - half;
+            let marginal =
+                (connected.saturating_sub(at_half) as f64 * 1024.0) / second.max(1) as f64;
+            println!("server RSS with the first {half} clients waiting: {at_half} KiB; the other {second} added {marginal:.0} bytes each");
+        }
     }
 }
