@@ -153,6 +153,9 @@ pub struct Fanout {
     counters: Arc<Counters>,
     unreadable: AtomicU64,
     timeouts: Arc<Timeouts>,
+    /// The process whose threads serve this fan-out: in a forked child it
+    /// is inert (its threads do not exist there, its locks may be held).
+    pid: u32,
 }
 
 /// Outcome of parking a connection.
@@ -198,6 +201,7 @@ impl Fanout {
             counters,
             unreadable: AtomicU64::default(),
             timeouts,
+            pid: std::process::id(),
         });
         tokio::spawn(Self::judge_in_order(Arc::downgrade(&fanout), queue));
         Ok(fanout)
@@ -304,8 +308,15 @@ impl Fanout {
         Some(Self::admit_locked(&mut reg, &client_id, parked))
     }
 
+    fn inherited(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
     /// Closes every parked connection (middleware stopped, bus destroyed).
     pub fn close_all(&self) {
+        if self.inherited() {
+            return;
+        }
         for shard in &self.shards {
             let mut reg = shard.registry.lock();
             reg.pending = 0;
@@ -375,6 +386,9 @@ pub struct FanoutStats {
 
 impl Sink for Fanout {
     fn deliver(&self, message: &Arc<Message>) {
+        if self.inherited() {
+            return;
+        }
         let (channel, site) = decode_channel(&message.channel);
         if !self.watched(channel) {
             return;
