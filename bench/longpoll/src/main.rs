@@ -6,8 +6,13 @@
 //! arrived everywhere or after `--deadline` seconds.
 //!
 //! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
-//!          [--server-pid PID] [--deadline S]
+//!          [--server-pid PID] [--deadline S] [--callback-interval-ms C]
 //!          [--publishers K] [--duration S] [--external-publishers]
+//!
+//! `--callback-interval-ms C`: after a poll that brought nothing, a client
+//! waits until C ms after that poll started, as the browser client does.
+//! With `--server-pid` the server's RSS is read before the clients connect,
+//! after the first half of them waits and after all wait.
 //!
 //! Soak mode (`bench/soak`): `--duration S` makes K publishers (`--publishers`,
 //! default 1) each publish `S * 1000 / I` messages I ms apart, message number
@@ -373,7 +378,7 @@ async fn main() {
             }
             Arc::new(o)
         }
-        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID]"),
+        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID] [--deadline S] [--callback-interval-ms C] [--publishers K] [--duration S] [--external-publishers] (see the source's header)"),
         Err(e) => return eprintln!("{e}"),
     };
     let stats = Arc::new(Stats::default());
