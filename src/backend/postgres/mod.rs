@@ -128,8 +128,13 @@ struct Inner {
 }
 
 /// Rows committed late (ids taken before a trim, committed after it) are
-/// caught by bounding trims this far below the last threshold...
-const TRIM_MARGIN: i64 = 1000;
+/// caught by bounding trims this far below the last threshold... A row
+/// escapes the bound only if its statement was in flight while
+/// `max_global_backlog_size` + this many later ids were taken (the batched
+/// publishes of a process are never late for its own trims: one statement
+/// at a time, `batch.rs`). Every trim reads the index entries of the rows
+/// deleted within the margin, so it is kept small.
+const TRIM_MARGIN: i64 = 100;
 /// ...and by an unbounded trim every this many publishes.
 const FULL_TRIM_EVERY: u64 = 1000;
 

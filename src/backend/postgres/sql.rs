@@ -88,6 +88,11 @@ impl Statements {
             // window deleted, so the bound changes nothing but the scan). Not
             // on the age DELETE: its added_at index scan stops at the first
             // live row, while an id bound makes it read the whole window.
+            // The search for the channel's cut is bounded too (walking down
+            // the channel's entries, it would otherwise read those of all its
+            // deleted rows when the channel has fewer than `keep` rows): if
+            // fewer than `keep` rows are above the bound, the cut is at or
+            // below it, and the DELETE between the two would delete nothing.
             publish_all: client
                 .prepare(
                     "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id), \
@@ -98,7 +103,7 @@ impl Statements {
                        AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
                      trim_channel AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
                        AND channel = $1::text AND id > $9::bigint AND id <= (SELECT id FROM message_bus WHERE channel = $1::text \
-                         ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
+                         AND id > $9::bigint ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
                      SELECT id FROM notified",
                 )
                 .await?,
@@ -154,7 +159,7 @@ impl Statements {
                        DELETE FROM message_bus WHERE EXISTS (SELECT 1 FROM ranked WHERE top IS NOT NULL) \
                        AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
                      cuts AS (\
-                       SELECT r.c, (SELECT x.id FROM message_bus x WHERE x.channel = r.c \
+                       SELECT r.c, (SELECT x.id FROM message_bus x WHERE x.channel = r.c AND x.id > $9::bigint \
                          ORDER BY x.id DESC LIMIT 1 OFFSET greatest($8::bigint - r.m, 0)) AS cut \
                        FROM (SELECT DISTINCT c, m FROM ranked WHERE k IS NOT NULL) r), \
                      trim_channel AS (\
