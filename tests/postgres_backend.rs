@@ -805,7 +805,8 @@ fn a_batch_expires_old_rows() {
         .map(|i| (["/x", "/y"][i % 2], format!("new{i}"), hour.clone()))
         .collect();
     // The first (default age: a week) expires nothing, the batch does.
-    let ids = held_then_batched(&db, &b, ("/y", "first".into(), opts()), &rest);
+    let mut ids = held_then_batched(&db, &b, ("/y", "first".into(), opts()), &rest);
+    ids.sort_unstable();
     assert_eq!(ids, (6..=11).collect::<Vec<i64>>());
     assert_eq!(
         db.rows("SELECT id FROM message_bus ORDER BY id"),
@@ -815,4 +816,65 @@ fn a_batch_expires_old_rows() {
         db.rows("SELECT count(DISTINCT xmin::text) FROM message_bus WHERE id > 6"),
         vec![s(&["1"])]
     );
+}
+
+#[test]
+fn cancelled_callers_do_not_cancel_the_others() {
+    let db = Db::new();
+    let b = Arc::new(db.backend());
+    block(b.publish("/c", "before", &opts())).unwrap();
+    let (_listener, mut rx) = listen(&db);
+    db.exec("BEGIN; LOCK TABLE message_bus IN EXCLUSIVE MODE");
+    let ids = block(async {
+        let spawn = |data: String| {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.publish("/c", &data, &opts()).await })
+        };
+        // Sent at once (then held by the lock), its caller goes away.
+        let first = spawn("first".into());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut queued = Vec::new();
+        for i in 0..5 {
+            queued.push(spawn(format!("queued{i}")));
+            // Queued in this order.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.abort();
+        // A queued caller goes away too.
+        queued.remove(2).abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        db.client.batch_execute("COMMIT").await.unwrap();
+        let mut ids = Vec::new();
+        for (i, t) in queued.into_iter().enumerate() {
+            let data = format!("queued{}", if i < 2 { i } else { i + 1 });
+            ids.push((t.await.unwrap().unwrap().unwrap(), data));
+        }
+        ids
+    });
+    // The statements were sent: all six are stored, the first alone, the
+    // queued ones (the abandoned one too) after it; each caller left got
+    // the id of its row.
+    let rows = db.rows("SELECT id, value FROM message_bus ORDER BY id");
+    assert_eq!(rows.len(), 7);
+    assert_eq!(rows[..2], [s(&["1", "before"]), s(&["2", "first"])]);
+    let mut values: Vec<&str> = rows[2..].iter().map(|r| r[1].as_deref().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        ["queued0", "queued1", "queued2", "queued3", "queued4"]
+    );
+    for (id, data) in &ids {
+        assert!(
+            *id >= 3 && rows.contains(&s(&[&id.to_string(), data])),
+            "{id} {data}"
+        );
+    }
+    let got: Vec<i64> = notifications(&mut rx, 6)
+        .iter()
+        .map(|p| Message::decode(p).unwrap().global_id)
+        .collect();
+    assert_eq!(got, (2..=7).collect::<Vec<i64>>());
+    // And publishing goes on.
+    assert_eq!(block(b.publish("/c", "after", &opts())).unwrap(), Some(8));
 }

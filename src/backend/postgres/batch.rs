@@ -9,9 +9,12 @@
 //! ones, until the queue is empty. Each caller gets its own id once the
 //! statement has returned, i.e. once its row is committed.
 //!
-//! At most one statement per process is in flight, so the NOTIFYs of one
-//! process are sent in id order, and trimming sees the rows of every earlier
-//! batch (trimming leaves exactly what trimming after each publish would).
+//! At most one statement per process is in flight, all on one connection
+//! (`PUBLISHER`; a statement whose caller was cancelled may still be running,
+//! but the next one then waits behind it on that connection). So the NOTIFYs
+//! of one process are sent in id order, and trimming sees the rows of every
+//! earlier batch (trimming leaves exactly what trimming after each publish
+//! would).
 //!
 //! Failures: if the batch statement fails with an SQL error, PostgreSQL rolled
 //! it back (nothing was stored), and each publish is retried alone, so one bad
@@ -73,7 +76,8 @@ pub(super) struct Request {
 #[derive(Default)]
 pub(super) struct Queue {
     pending: VecDeque<Request>,
-    /// A task is taking batches from `pending`.
+    /// A publish statement is in flight (sent at once by its caller, or by
+    /// the task that takes batches from `pending`).
     running: bool,
 }
 
@@ -173,41 +177,60 @@ impl Drop for HandOver<'_> {
     }
 }
 
-/// Clears `running` if the serving task ends by unwinding, so that the next
-/// publish is sent at once again.
-struct Running<'a> {
-    queue: &'a Mutex<Queue>,
+/// If the serving task ends other than by emptying the queue (a panic, or
+/// dropped unpolled): fails the publishes still queued (nothing would send
+/// them) and clears `running`, so that the next publish is sent at once.
+struct Running {
+    queue: Arc<Mutex<Queue>>,
     armed: bool,
 }
 
-impl Drop for Running<'_> {
+impl Running {
+    /// The queue is empty and `running` cleared: nothing to do on drop.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        if self.armed {
-            self.queue.lock().running = false;
+        if !self.armed {
+            return;
+        }
+        let stranded = {
+            let mut q = self.queue.lock();
+            q.running = false;
+            std::mem::take(&mut q.pending)
+        };
+        for r in stranded {
+            let _ = r.reply.send(Err(Error::Backend(
+                "PostgreSQL publish: the task sending it ended unexpectedly (not stored)".into(),
+            )));
         }
     }
 }
 
 /// Takes batches from the queue until it is empty.
-async fn serve(inner: Arc<Inner>, queue: Arc<Mutex<Queue>>) {
-    let mut running = Running {
-        queue: &queue,
-        armed: true,
-    };
-    loop {
-        let batch = {
-            let mut q = queue.lock();
-            let batch = take_batch(&mut q.pending, MAX_BATCH, |a, b| a.msg.trim == b.msg.trim);
-            if batch.is_empty() {
-                // Under the lock: a publish made after this sees `running`
-                // false and is sent at once.
-                q.running = false;
-                running.armed = false;
-                return;
-            }
-            batch
-        };
-        run(&inner, batch).await;
+fn serve(inner: Arc<Inner>, queue: Arc<Mutex<Queue>>) -> impl std::future::Future<Output = ()> {
+    // Made before the task first runs: it counts even if it never does.
+    let mut running = Running { queue, armed: true };
+    async move {
+        loop {
+            let batch = {
+                let mut q = running.queue.lock();
+                let batch = take_batch(&mut q.pending, MAX_BATCH, |a, b| a.msg.trim == b.msg.trim);
+                if batch.is_empty() {
+                    // Under the lock: a publish made after this sees
+                    // `running` false and is sent at once.
+                    q.running = false;
+                    drop(q);
+                    running.disarm();
+                    return;
+                }
+                batch
+            };
+            run(&inner, batch).await;
+        }
     }
 }
 
