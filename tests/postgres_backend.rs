@@ -382,3 +382,499 @@ fn connection_errors_say_what_is_wrong() {
         Err(Error::Argument(_))
     ));
 }
+
+/// A LISTEN connection on the backend's NOTIFY channel: its payloads in
+/// arrival order.
+fn listen(db: &Db) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    block(async {
+        let (client, mut conn) = tokio_postgres::connect(&db.conninfo(), NoTls)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client.batch_execute("LISTEN _message_bus_0").await.unwrap();
+        (client, rx)
+    })
+}
+
+fn notifications(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    block(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => out.push(p),
+                _ => break,
+            }
+        }
+        // Nothing more.
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            out.push(p);
+        }
+    });
+    out
+}
+
+/// One publish of `concurrently`: what was sent and what came back.
+#[derive(Debug, Clone)]
+struct Sent {
+    channel: String,
+    data: String,
+    id: Result<Option<i64>, Error>,
+}
+
+/// `tasks` tasks publishing `each` messages at once; `what(task, i)` gives
+/// the channel, data and options of each.
+fn concurrently(
+    b: &Arc<PostgresBackend>,
+    tasks: usize,
+    each: usize,
+    what: fn(usize, usize) -> (String, String, PublishOptions),
+) -> Vec<Sent> {
+    block(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let b = Arc::clone(b);
+                tokio::spawn(async move {
+                    let mut sent = Vec::new();
+                    for i in 0..each {
+                        let (channel, data, opts) = what(t, i);
+                        let id = b.publish(&channel, &data, &opts).await;
+                        sent.push(Sent { channel, data, id });
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all
+    })
+}
+
+fn wire(id: i64, channel: &str, data: &str) -> String {
+    Message::new(id, id, channel, data).encode()
+}
+
+/// What trimming after each publish in id order leaves (COMPAT.md §4.3.4,
+/// without age expiry): `published` is (id, channel, max_backlog_size).
+fn trimmed_in_turn(
+    published: &[(i64, String, i64)],
+    global_size: i64,
+    clear_every: i64,
+) -> Vec<i64> {
+    let mut sorted = published.to_vec();
+    sorted.sort();
+    let mut rows: Vec<(i64, String)> = Vec::new();
+    for (id, channel, size) in sorted {
+        rows.push((id, channel.clone()));
+        if id % clear_every != 0 {
+            continue;
+        }
+        rows.retain(|(i, _)| *i > id - global_size);
+        let mut of_channel: Vec<i64> = rows
+            .iter()
+            .filter(|(_, c)| *c == channel)
+            .map(|(i, _)| *i)
+            .collect();
+        of_channel.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&cut) = of_channel.get(size as usize) {
+            rows.retain(|(i, c)| *c != channel || *i > cut);
+        }
+    }
+    let mut ids: Vec<i64> = rows.into_iter().map(|(i, _)| i).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn concurrent_publishes_are_committed_together_with_the_rows_and_notifications_of_single_ones() {
+    let db = Db::new();
+    let b = Arc::new(db.backend());
+    Settings::set(&b.settings().max_backlog_size, 10_000);
+    Settings::set(&b.settings().max_global_backlog_size, 10_000);
+    let (_listener, mut rx) = listen(&db);
+    let sent = concurrently(&b, 8, 200, |t, i| {
+        let channel = ["/a", "/b", "/p|ipe$|$s1", "/d"][(t + i) % 4].to_string();
+        (
+            channel,
+            format!("{{\"t\":{t},\"i\":{i},\"x\":\"a|b\"}}"),
+            opts(),
+        )
+    });
+    let mut expected: Vec<Vec<Option<String>>> = sent
+        .iter()
+        .map(|s| {
+            let id = s.id.clone().unwrap().unwrap();
+            vec![
+                Some(id.to_string()),
+                Some(s.channel.clone()),
+                Some(s.data.clone()),
+            ]
+        })
+        .collect();
+    expected.sort_by_key(|r| r[0].as_deref().unwrap_or("").parse::<i64>().unwrap());
+    // Every id once, no gap: ids 1..=1600 in the table, byte for byte.
+    let ids: Vec<i64> = expected
+        .iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=1600).collect::<Vec<i64>>());
+    assert_eq!(
+        db.rows("SELECT id, channel, value FROM message_bus ORDER BY id"),
+        expected
+    );
+    // Publishes did share commits.
+    let commits: i64 = db.rows("SELECT count(DISTINCT xmin::text) FROM message_bus")[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(commits < 1600, "{commits} commits for 1600 publishes");
+    eprintln!("1600 concurrent publishes in {commits} commits");
+    // NOTIFYs: one per publish, in id order, the wire string of §4.1.
+    let mut by_id: Vec<&Sent> = sent.iter().collect();
+    by_id.sort_by_key(|s| s.id.clone().unwrap().unwrap());
+    let wanted: Vec<String> = by_id
+        .iter()
+        .map(|s| wire(s.id.clone().unwrap().unwrap(), &s.channel, &s.data))
+        .collect();
+    assert_eq!(notifications(&mut rx, 1600), wanted);
+}
+
+#[test]
+fn concurrent_publishes_trim_as_publishes_in_turn_would() {
+    for clear_every in [1, 3] {
+        let db = Db::new();
+        let b = Arc::new(db.backend());
+        Settings::set(&b.settings().max_backlog_size, 7);
+        Settings::set(&b.settings().max_global_backlog_size, 100);
+        Settings::set(&b.settings().clear_every, clear_every);
+        let (_listener, mut rx) = listen(&db);
+        // Tasks 0-5: four channels with the default size; tasks 6-7 (a
+        // channel of their own, and a shared one) with max_backlog_size 2.
+        let sent = concurrently(&b, 8, 200, |t, i| {
+            if t >= 6 {
+                let channel = if i % 2 == 0 { "/small" } else { "/a" };
+                let o = PublishOptions {
+                    max_backlog_size: Some(2),
+                    ..opts()
+                };
+                (channel.to_string(), format!("s{t}-{i}"), o)
+            } else {
+                let channel = ["/a", "/b", "/c", "/d"][(t * 7 + i) % 4];
+                (channel.to_string(), format!("m{t}-{i}"), opts())
+            }
+        });
+        let published: Vec<(i64, String, i64)> = sent
+            .iter()
+            .map(|s| {
+                let size = if s.data.starts_with('s') { 2 } else { 7 };
+                (s.id.clone().unwrap().unwrap(), s.channel.clone(), size)
+            })
+            .collect();
+        let mut ids: Vec<i64> = published.iter().map(|p| p.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=1600).collect::<Vec<i64>>());
+        let expected = trimmed_in_turn(&published, 100, clear_every);
+        let left: Vec<i64> = db
+            .rows("SELECT id FROM message_bus ORDER BY id")
+            .into_iter()
+            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(left, expected, "clear_every {clear_every}");
+        // The rows left are the published ones, byte for byte.
+        for row in db.rows("SELECT id, channel, value FROM message_bus ORDER BY id") {
+            let id: i64 = row[0].as_deref().unwrap().parse().unwrap();
+            let s = sent.iter().find(|s| s.id == Ok(Some(id))).unwrap();
+            assert_eq!(row[1].as_deref(), Some(s.channel.as_str()));
+            assert_eq!(row[2].as_deref(), Some(s.data.as_str()));
+        }
+        if clear_every == 1 {
+            // Here that is the plain rule for the channels published with
+            // one size: the newest 7 (2 for /small) among the newest 100
+            // rows. (/a mixes sizes: a size-2 trim deletes rows a later
+            // size-7 one would keep, so only the model above applies.)
+            for (channel, size) in [("/b", 7), ("/c", 7), ("/d", 7), ("/small", 2)] {
+                let mut of: Vec<i64> = published
+                    .iter()
+                    .filter(|p| p.0 > 1500 && p.1 == channel)
+                    .map(|p| p.0)
+                    .collect();
+                of.sort_unstable();
+                let rule = of.split_off(of.len().saturating_sub(size));
+                let kept: Vec<i64> = db
+                    .rows(&format!(
+                        "SELECT id FROM message_bus WHERE channel = '{channel}' ORDER BY id"
+                    ))
+                    .into_iter()
+                    .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+                    .collect();
+                assert_eq!(kept, rule, "{channel}");
+            }
+        }
+        // Every publish was NOTIFYed, in id order, trimmed or not.
+        let got: Vec<i64> = notifications(&mut rx, 1600)
+            .iter()
+            .map(|p| Message::decode(p).unwrap().global_id)
+            .collect();
+        assert_eq!(got, (1..=1600).collect::<Vec<i64>>());
+    }
+}
+
+#[test]
+fn a_failing_publish_does_not_fail_the_others_of_its_batch() {
+    let db = Db::new();
+    let b = Arc::new(db.backend());
+    let (_listener, mut rx) = listen(&db);
+    // One value in ten is too short for the table's check constraint.
+    let sent = concurrently(&b, 8, 100, |t, i| {
+        let data = if i % 10 == 3 {
+            "x".to_string()
+        } else {
+            format!("m{t}-{i}")
+        };
+        ("/f".to_string(), data, opts())
+    });
+    let mut ok: Vec<(i64, &Sent)> = Vec::new();
+    for s in &sent {
+        match &s.id {
+            Ok(Some(id)) => ok.push((*id, s)),
+            Ok(None) => panic!("queued?"),
+            Err(e) => {
+                assert_eq!(s.data, "x", "{e}");
+                assert!(e.to_string().contains("message_bus_value_check"), "{e}");
+            }
+        }
+    }
+    assert_eq!(ok.len(), 720);
+    ok.sort_by_key(|(id, _)| *id);
+    let expected: Vec<Vec<Option<String>>> = ok
+        .iter()
+        .map(|(id, s)| vec![Some(id.to_string()), Some(s.data.clone())])
+        .collect();
+    assert_eq!(
+        db.rows("SELECT id, value FROM message_bus ORDER BY id"),
+        expected
+    );
+    let wanted: Vec<String> = ok.iter().map(|(id, s)| wire(*id, "/f", &s.data)).collect();
+    assert_eq!(notifications(&mut rx, 720), wanted);
+}
+
+type Queued = (&'static str, String, PublishOptions);
+
+/// Makes `first` while a lock holds the table, then queues `rest` in order
+/// behind it (the batcher takes them when `first` returns); their ids.
+fn held_then_batched(
+    db: &Db,
+    b: &Arc<PostgresBackend>,
+    first: Queued,
+    rest: &[Queued],
+) -> Vec<i64> {
+    db.exec("BEGIN; LOCK TABLE message_bus IN EXCLUSIVE MODE");
+    block(async {
+        let spawn = |(channel, data, o): Queued| {
+            let b = Arc::clone(b);
+            tokio::spawn(async move { b.publish(channel, &data, &o).await.unwrap().unwrap() })
+        };
+        let mut tasks = vec![spawn(first)];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for q in rest {
+            tasks.push(spawn(q.clone()));
+            // Queued in this order (the ids are then always the same).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        db.client.batch_execute("COMMIT").await.unwrap();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids
+    })
+}
+
+#[test]
+fn a_batch_trims_its_own_rows_as_publishes_in_turn_would() {
+    // (max_backlog_size, max_global_backlog_size, clear_every, rows before,
+    // which batch goes first)
+    for (size, global_size, clear_every, old, ones_first) in [
+        (3, 12, 1, 10, false),
+        (3, 12, 1, 10, true),
+        (3, 12, 4, 10, true),
+        (8, 60, 1, 40, false),
+        (8, 60, 4, 40, false),
+        (8, 60, 4, 40, true),
+        (100, 20, 1, 10, false),
+        (100, 20, 1, 10, true),
+    ] {
+        let case = format!(
+            "size {size}, global size {global_size}, clear_every {clear_every}, ones first {ones_first}"
+        );
+        let db = Db::new();
+        let b = Arc::new(db.backend());
+        Settings::set(&b.settings().max_backlog_size, size);
+        Settings::set(&b.settings().max_global_backlog_size, global_size);
+        Settings::set(&b.settings().clear_every, clear_every);
+        let mut published: Vec<(i64, String, i64)> = Vec::new();
+        for i in 0..old {
+            let channel = ["/a", "/b", "/c", "/z"][i % 4];
+            let id = block(b.publish(channel, &format!("old{i}"), &opts())).unwrap();
+            published.push((id.unwrap(), channel.to_string(), size));
+        }
+        let (_listener, mut rx) = listen(&db);
+        // 26 publishes queued while one is in flight go as two statements:
+        // 20 with the default size and 6 with max_backlog_size 1 (settings
+        // differ: not in one statement), in the order of the first of each
+        // in the queue.
+        let mut queued = Vec::new();
+        for i in 0..26 {
+            let one = if ones_first { i % 4 == 0 } else { i % 4 == 1 };
+            queued.push(if one && i < 24 {
+                let o = PublishOptions {
+                    max_backlog_size: Some(1),
+                    ..opts()
+                };
+                (["/a", "/z"][(i / 4) % 2], format!("one{i}"), o)
+            } else {
+                (["/a", "/b", "/c"][i % 3], format!("new{i}"), opts())
+            });
+        }
+        let ids = held_then_batched(&db, &b, ("/a", "first".into(), opts()), &queued);
+        let sizes = std::iter::once(size)
+            .chain(queued.iter().map(|q| q.2.max_backlog_size.unwrap_or(size)));
+        let channels = std::iter::once("/a").chain(queued.iter().map(|q| q.0));
+        let sent: Vec<(i64, String, i64)> = ids
+            .iter()
+            .zip(channels.zip(sizes))
+            .map(|(&id, (channel, size))| (id, channel.to_string(), size))
+            .collect();
+        let first = sent[0].0;
+        published.extend(sent);
+        let old = old as i64;
+        let mut ids: Vec<i64> = published.iter().map(|p| p.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=old + 27).collect::<Vec<i64>>(), "{case}");
+        let left: Vec<i64> = db
+            .rows("SELECT id FROM message_bus ORDER BY id")
+            .into_iter()
+            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            trimmed_in_turn(&published, global_size, clear_every),
+            "{case}"
+        );
+        // The 20 and the 6 were each committed at once.
+        let xmins = db.rows(&format!(
+            "SELECT count(DISTINCT xmin::text) FROM message_bus WHERE id > {first}"
+        ));
+        assert!(
+            xmins == vec![s(&["1"])] || xmins == vec![s(&["2"])],
+            "{case}: {xmins:?}"
+        );
+        let got: Vec<i64> = notifications(&mut rx, 27)
+            .iter()
+            .map(|p| Message::decode(p).unwrap().global_id)
+            .collect();
+        assert_eq!(got, (old + 1..=old + 27).collect::<Vec<i64>>(), "{case}");
+    }
+}
+
+#[test]
+fn a_batch_expires_old_rows() {
+    let db = Db::new();
+    let b = Arc::new(db.backend());
+    for i in 0..5 {
+        block(b.publish("/x", &format!("old{i}"), &opts())).unwrap();
+    }
+    db.exec("UPDATE message_bus SET added_at = added_at - interval '2 hours' WHERE id <= 3");
+    let hour = PublishOptions {
+        max_backlog_age: Some(3600),
+        ..opts()
+    };
+    let rest: Vec<Queued> = (0..5)
+        .map(|i| (["/x", "/y"][i % 2], format!("new{i}"), hour.clone()))
+        .collect();
+    // The first (default age: a week) expires nothing, the batch does.
+    let mut ids = held_then_batched(&db, &b, ("/y", "first".into(), opts()), &rest);
+    ids.sort_unstable();
+    assert_eq!(ids, (6..=11).collect::<Vec<i64>>());
+    assert_eq!(
+        db.rows("SELECT id FROM message_bus ORDER BY id"),
+        (4..=11).map(|i| s(&[&i.to_string()])).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        db.rows("SELECT count(DISTINCT xmin::text) FROM message_bus WHERE id > 6"),
+        vec![s(&["1"])]
+    );
+}
+
+#[test]
+fn cancelled_callers_do_not_cancel_the_others() {
+    let db = Db::new();
+    let b = Arc::new(db.backend());
+    block(b.publish("/c", "before", &opts())).unwrap();
+    let (_listener, mut rx) = listen(&db);
+    db.exec("BEGIN; LOCK TABLE message_bus IN EXCLUSIVE MODE");
+    let ids = block(async {
+        let spawn = |data: String| {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.publish("/c", &data, &opts()).await })
+        };
+        // Sent at once (then held by the lock), its caller goes away.
+        let first = spawn("first".into());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut queued = Vec::new();
+        for i in 0..5 {
+            queued.push(spawn(format!("queued{i}")));
+            // Queued in this order.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.abort();
+        // A queued caller goes away too.
+        queued.remove(2).abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        db.client.batch_execute("COMMIT").await.unwrap();
+        let mut ids = Vec::new();
+        for (i, t) in queued.into_iter().enumerate() {
+            let data = format!("queued{}", if i < 2 { i } else { i + 1 });
+            ids.push((t.await.unwrap().unwrap().unwrap(), data));
+        }
+        ids
+    });
+    // The statements were sent: all six are stored, the first alone, the
+    // queued ones (the abandoned one too) after it; each caller left got
+    // the id of its row.
+    let rows = db.rows("SELECT id, value FROM message_bus ORDER BY id");
+    assert_eq!(rows.len(), 7);
+    assert_eq!(rows[..2], [s(&["1", "before"]), s(&["2", "first"])]);
+    let mut values: Vec<&str> = rows[2..].iter().map(|r| r[1].as_deref().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        ["queued0", "queued1", "queued2", "queued3", "queued4"]
+    );
+    for (id, data) in &ids {
+        assert!(
+            *id >= 3 && rows.contains(&s(&[&id.to_string(), data])),
+            "{id} {data}"
+        );
+    }
+    let got: Vec<i64> = notifications(&mut rx, 6)
+        .iter()
+        .map(|p| Message::decode(p).unwrap().global_id)
+        .collect();
+    assert_eq!(got, (2..=7).collect::<Vec<i64>>());
+    // And publishing goes on.
+    assert_eq!(block(b.publish("/c", "after", &opts())).unwrap(), Some(8));
+}

@@ -12,7 +12,8 @@
 //! A publish is one statement (insert, NOTIFY and the §4.3.4 trimming as
 //! CTEs: one round trip, one commit, NOTIFY atomic with the row), and its
 //! trimming DELETEs are bounded below the last threshold applied (see
-//! `sql::Statements::publish_all`).
+//! `sql::Statements::publish_all`). Publishes made while another is in
+//! flight share one statement and one commit (group commit, `batch.rs`).
 //!
 //! Oversized payloads: nothing is NOTIFYed for them (a reference listener
 //! would parse any short substitute as a message). Our listeners read the
@@ -22,6 +23,7 @@
 //! Connections and tasks live in a [`ProcState`] tagged with the pid: a forked
 //! child never touches what it inherited (it is leaked) and builds its own.
 
+mod batch;
 pub mod firehose;
 pub mod sql;
 
@@ -45,8 +47,11 @@ use crate::error::{Error, Result};
 use crate::message::{escape_channel, Message};
 use crate::subscription::Subscription;
 
-/// Pooled connections per process.
+/// Pooled connections per process (for everything but publishes).
 const POOL_SIZE: usize = 4;
+/// The slot after them: the connection publishes are sent on (one statement
+/// at a time, see `batch.rs`).
+const PUBLISHER: usize = POOL_SIZE;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One pooled connection and its prepared statements.
@@ -67,12 +72,14 @@ struct ProcState {
     subscribed: AtomicBool,
     /// Wakes the firehose to read the table (a local oversized publish).
     poke: tokio::sync::Notify,
+    /// Publishes waiting to be sent together (group commit, `batch.rs`).
+    publishes: Arc<Mutex<batch::Queue>>,
 }
 
 impl ProcessLocal for ProcState {
     fn fresh() -> Self {
         ProcState {
-            pool: (0..POOL_SIZE)
+            pool: (0..=PUBLISHER)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
@@ -80,6 +87,7 @@ impl ProcessLocal for ProcState {
             firehose: Mutex::new(None),
             subscribed: AtomicBool::new(false),
             poke: tokio::sync::Notify::new(),
+            publishes: Arc::default(),
         }
     }
 
@@ -120,8 +128,13 @@ struct Inner {
 }
 
 /// Rows committed late (ids taken before a trim, committed after it) are
-/// caught by bounding trims this far below the last threshold...
-const TRIM_MARGIN: i64 = 1000;
+/// caught by bounding trims this far below the last threshold... A row
+/// escapes the bound only if its statement was in flight while
+/// `max_global_backlog_size` + this many later ids were taken (the batched
+/// publishes of a process are never late for its own trims: one statement
+/// at a time, `batch.rs`). Every trim reads the index entries of the rows
+/// deleted within the margin, so it is kept small.
+const TRIM_MARGIN: i64 = 100;
 /// ...and by an unbounded trim every this many publishes.
 const FULL_TRIM_EVERY: u64 = 1000;
 
@@ -138,17 +151,113 @@ impl Inner {
         Ok(Message::new(id, id, channel, value))
     }
 
-    /// The lower bound (exclusive) of the rows the next trim looks at.
-    fn trim_floor(&self) -> i64 {
-        if self
-            .trims
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(FULL_TRIM_EVERY)
-        {
+    /// The lower bound (exclusive) of the rows the next trim looks at, for
+    /// a statement of `publishes` publishes: 0 (unbounded) if their count
+    /// includes a multiple of `FULL_TRIM_EVERY`.
+    fn trim_floor(&self, publishes: u64) -> i64 {
+        let before = self.trims.fetch_add(publishes, Ordering::Relaxed);
+        if before.div_ceil(FULL_TRIM_EVERY) * FULL_TRIM_EVERY < before + publishes {
             return 0;
         }
         (self.trimmed_to.load(Ordering::Relaxed) - TRIM_MARGIN).max(0)
     }
+
+    /// One publish (insert, NOTIFY, trimming) as one statement.
+    async fn publish_one(&self, msg: &batch::Publish) -> std::result::Result<i64, Failure> {
+        let trim = &msg.trim;
+        let tail = format!("{}|{}", msg.escaped, msg.data);
+        let floor = self.trim_floor(1);
+        let conn = self.conn_at(PUBLISHER).await.map_err(Failure::Pool)?;
+        let rows = self
+            .run_query(
+                &conn,
+                |s| &s.publish_all,
+                &[
+                    &msg.channel,
+                    &msg.data,
+                    &self.notify_channel,
+                    &tail,
+                    &trim.clear_every,
+                    &trim.global_size,
+                    &trim.interval(),
+                    &trim.size,
+                    &floor,
+                ],
+            )
+            .await?;
+        let id: i64 = rows
+            .first()
+            .ok_or_else(|| Failure::Other(Error::Backend("INSERT returned no id".into())))?
+            .try_get(0)
+            .map_err(Failure::Pg)?;
+        batch::after_publish(self, &[id], trim);
+        Ok(id)
+    }
+
+    /// Publishes with equal trimming settings as one statement; their ids
+    /// in order.
+    async fn publish_many(
+        &self,
+        requests: &[batch::Request],
+    ) -> std::result::Result<Vec<i64>, Failure> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        let trim = &first.msg.trim;
+        let channels: Vec<&str> = requests.iter().map(|r| r.msg.channel.as_str()).collect();
+        let values: Vec<&str> = requests.iter().map(|r| r.msg.data.as_str()).collect();
+        let escaped: Vec<&str> = requests.iter().map(|r| r.msg.escaped.as_str()).collect();
+        let floor = self.trim_floor(requests.len() as u64);
+        let conn = self.conn_at(PUBLISHER).await.map_err(Failure::Pool)?;
+        let rows = self
+            .run_query(
+                &conn,
+                |s| &s.publish_batch,
+                &[
+                    &channels,
+                    &values,
+                    &escaped,
+                    &self.notify_channel,
+                    &trim.clear_every,
+                    &trim.global_size,
+                    &trim.interval(),
+                    &trim.size,
+                    &floor,
+                ],
+            )
+            .await?;
+        let pairs = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<std::result::Result<Vec<(i64, i64)>, tokio_postgres::Error>>()
+            .map_err(Failure::Pg)?;
+        let ids = batch::ids_in_order(requests.len(), &pairs).ok_or_else(|| {
+            Failure::Other(Error::Backend(format!(
+                "PostgreSQL at {}: a batch of {} publishes returned unexpected ids {pairs:?}",
+                self.target,
+                requests.len()
+            )))
+        })?;
+        batch::after_publish(self, &ids, trim);
+        Ok(ids)
+    }
+
+    fn failure_to_error(&self, failure: Failure) -> Error {
+        match failure {
+            Failure::Pool(e) | Failure::Other(e) => e,
+            Failure::Pg(e) => self.to_error(e),
+        }
+    }
+}
+
+/// Why a statement failed.
+enum Failure {
+    /// No connection (the statement was not sent).
+    Pool(Error),
+    /// The driver's error (from the server, or the connection broke).
+    Pg(tokio_postgres::Error),
+    /// Anything else.
+    Other(Error),
 }
 
 pub struct PostgresBackend {
@@ -264,8 +373,12 @@ impl Inner {
     }
 
     /// Opens a connection, drives it on the runtime, creates the table if
-    /// missing and prepares the statements.
-    async fn connect(&self) -> Result<Arc<Conn>> {
+    /// missing and prepares the statements. The publisher connection plans
+    /// its statements once (generic plans): PostgreSQL would otherwise make
+    /// a custom plan on every execution of `publish_batch`, which costs more
+    /// than running it. (Not the others: generic plans of the backlog reads
+    /// would scan the whole table.)
+    async fn connect(&self, publisher: bool) -> Result<Arc<Conn>> {
         let (client, connection) = self
             .config
             .connect(NoTls)
@@ -275,6 +388,12 @@ impl Inner {
             // Ends when the client is dropped or the connection breaks.
             let _ = connection.await;
         });
+        if publisher {
+            // Since PostgreSQL 12; older servers keep their default.
+            let _ = client
+                .batch_execute("SET plan_cache_mode = force_generic_plan")
+                .await;
+        }
         // A concurrent reset may drop the table between the check and the
         // preparation: check again then.
         let mut attempts = 0;
@@ -303,16 +422,24 @@ impl Inner {
 
     /// A pooled connection (round robin over `POOL_SIZE` lazily opened ones).
     async fn conn(&self) -> Result<Arc<Conn>> {
+        let i = self.proc().next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
+        self.conn_at(i).await
+    }
+
+    /// The connection of pool slot `i`, opened if needed.
+    async fn conn_at(&self, i: usize) -> Result<Arc<Conn>> {
         let proc = self.proc();
-        let i = proc.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
-        let mut slot = proc.pool[i].lock().await;
+        let Some(slot) = proc.pool.get(i) else {
+            return Err(Error::Backend(format!("no connection slot {i}")));
+        };
+        let mut slot = slot.lock().await;
         if let Some(conn) = slot.as_ref() {
             if !conn.client.is_closed() {
                 return Ok(Arc::clone(conn));
             }
         }
         slot.take();
-        let conn = self.connect().await?;
+        let conn = self.connect(i == PUBLISHER).await?;
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }
@@ -325,18 +452,30 @@ impl Inner {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let conn = self.conn().await?;
+        self.run_query(&conn, pick, params)
+            .await
+            .map_err(|f| self.failure_to_error(f))
+    }
+
+    /// `query` on `conn`, keeping the driver's error.
+    async fn run_query(
+        &self,
+        conn: &Conn,
+        pick: fn(&Statements) -> &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, Failure> {
         match conn.client.query(pick(&conn.stmts), params).await {
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
                 conn.client
                     .batch_execute(&sql::create_schema_sql())
                     .await
-                    .map_err(|e| self.to_error(e))?;
+                    .map_err(Failure::Pg)?;
                 conn.client
                     .query(pick(&conn.stmts), params)
                     .await
-                    .map_err(|e| self.to_error(e))
+                    .map_err(Failure::Pg)
             }
-            r => r.map_err(|e| self.to_error(e)),
+            r => r.map_err(Failure::Pg),
         }
     }
 
@@ -429,7 +568,8 @@ impl Backend for PostgresBackend {
         let inner = &self.inner;
         let s = &inner.settings;
         let err = |e| inner.to_error(e);
-        let tail = format!("{}|{data}", escape_channel(channel));
+        let escaped = escape_channel(channel);
+        let tail = format!("{escaped}|{data}");
         let global_size = Settings::get(&s.max_global_backlog_size);
         let age = opts
             .max_backlog_age
@@ -439,39 +579,20 @@ impl Backend for PostgresBackend {
             .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
         // The payload is "<id>|<id>|<tail>"; ids have at most 19 digits.
         if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT && size >= 1 {
-            // Insert, NOTIFY and trimming in one statement: one round trip
-            // and one commit (the NOTIFY is sent when the row commits).
-            let floor = inner.trim_floor();
-            let rows = inner
-                .query(
-                    |s| &s.publish_all,
-                    &[
-                        &channel,
-                        &data,
-                        &inner.notify_channel,
-                        &tail,
-                        &s.clear_every(),
-                        &global_size,
-                        &format!("{age} seconds"),
-                        &size,
-                        &floor,
-                    ],
-                )
-                .await?;
-            let id: i64 = rows
-                .first()
-                .ok_or_else(|| Error::Backend("INSERT returned no id".into()))?
-                .try_get(0)
-                .map_err(err)?;
-            if id <= inner.trimmed_to.load(Ordering::Relaxed) {
-                // Ids restarted (a reset, maybe by another process).
-                inner.trimmed_to.store(0, Ordering::Relaxed);
-            }
-            if id % s.clear_every() == 0 && id > global_size {
-                inner
-                    .trimmed_to
-                    .fetch_max(id - global_size, Ordering::Relaxed);
-            }
+            // Insert, NOTIFY and trimming in one statement, shared with the
+            // publishes made meanwhile (group commit, see `batch.rs`).
+            let msg = batch::Publish {
+                channel: channel.to_string(),
+                data: data.to_string(),
+                escaped,
+                trim: batch::Trim {
+                    clear_every: s.clear_every(),
+                    global_size,
+                    age,
+                    size,
+                },
+            };
+            let id = batch::publish(&self.inner, &inner.proc().publishes, msg).await?;
             return Ok(Some(id));
         }
         let (id, oversized, notify_error) = if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT {
@@ -670,12 +791,23 @@ mod tests {
     fn trims_are_bounded_below_the_last_threshold_with_periodic_full_trims() {
         let backend = PostgresBackend::new("host=localhost dbname=x", "_message_bus_0").unwrap();
         let inner = &backend.inner;
-        assert_eq!(inner.trim_floor(), 0); // the first trim is full
-        assert_eq!(inner.trim_floor(), 0); // nothing trimmed yet
+        assert_eq!(inner.trim_floor(1), 0); // the first trim is full
+        assert_eq!(inner.trim_floor(1), 0); // nothing trimmed yet
         inner.trimmed_to.fetch_max(5000, Ordering::Relaxed);
-        assert_eq!(inner.trim_floor(), 5000 - TRIM_MARGIN);
+        assert_eq!(inner.trim_floor(1), 5000 - TRIM_MARGIN);
         inner.trims.store(FULL_TRIM_EVERY, Ordering::Relaxed);
-        assert_eq!(inner.trim_floor(), 0);
-        assert_eq!(inner.trim_floor(), 5000 - TRIM_MARGIN);
+        assert_eq!(inner.trim_floor(1), 0);
+        assert_eq!(inner.trim_floor(1), 5000 - TRIM_MARGIN);
+        // A batch is unbounded if it covers a multiple of FULL_TRIM_EVERY.
+        inner
+            .trims
+            .store(2 * FULL_TRIM_EVERY - 10, Ordering::Relaxed);
+        assert_eq!(inner.trim_floor(10), 5000 - TRIM_MARGIN); // up to 2F - 1
+        assert_eq!(inner.trim_floor(64), 0); // 2F .. 2F + 63
+        assert_eq!(inner.trim_floor(64), 5000 - TRIM_MARGIN);
+        inner
+            .trims
+            .store(3 * FULL_TRIM_EVERY - 1, Ordering::Relaxed);
+        assert_eq!(inner.trim_floor(2), 0); // 3F - 1 and 3F
     }
 }

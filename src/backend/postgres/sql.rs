@@ -48,6 +48,7 @@ pub struct Statements {
     pub insert_and_notify: Statement,
     pub trim: Statement,
     pub publish_all: Statement,
+    pub publish_batch: Statement,
     pub clear_global_backlog: Statement,
     pub clear_channel_backlog: Statement,
     pub channel_backlog: Statement,
@@ -87,6 +88,11 @@ impl Statements {
             // window deleted, so the bound changes nothing but the scan). Not
             // on the age DELETE: its added_at index scan stops at the first
             // live row, while an id bound makes it read the whole window.
+            // The search for the channel's cut is bounded too (walking down
+            // the channel's entries, it would otherwise read those of all its
+            // deleted rows when the channel has fewer than `keep` rows): if
+            // fewer than `keep` rows are above the bound, the cut is at or
+            // below it, and the DELETE between the two would delete nothing.
             publish_all: client
                 .prepare(
                     "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id), \
@@ -97,8 +103,69 @@ impl Statements {
                        AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
                      trim_channel AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
                        AND channel = $1::text AND id > $9::bigint AND id <= (SELECT id FROM message_bus WHERE channel = $1::text \
-                         ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
+                         AND id > $9::bigint ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
                      SELECT id FROM notified",
+                )
+                .await?,
+            // Several publishes in one statement and one commit (group
+            // commit, see `batch.rs`), with exactly the rows, NOTIFYs and
+            // trimming of running `publish_all` for each in turn.
+            // $1 channels, $2 values, $3 escaped channels (text[], one entry
+            // per publish), $4 NOTIFY channel, $5 clear_every, $6 global
+            // size, $7 age, $8 keep (>= 1), $9 trim floor (as `publish_all`).
+            // Returns (ordinality, id): ids are taken in array order.
+            //
+            // Trimming: publish i trims when its id is a multiple of
+            // clear_every. Done in turn, the global DELETEs amount to the one
+            // of the highest such id (`top`), the age DELETE to one, and the
+            // channel DELETEs of channel C to the one of C's highest such id
+            // `k`: keep the newest `keep` rows of C up to `k`. The batch's
+            // own rows are not in the statement's snapshot, so the DELETEs
+            // only remove older rows (C keeps `keep - m` of them, m = the
+            // batch's rows of C up to `k`), and a batch row that trimming in
+            // turn would delete is not inserted at all: inserting and
+            // deleting it in the same transaction would be invisible to
+            // everyone else. Its id is taken and NOTIFYed like any other.
+            // The NOTIFYs are sent in id order (the sorted subquery below),
+            // which is the order listeners receive them in.
+            publish_batch: client
+                .prepare(
+                    "WITH numbered AS (\
+                       SELECT t.n, t.c, t.v, t.e, nextval('message_bus_id_seq') AS id \
+                       FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(c, v, e, n) \
+                       ORDER BY t.n), \
+                     marked AS (\
+                       SELECT c, v, id, \
+                         max(id) FILTER (WHERE id % $5::bigint = 0) OVER (PARTITION BY c) AS k, \
+                         max(id) FILTER (WHERE id % $5::bigint = 0) OVER () AS top \
+                       FROM numbered), \
+                     ranked AS (\
+                       SELECT c, v, id, k, top, \
+                         count(*) FILTER (WHERE id <= k) OVER (PARTITION BY c ORDER BY id DESC) AS newer, \
+                         count(*) FILTER (WHERE id <= k) OVER (PARTITION BY c) AS m \
+                       FROM marked), \
+                     inserted AS (\
+                       INSERT INTO message_bus (id, channel, value) \
+                       SELECT id, c, v FROM ranked \
+                       WHERE NOT ((top IS NOT NULL AND id <= top - $6::bigint) OR (id <= k AND newer > $8::bigint)) \
+                       ORDER BY id), \
+                     notified AS (\
+                       SELECT n, id, pg_notify($4::text, id::text || '|' || id::text || '|' || e || '|' || v) \
+                       FROM (SELECT n, id, e, v FROM numbered ORDER BY id) ordered), \
+                     trim_global AS (\
+                       DELETE FROM message_bus WHERE id > $9::bigint \
+                       AND id <= (SELECT max(top) FROM ranked) - $6::bigint), \
+                     expired AS (\
+                       DELETE FROM message_bus WHERE EXISTS (SELECT 1 FROM ranked WHERE top IS NOT NULL) \
+                       AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
+                     cuts AS (\
+                       SELECT r.c, (SELECT x.id FROM message_bus x WHERE x.channel = r.c AND x.id > $9::bigint \
+                         ORDER BY x.id DESC LIMIT 1 OFFSET greatest($8::bigint - r.m, 0)) AS cut \
+                       FROM (SELECT DISTINCT c, m FROM ranked WHERE k IS NOT NULL) r), \
+                     trim_channel AS (\
+                       DELETE FROM message_bus b USING cuts \
+                       WHERE b.channel = cuts.c AND b.id > $9::bigint AND b.id <= cuts.cut) \
+                     SELECT n, id FROM notified",
                 )
                 .await?,
             trim: client
