@@ -118,13 +118,13 @@ pub fn blocking<T>(
 /// waiting, finishes there); only a future that must wait releases the GVL.
 pub fn block_on<T, Fut>(
     ruby: &Ruby,
-    mut make: impl FnMut() -> Fut,
+    make: impl FnOnce() -> Fut,
 ) -> std::result::Result<T, magnus::Error>
 where
     Fut: Future<Output = Result<T>>,
 {
     let rt = runtime().map_err(|e| crate::errors::to_ruby(ruby, e))?;
-    let mut first = {
+    let mut fut = {
         let _guard = rt.enter();
         let mut fut = Box::pin(make());
         let mut cx = Context::from_waker(Waker::noop());
@@ -132,15 +132,17 @@ where
             .unwrap_or_else(|p| Poll::Ready(Err(panicked(p))));
         match polled {
             Poll::Ready(result) => return result.map_err(|e| crate::errors::to_ruby(ruby, e)),
-            Poll::Pending => Some(fut),
+            Poll::Pending => fut,
         }
     };
+    // The same future across interrupts: a signal handled by Ruby without
+    // an exception resumes it, never starts the operation again (a publish
+    // sent twice would be stored twice).
     blocking(ruby, None, |cancel| {
-        let fut = first.take().unwrap_or_else(|| Box::pin(make()));
         rt.block_on(async {
             tokio::select! {
                 biased;
-                result = fut => result,
+                result = fut.as_mut() => result,
                 _ = cancel.cancelled() => Err(Error::Interrupted),
             }
         })
