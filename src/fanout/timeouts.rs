@@ -40,8 +40,19 @@ impl Ord for Entry {
     }
 }
 
+/// Fewest entries at which ended connections are swept out of the heap.
+const MIN_SWEEP: usize = 1024;
+
+struct Heap {
+    entries: BinaryHeap<Entry>,
+    /// Size at which entries of ended connections are swept out: their
+    /// `Weak` would keep each connection's allocation until its deadline
+    /// (clients that reconnect after every message leave many).
+    sweep_at: usize,
+}
+
 pub struct Timeouts {
-    heap: Mutex<BinaryHeap<Entry>>,
+    heap: Mutex<Heap>,
     /// Wakes the task: an earlier deadline was added, or stop.
     changed: Notify,
     stopped: AtomicBool,
@@ -51,7 +62,10 @@ impl Timeouts {
     /// Must be called within the runtime.
     pub fn start() -> Arc<Self> {
         let timeouts = Arc::new(Timeouts {
-            heap: Mutex::default(),
+            heap: Mutex::new(Heap {
+                entries: BinaryHeap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
             changed: Notify::new(),
             stopped: AtomicBool::new(false),
         });
@@ -61,8 +75,12 @@ impl Timeouts {
 
     pub fn add(&self, at: Instant, parked: &Arc<Parked>) {
         let mut heap = self.heap.lock();
-        let earliest = heap.peek().is_none_or(|top| at < top.at);
-        heap.push(Entry {
+        if heap.entries.len() >= heap.sweep_at {
+            heap.entries.retain(|e| e.parked.strong_count() > 0);
+            heap.sweep_at = (2 * heap.entries.len()).max(MIN_SWEEP);
+        }
+        let earliest = heap.entries.peek().is_none_or(|top| at < top.at);
+        heap.entries.push(Entry {
             at,
             conn_id: parked.conn_id,
             parked: Arc::downgrade(parked),
@@ -99,9 +117,9 @@ impl Timeouts {
     fn expire(&self, now: Instant) -> Option<Instant> {
         loop {
             let mut heap = self.heap.lock();
-            match heap.peek() {
+            match heap.entries.peek() {
                 Some(top) if top.at <= now => {
-                    let entry = heap.pop();
+                    let entry = heap.entries.pop();
                     drop(heap);
                     // Gone already if the connection ended earlier.
                     if let Some(parked) = entry.and_then(|e| e.parked.upgrade()) {
@@ -157,7 +175,35 @@ mod tests {
             assert!(matches!(b.outbox.next(&[]), Next::Idle));
             tokio::time::sleep(Duration::from_secs(10)).await;
             assert!(matches!(b.outbox.next(&[]), Next::Close));
-            assert!(timeouts.heap.lock().is_empty());
+            assert!(timeouts.heap.lock().entries.is_empty());
+            timeouts.stop();
+        });
+    }
+
+    #[test]
+    fn ended_connections_are_swept_out_before_their_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let timeouts = Timeouts::start();
+            let at = Instant::now() + Duration::from_secs(60);
+            let kept = parked(0);
+            timeouts.add(at, &kept);
+            for n in 1..=(3 * MIN_SWEEP as u64) {
+                // Ended at once, like clients that reconnect after every message.
+                timeouts.add(at, &parked(n));
+            }
+            let left = timeouts.heap.lock().entries.len();
+            assert!(left <= MIN_SWEEP, "{left} entries kept");
+            assert!(timeouts
+                .heap
+                .lock()
+                .entries
+                .iter()
+                .any(|e| e.conn_id == 0 && e.parked.strong_count() == 1));
             timeouts.stop();
         });
     }
