@@ -11,12 +11,13 @@ use crate::error::{Error, Result};
 
 static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
 
-fn worker_threads() -> usize {
-    std::env::var("MESSAGE_BUS_WORKER_THREADS")
+/// A positive count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(2)
+        .unwrap_or(default)
 }
 
 /// The runtime of this process, built on first use.
@@ -33,7 +34,7 @@ pub fn runtime() -> Result<Arc<Runtime>> {
         std::mem::forget(stale);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
+        .worker_threads(env_count("MESSAGE_BUS_WORKER_THREADS", 2))
         .thread_name("message-bus")
         .enable_all()
         .build()

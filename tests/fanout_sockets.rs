@@ -12,7 +12,7 @@ use message_bus_core::backend::{Backend, PublishOptions};
 use message_bus_core::envelope::Identity;
 use message_bus_core::fanout::Fanout;
 use message_bus_core::gate::Gate;
-use message_bus_core::http::connection::{park, Session};
+use message_bus_core::http::connection::{park, Session, View};
 
 /// De-chunks an HTTP/1.1 body; returns the payloads between separators.
 fn records(body: &[u8]) -> Vec<String> {
@@ -65,13 +65,14 @@ fn a_stalled_reader_gets_every_message_in_order_once_it_reads_again() {
         site_id: None,
     };
     let session = Session {
-        client_id: "reader".into(),
         seq: 1,
         identity: who,
         subscriptions: vec![("/big".into(), None)],
-        chunked: true,
-        head_prefix: Arc::from(&b"HTTP/1.1 200 OK\r\n"[..]),
-        timeout: Duration::from_secs(3),
+        view: View {
+            chunked: true,
+            head_prefix: Arc::from(&b"HTTP/1.1 200 OK\r\n"[..]),
+            timeout: Duration::from_secs(3),
+        },
     };
     {
         let _guard = rt.enter();

@@ -164,6 +164,16 @@ fn global_ids(messages: &[Message]) -> Vec<i64> {
     messages.iter().map(|m| m.global_id).collect()
 }
 
+/// Drops every pub/sub connection of the server (the firehose's).
+fn kill_pubsub_connections(con: &mut redis::Connection) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(con)
+        .unwrap();
+}
+
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !condition() {
@@ -539,12 +549,7 @@ fn firehose_reconnects_and_replays_what_it_missed() {
     assert_eq!(global_ids(&receive(&sub, 1)), vec![1]);
 
     let mut con = server.con();
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut con)
-        .unwrap();
+    kill_pubsub_connections(&mut con);
     wait_until("the disconnect", || !b.is_subscribed());
     publish(&b, "/a", "2");
     publish(&b, "/a", "3");
@@ -821,12 +826,7 @@ fn losing_the_firehose_connection_clears_the_cache() {
         let mgets = mget_calls(&mut con);
         assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
         assert_eq!(mget_calls(&mut con), mgets, "answered from the cache");
-        let _: () = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut con)
-            .unwrap();
+        kill_pubsub_connections(&mut con);
         wait_until("the disconnect", || !b.is_subscribed());
         assert_eq!(poll_ids(&b, &["/a"], &[Some(-1)]), vec![1]);
         let reread = mget_calls(&mut con) == mgets + 1;

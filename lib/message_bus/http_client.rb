@@ -152,11 +152,14 @@ module MessageBus
       return unless http
 
       @aborted = true
-      begin
-        http.finish if http.started?
-      rescue IOError, SystemCallError
-        nil
-      end
+      finish_quietly(http)
+    end
+
+    # Closes the connection; one already gone is not an error.
+    def finish_quietly(http)
+      http.finish if http.started?
+    rescue IOError, SystemCallError
+      nil
     end
 
     def poll
@@ -186,11 +189,7 @@ module MessageBus
       @lock.synchronize do
         if @http.equal?(http)
           @http = nil
-          begin
-            http.finish if http.started?
-          rescue IOError, SystemCallError
-            nil
-          end
+          finish_quietly(http)
         end
       end
     end

@@ -115,9 +115,9 @@ fn pending_key(conn_id: u64) -> String {
 
 /// A message on its way to the fan-out threads.
 struct Job {
+    /// Its `message.channel` is the decoded channel.
     live: Arc<Live>,
     envelope: Arc<Envelope>,
-    channel: String,
     site: Option<String>,
 }
 
@@ -131,15 +131,6 @@ struct Shard {
 struct Counters {
     delivered: AtomicU64,
     slow_closed: AtomicU64,
-}
-
-/// Fan-out threads (at least 1); default 2, `MESSAGE_BUS_FANOUT_THREADS`.
-fn fanout_threads() -> usize {
-    std::env::var("MESSAGE_BUS_FANOUT_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2)
 }
 
 pub struct Fanout {
@@ -172,7 +163,8 @@ impl Fanout {
         let counters = Arc::new(Counters::default());
         let mut shards = Vec::new();
         let mut queues = Vec::new();
-        for n in 0..fanout_threads() {
+        // Fan-out threads: default 2 (the machine's cores are shared with Ruby).
+        for n in 0..crate::runtime::env_count("MESSAGE_BUS_FANOUT_THREADS", 2) {
             let shard = Arc::new(Shard {
                 registry: Mutex::default(),
                 counters: Arc::clone(&counters),
@@ -360,7 +352,6 @@ impl Fanout {
                 chunk,
             }),
             envelope,
-            channel: channel.to_string(),
             site: site.map(str::to_string),
         });
         for queue in &self.queues {
@@ -414,10 +405,11 @@ impl Shard {
     /// Writes a live message to every client of this shard that may see it.
     fn write(&self, job: &Job) {
         // /global/ messages reach clients of every site (§9 Q35).
-        let global = job.channel.starts_with(GLOBAL_PREFIX);
+        let channel = &job.live.message.channel;
+        let global = channel.starts_with(GLOBAL_PREFIX);
         let targets: Vec<Arc<Parked>> = {
             let reg = self.registry.lock();
-            let Some(conns) = reg.index.get(&job.channel) else {
+            let Some(conns) = reg.index.get(channel) else {
                 return;
             };
             conns
@@ -481,6 +473,14 @@ mod tests {
         })
     }
 
+    /// Fan-outs spawn their deadline task on the runtime they are made in.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     /// Waits for the fan-out thread to queue a message for `parked`.
     fn next_write(parked: &Parked) -> Option<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -495,9 +495,7 @@ mod tests {
 
     #[test]
     fn pending_polls_get_live_messages_but_do_not_count_as_parked() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let fanout = Fanout::new(Gate::new()).unwrap();
         let pending = parked(&fanout, "a");
@@ -523,9 +521,7 @@ mod tests {
 
     #[test]
     fn a_newer_request_replaces_the_parked_one_and_a_stale_one_is_refused() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
         let fanout = Fanout::new(Gate::new()).unwrap();
         let first = parked(&fanout, "a");

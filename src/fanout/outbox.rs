@@ -303,10 +303,6 @@ impl Outbox {
         s.close_requested = true;
         wake(s);
     }
-
-    pub fn is_killed(&self) -> bool {
-        self.state.lock().killed
-    }
 }
 
 #[cfg(test)]
@@ -366,7 +362,6 @@ mod tests {
             assert_eq!(outbox.push(&ab(), &live("/a", id + 1)), Push::Queued);
         }
         assert_eq!(outbox.push(&ab(), &live("/a", 999)), Push::TooSlow);
-        assert!(outbox.is_killed());
         assert!(matches!(outbox.next(&ab()), Next::Kill));
         assert_eq!(outbox.push(&ab(), &live("/a", 1000)), Push::Gone);
 

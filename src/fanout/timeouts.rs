@@ -155,14 +155,18 @@ mod tests {
         })
     }
 
-    #[test]
-    fn connections_close_in_deadline_order_and_ended_ones_are_skipped() {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// A runtime whose clock only moves when every task waits.
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
-            .unwrap();
-        rt.block_on(async {
+            .unwrap()
+    }
+
+    #[test]
+    fn connections_close_in_deadline_order_and_ended_ones_are_skipped() {
+        paused_runtime().block_on(async {
             let timeouts = Timeouts::start();
             let now = Instant::now();
             let (a, b, c) = (parked(1), parked(2), parked(3));
@@ -182,12 +186,7 @@ mod tests {
 
     #[test]
     fn ended_connections_are_swept_out_before_their_deadline() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        paused_runtime().block_on(async {
             let timeouts = Timeouts::start();
             let at = Instant::now() + Duration::from_secs(60);
             let kept = parked(0);

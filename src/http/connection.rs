@@ -30,20 +30,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a parked connection needs, gathered by the middleware.
 pub struct Session {
-    pub client_id: String,
     pub seq: i64,
     pub identity: Identity,
     pub subscriptions: Vec<Requested>,
-    pub chunked: bool,
-    /// Status line and headers (see `frame::head_prefix`).
-    /// Shared by the connections of one middleware with the same headers.
-    pub head_prefix: Arc<[u8]>,
-    pub timeout: Duration,
+    pub view: View,
 }
 
 /// How a parked connection answers.
 pub struct View {
     pub chunked: bool,
+    /// Status line and headers (see `frame::head_prefix`).
+    /// Shared by the connections of one middleware with the same headers.
     pub head_prefix: Arc<[u8]>,
     pub timeout: Duration,
 }
@@ -109,14 +106,9 @@ pub fn park(
         &session.subscriptions,
         &fanout,
     );
-    let admission = fanout.admit(&session.client_id, Arc::clone(&parked));
-    let view = View {
-        chunked: session.chunked,
-        head_prefix: session.head_prefix,
-        timeout: session.timeout,
-    };
+    let admission = fanout.admit(&session.identity.client_id, Arc::clone(&parked));
     let start = Start::Backlog(session.subscriptions, backend);
-    spawn(stream, parked, view, admission, start, fanout);
+    spawn(stream, parked, session.view, admission, start, fanout);
     Ok(())
 }
 
@@ -257,15 +249,42 @@ impl Conn {
         &self.parked.outbox
     }
 
-    /// Writes all of `bytes`; fails on a write error, after `WRITE_TIMEOUT`,
-    /// or when the fan-out kills the connection meanwhile. A socket that
-    /// takes everything at once (the usual case) needs no waiting state;
-    /// the rest is boxed so that idle connections stay small.
-    async fn write(&self, bytes: &[u8]) -> std::result::Result<(), ()> {
-        match self.try_write_all(bytes)? {
-            0 => Ok(()),
-            left => self.write_slowly(&bytes[bytes.len() - left..]).await,
+    /// The head of a streamed answer and its first chunk.
+    async fn write_head(&mut self, first_chunk: &[u8]) -> std::result::Result<(), Closed> {
+        let mut out = frame::chunked_head(&self.view.head_prefix);
+        out.extend_from_slice(first_chunk);
+        self.head_written = true;
+        self.write(Out::Owned(out))
+            .await
+            .map_err(|_| Closed::Abruptly)
+    }
+
+    /// Writes all of `out`; fails on a write error, after `WRITE_TIMEOUT`,
+    /// or when the fan-out kills the connection meanwhile.
+    async fn write(&self, out: Out) -> std::result::Result<(), ()> {
+        match self.start_write(out)? {
+            Some(rest) => rest.await,
+            None => Ok(()),
         }
+    }
+
+    /// Writes what the socket takes of `out` now. The rest, if any, is left
+    /// to a boxed future that owns it: a socket that takes everything at
+    /// once (the usual case) needs no waiting state, and idle connections
+    /// keep none. (Boxed by this plain function: an `async fn` calling
+    /// `Box::pin(async_fn())` still reserves room for the unboxed future.)
+    fn start_write(
+        &self,
+        out: Out,
+    ) -> std::result::Result<Option<BoxFuture<'_, std::result::Result<(), ()>>>, ()> {
+        let left = self.try_write_all(out.as_ref())?;
+        if left == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Box::pin(async move {
+            let bytes = out.as_ref();
+            self.write_slowly(&bytes[bytes.len() - left..]).await
+        })))
     }
 
     /// Writes what the socket takes now; returns how many bytes are left.
@@ -281,22 +300,7 @@ impl Conn {
         Ok(bytes.len())
     }
 
-    /// Boxed by a plain function: an `async fn` calling `Box::pin(async_fn())`
-    /// still reserves room for the unboxed future in its own state.
-    fn write_slowly<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, std::result::Result<(), ()>> {
-        Box::pin(self.write_slowly_unboxed(bytes))
-    }
-
-    /// Writes the last `left` bytes of `out`.
-    fn write_rest(&self, out: Out, left: usize) -> BoxFuture<'_, std::result::Result<(), ()>> {
-        Box::pin(async move {
-            let bytes = out.as_ref();
-            self.write_slowly_unboxed(&bytes[bytes.len() - left..])
-                .await
-        })
-    }
-
-    async fn write_slowly_unboxed(&self, mut bytes: &[u8]) -> std::result::Result<(), ()> {
+    async fn write_slowly(&self, mut bytes: &[u8]) -> std::result::Result<(), ()> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         while !bytes.is_empty() {
             let writable = poll_fn(|cx| {
@@ -332,19 +336,16 @@ impl Conn {
         .await
         .map_err(|_| Closed::Gracefully)?;
         if self.view.chunked {
-            let mut out = frame::chunked_head(&self.view.head_prefix);
             if backlog.is_empty() {
-                out.extend_from_slice(frame::EMPTY_CHUNK);
+                self.write_head(frame::EMPTY_CHUNK).await?;
             } else {
-                out.extend_from_slice(&frame::chunk(&payload(&backlog.messages, &backlog.status)));
+                self.write_head(&frame::chunk(&payload(&backlog.messages, &backlog.status)))
+                    .await?;
             }
-            self.head_written = true;
-            self.write(&out).await.map_err(|_| Closed::Abruptly)?;
         } else if !backlog.is_empty() {
             let body = payload(&backlog.messages, &backlog.status);
-            let _ = self
-                .write(&frame::full_response(&self.view.head_prefix, &body))
-                .await;
+            let response = frame::full_response(&self.view.head_prefix, &body);
+            let _ = self.write(Out::Owned(response)).await;
             return Err(Closed::Done);
         }
         Ok(backlog.positions)
@@ -378,10 +379,7 @@ impl Conn {
         match *self.start.take().ok_or(Closed::Abruptly)? {
             Start::Answered(positions) => {
                 if self.view.chunked {
-                    let mut out = frame::chunked_head(&self.view.head_prefix);
-                    out.extend_from_slice(frame::EMPTY_CHUNK);
-                    self.head_written = true;
-                    self.write(&out).await.map_err(|_| Closed::Abruptly)?;
+                    self.write_head(frame::EMPTY_CHUNK).await?;
                 }
                 Ok(positions)
             }
@@ -458,10 +456,10 @@ impl Conn {
             Next::Close => Step::End(Closed::Gracefully),
             Next::Kill => Step::End(Closed::Abruptly),
             Next::Done => Step::End(Closed::Done),
-            Next::Write(out, ends_response) => match self.try_write_all(out.as_ref()) {
-                Ok(0) => Step::Wrote { ends_response },
-                Ok(left) => Step::Writing {
-                    rest: self.write_rest(out, left),
+            Next::Write(out, ends_response) => match self.start_write(out) {
+                Ok(None) => Step::Wrote { ends_response },
+                Ok(Some(rest)) => Step::Writing {
+                    rest,
                     ends_response,
                 },
                 Err(()) => Step::End(Closed::Abruptly),
@@ -471,12 +469,14 @@ impl Conn {
 
     /// The close output of §3.10, after the unwritten end of a direct write.
     async fn close_output(&self, rest: Option<(Vec<u8>, bool)>) {
+        let mut out = Vec::new();
         if let Some((bytes, ends_response)) = rest {
-            if self.write(&bytes).await.is_err() || ends_response {
+            out = bytes;
+            if ends_response {
+                let _ = self.write(Out::Owned(out)).await;
                 return;
             }
         }
-        let mut out = Vec::new();
         if self.view.chunked {
             if !self.head_written {
                 out.extend_from_slice(&frame::chunked_head(&self.view.head_prefix));
@@ -484,8 +484,8 @@ impl Conn {
             out.extend_from_slice(frame::EMPTY_CHUNK);
             out.extend_from_slice(frame::LAST_CHUNK);
         } else {
-            out = frame::full_response(&self.view.head_prefix, "[]");
+            out.extend_from_slice(&frame::full_response(&self.view.head_prefix, "[]"));
         }
-        let _ = self.write(&out).await;
+        let _ = self.write(Out::Owned(out)).await;
     }
 }

@@ -188,11 +188,7 @@ impl NativeConnections {
         let Some((pending, positions)) = pending.0.lock().take() else {
             return Err(to_ruby(ruby, Error::Argument("poll already parked".into())));
         };
-        let view = View {
-            chunked: request.fetch("chunked")?,
-            head_prefix: rb_self.shared_head(head_prefix(&headers(request.fetch("headers")?)?)),
-            timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
-        };
+        let view = rb_self.view(request)?;
         let owned = dup_fd(ruby, fd)?;
         let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
         let _guard = rt.enter();
@@ -211,13 +207,10 @@ impl NativeConnections {
             request.fetch("groups_json")?,
         )?;
         let session = Session {
-            client_id: who.client_id.clone(),
             seq: request.fetch("seq")?,
             identity: who,
             subscriptions: subscriptions(ruby, request.fetch("channels")?)?,
-            chunked: request.fetch("chunked")?,
-            head_prefix: rb_self.shared_head(head_prefix(&headers(request.fetch("headers")?)?)),
-            timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
+            view: rb_self.view(request)?,
         };
         let owned = dup_fd(ruby, fd)?;
         let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
@@ -229,6 +222,15 @@ impl NativeConnections {
             Arc::clone(&rb_self.backend),
         )
         .map_err(|e| to_ruby(ruby, e))
+    }
+
+    /// How a parked poll answers: the `park_params` of the request.
+    fn view(&self, request: RHash) -> RbResult<View> {
+        Ok(View {
+            chunked: request.fetch("chunked")?,
+            head_prefix: self.shared_head(head_prefix(&headers(request.fetch("headers")?)?)),
+            timeout: Duration::from_millis(request.fetch::<_, u64>("timeout_ms")?),
+        })
     }
 
     fn shared_head(&self, bytes: Vec<u8>) -> Arc<[u8]> {

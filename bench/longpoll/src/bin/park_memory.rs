@@ -13,7 +13,7 @@ use message_bus_core::backend::Backend;
 use message_bus_core::envelope::Identity;
 use message_bus_core::fanout::Fanout;
 use message_bus_core::gate::Gate;
-use message_bus_core::http::connection::{park, Session};
+use message_bus_core::http::connection::{park, Session, View};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,13 +94,14 @@ fn main() {
                 site_id: None,
             };
             let session = Session {
-                client_id: who.client_id.clone(),
                 seq: 1,
                 identity: who,
                 subscriptions: vec![("/bench".into(), Some(-1))],
-                chunked: true,
-                head_prefix: Arc::clone(&head),
-                timeout: Duration::from_secs(60),
+                view: View {
+                    chunked: true,
+                    head_prefix: Arc::clone(&head),
+                    timeout: Duration::from_secs(60),
+                },
             };
             let _g = rt.enter();
             park(fd, session, Arc::clone(&fanout), Arc::clone(&backend))
