@@ -164,16 +164,22 @@ impl Drop for HandOver<'_> {
             }),
         };
         if let Err(e) = spawned {
-            // Nothing will serve the queue: fail what is in it.
-            let failed = {
-                let mut q = self.queue.lock();
-                q.running = false;
-                std::mem::take(&mut q.pending)
-            };
-            for r in failed {
-                let _ = r.reply.send(Err(e.clone()));
-            }
+            // Nothing will serve the queue.
+            fail_queued(self.queue, &e);
         }
+    }
+}
+
+/// Fails every queued publish (none was sent) and marks the queue idle, so
+/// that the next publish is sent at once.
+fn fail_queued(queue: &Mutex<Queue>, e: &Error) {
+    let stranded = {
+        let mut q = queue.lock();
+        q.running = false;
+        std::mem::take(&mut q.pending)
+    };
+    for r in stranded {
+        let _ = r.reply.send(Err(e.clone()));
     }
 }
 
@@ -197,16 +203,12 @@ impl Drop for Running {
         if !self.armed {
             return;
         }
-        let stranded = {
-            let mut q = self.queue.lock();
-            q.running = false;
-            std::mem::take(&mut q.pending)
-        };
-        for r in stranded {
-            let _ = r.reply.send(Err(Error::Backend(
+        fail_queued(
+            &self.queue,
+            &Error::Backend(
                 "PostgreSQL publish: the task sending it ended unexpectedly (not stored)".into(),
-            )));
-        }
+            ),
+        );
     }
 }
 
@@ -238,11 +240,7 @@ fn serve(inner: Arc<Inner>, queue: Arc<Mutex<Queue>>) -> impl std::future::Futur
 async fn run(inner: &Inner, mut batch: Vec<Request>) {
     if batch.len() == 1 {
         if let Some(r) = batch.pop() {
-            let result = inner
-                .publish_one(&r.msg)
-                .await
-                .map_err(|f| inner.failure_to_error(f));
-            let _ = r.reply.send(result);
+            publish_alone(inner, r).await;
         }
         return;
     }
@@ -255,11 +253,7 @@ async fn run(inner: &Inner, mut batch: Vec<Request>) {
         Err(failure) if failure.rolled_back() => {
             // Nothing was stored: each alone (the bad one fails by itself).
             for r in batch {
-                let result = inner
-                    .publish_one(&r.msg)
-                    .await
-                    .map_err(|f| inner.failure_to_error(f));
-                let _ = r.reply.send(result);
+                publish_alone(inner, r).await;
             }
         }
         Err(failure) => {
@@ -269,6 +263,15 @@ async fn run(inner: &Inner, mut batch: Vec<Request>) {
             }
         }
     }
+}
+
+/// Sends one queued publish as its own statement and answers its caller.
+async fn publish_alone(inner: &Inner, r: Request) {
+    let result = inner
+        .publish_one(&r.msg)
+        .await
+        .map_err(|f| inner.failure_to_error(f));
+    let _ = r.reply.send(result);
 }
 
 /// Bookkeeping after publishes got `ids` (in any order) with `trim`.
