@@ -60,9 +60,7 @@ fn a_stalled_reader_gets_every_message_in_order_once_it_reads_again() {
     let (server, _) = listener.accept().expect("accept");
     let who = Identity {
         client_id: "reader".into(),
-        user_id: serde_json::Value::Null,
-        group_ids: vec![],
-        site_id: None,
+        ..Identity::default()
     };
     let session = Session {
         seq: 1,

@@ -446,7 +446,6 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
     use std::time::{Duration, Instant};
 
     fn parked(fanout: &Fanout, client: &str) -> Arc<Parked> {
@@ -455,9 +454,7 @@ mod tests {
             seq: 0,
             identity: Identity {
                 client_id: client.into(),
-                user_id: Value::Null,
-                group_ids: vec![],
-                site_id: None,
+                ..Identity::default()
             },
             channels: vec!["/c".into()],
             outbox: Outbox::default(),

@@ -146,9 +146,7 @@ mod tests {
             seq: 0,
             identity: Identity {
                 client_id: format!("c{conn_id}"),
-                user_id: serde_json::Value::Null,
-                group_ids: vec![],
-                site_id: None,
+                ..Identity::default()
             },
             channels: vec![],
             outbox: Outbox::default(),

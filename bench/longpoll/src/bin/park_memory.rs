@@ -89,9 +89,7 @@ fn main() {
             let fd = std::os::fd::OwnedFd::from(s);
             let who = Identity {
                 client_id: format!("client-{}-{i}", rss.len()),
-                user_id: serde_json::Value::Null,
-                group_ids: vec![],
-                site_id: None,
+                ..Identity::default()
             };
             let session = Session {
                 seq: 1,
