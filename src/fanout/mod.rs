@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::bus::{decode_channel, Sink, GLOBAL_PREFIX};
+use crate::bus::{decode_channel, decoded_site, Sink, GLOBAL_PREFIX};
 use crate::envelope::{Envelope, Identity};
 use crate::error::{Error, Result};
 use crate::gate::Gate;
@@ -404,7 +404,9 @@ impl Sink for Fanout {
 impl Shard {
     /// Writes a live message to every client of this shard that may see it.
     fn write(&self, job: &Job) {
-        // /global/ messages reach clients of every site (§9 Q35).
+        // /global/ messages reach clients of every site (§9 Q35). A client
+        // whose channels carry an empty site (`/c$|$`) gets the messages
+        // stored there, which decode to no site.
         let channel = &job.live.message.channel;
         let global = channel.starts_with(GLOBAL_PREFIX);
         let targets: Vec<Arc<Parked>> = {
@@ -414,7 +416,9 @@ impl Shard {
             };
             conns
                 .values()
-                .filter(|p| global || p.identity.site_id.as_deref() == job.site.as_deref())
+                .filter(|p| {
+                    global || decoded_site(p.identity.site_id.as_deref()) == job.site.as_deref()
+                })
                 .filter(|p| job.envelope.allows(&p.identity))
                 .cloned()
                 .collect()
