@@ -30,6 +30,12 @@ RSpec.describe MessageBus::Rack::PollRequest do
     expect(parse("%2Fa=%FF")).to be_between(400, 499)
   end
 
+  it "reads no further than CONTENT_LENGTH (Puma 5 leaves pipelined bytes in rack.input)" do
+    env = Rack::MockRequest.env_for("/message-bus/c/poll", :method => "POST", :input => "%2Fa=-1GET / HTTP/1.1\r\n\r\n",
+                                                           "CONTENT_LENGTH" => "7")
+    expect(described_class.new(env, bus, "c").channels).to eq([["/a", -1]])
+  end
+
   it "clamps or rejects an infinite JSON __seq (1e400)" do
     result = parse(%({"/a":1,"__seq":1e400}), content_type: "application/json")
     expect(result).to be_a(described_class)
