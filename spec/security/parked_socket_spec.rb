@@ -89,7 +89,7 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
     end
     cpu = cpu_seconds(server.pid) - cpu_before
     warn format("  chatty client: cut by %<cut>s after %<mb>.2f MB sent; server CPU %<cpu>.2f s",
-                cut: cut.class, mb: sent / 1_048_576.0, cpu: cpu)
+                cut: cut ? cut.class : "nothing", mb: sent / 1_048_576.0, cpu: cpu)
     socket.close
     expect(cut).not_to be_nil, "the server read #{sent} bytes sent after the request without closing"
     expect(sent).to be < limit
