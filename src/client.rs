@@ -236,29 +236,31 @@ mod tests {
         assert!(empty.is_empty());
     }
 
+    /// A poll of `channel` from id 0 by an anonymous client of `site`.
+    fn poll_from_zero(
+        b: &MemoryBackend,
+        site: Option<&str>,
+        channel: &str,
+    ) -> Result<ClientBacklog> {
+        let mut client = who(Value::Null);
+        client.site_id = site.map(str::to_string);
+        block(compute(
+            b,
+            &Gate::default(),
+            &client,
+            &[(channel.into(), Some(0))],
+        ))
+    }
+
     #[test]
     fn sites_are_kept_apart() {
         let b = MemoryBackend::new();
         block(b.publish("/c$|$a", &envelope("1", "null"), &PublishOptions::default())).unwrap();
-        let mut site_b = who(Value::Null);
-        site_b.site_id = Some("b".into());
-        let r = block(compute(
-            &b,
-            &Gate::default(),
-            &site_b,
-            &[("/c".into(), Some(0))],
-        ))
-        .unwrap();
-        assert!(r.messages.is_empty());
-        let mut site_a = site_b.clone();
-        site_a.site_id = Some("a".into());
-        let r = block(compute(
-            &b,
-            &Gate::default(),
-            &site_a,
-            &[("/c".into(), Some(0))],
-        ))
-        .unwrap();
+        assert!(poll_from_zero(&b, Some("b"), "/c")
+            .unwrap()
+            .messages
+            .is_empty());
+        let r = poll_from_zero(&b, Some("a"), "/c").unwrap();
         assert_eq!(r.messages[0].channel, "/c");
     }
 
@@ -268,25 +270,14 @@ mod tests {
         block(b.publish("/s$|$a", &envelope("1", "null"), &PublishOptions::default())).unwrap();
         block(b.publish("/d$|$", &envelope("2", "null"), &PublishOptions::default())).unwrap();
         for site in [None, Some(""), Some("b")] {
-            let mut client = who(Value::Null);
-            client.site_id = site.map(str::to_string);
             for channel in ["/s$|$a", "/global/s$|$a", "$|$"] {
-                let asked = [(channel.to_string(), Some(0))];
                 assert!(
-                    block(compute(&b, &Gate::default(), &client, &asked)).is_err(),
+                    poll_from_zero(&b, site, channel).is_err(),
                     "{channel} for site {site:?}"
                 );
             }
         }
-        let mut empty = who(Value::Null);
-        empty.site_id = Some(String::new());
-        let r = block(compute(
-            &b,
-            &Gate::default(),
-            &empty,
-            &[("/d".into(), Some(0))],
-        ))
-        .unwrap();
+        let r = poll_from_zero(&b, Some(""), "/d").unwrap();
         assert_eq!(r.messages.len(), 1);
         assert_eq!(r.messages[0].channel, "/d");
     }

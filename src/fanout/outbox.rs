@@ -366,11 +366,15 @@ mod tests {
     use crate::http::json::OutMessage;
 
     fn live(channel: &str, id: i64) -> Arc<Live> {
+        live_with(channel, id, "1".into())
+    }
+
+    fn live_with(channel: &str, id: i64, data: String) -> Arc<Live> {
         let message = OutMessage {
             global_id: id,
             message_id: id,
             channel: channel.into(),
-            data: "1".into(),
+            data,
         };
         let body = crate::http::json::payload(std::slice::from_ref(&message), &[]);
         let chunk = frame::chunk(&body);
@@ -439,19 +443,7 @@ mod tests {
     }
 
     fn big_live(id: i64, bytes: usize) -> Arc<Live> {
-        let message = OutMessage {
-            global_id: id,
-            message_id: id,
-            channel: "/a".into(),
-            data: format!("\"{}\"", "x".repeat(bytes)),
-        };
-        let body = crate::http::json::payload(std::slice::from_ref(&message), &[]);
-        let chunk = frame::chunk(&body);
-        Arc::new(Live {
-            message,
-            body,
-            chunk,
-        })
+        live_with("/a", id, format!("\"{}\"", "x".repeat(bytes)))
     }
 
     #[test]
