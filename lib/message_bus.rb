@@ -403,9 +403,15 @@ module MessageBus
     private
 
     def middleware_stats
-      totals = { parked: 0, delivered: 0, slow_closed: 0, unreadable: 0 }
       middlewares = @mutex.synchronize { @middlewares ? @middlewares.dup : [] }
-      middlewares.each { |m| m.stats.each { |k, v| totals[k] = totals.fetch(k, 0) + v.to_i } }
+      middlewares.each_with_object(MessageBus::Native::Connections._empty_stats) { |m, totals| add_counts(totals, m.stats) }
+    end
+
+    # Adds counts into totals, nested hashes (closes by reason) included.
+    def add_counts(totals, counts)
+      counts.each do |key, value|
+        totals[key] = value.is_a?(Hash) ? add_counts(totals.fetch(key, {}), value) : totals.fetch(key, 0) + value.to_i
+      end
       totals
     end
 

@@ -30,6 +30,12 @@ pub fn encode_channel(channel: &str, site_id: Option<&str>) -> Result<String> {
     }
 }
 
+/// A client's site as decoding a channel it reads gives it back: an empty
+/// site (`channel$|$`) is no site.
+pub fn decoded_site(site_id: Option<&str>) -> Option<&str> {
+    site_id.filter(|site| !site.is_empty())
+}
+
 /// Splits an encoded channel into the channel and its site id (empty → none).
 pub fn decode_channel(encoded: &str) -> (&str, Option<&str>) {
     match encoded.split_once(SITE_TOKEN) {
@@ -153,5 +159,16 @@ mod tests {
         assert_eq!(decode_channel("/foo$|$s1"), ("/foo", Some("s1")));
         assert_eq!(decode_channel("/foo"), ("/foo", None));
         assert_eq!(decode_channel("/foo$|$"), ("/foo", None));
+        for (site, encoded) in [
+            (None, "/foo"),
+            (Some(""), "/foo$|$"),
+            (Some("s1"), "/foo$|$s1"),
+        ] {
+            assert_eq!(
+                decoded_site(site),
+                decode_channel(&encode_channel("/foo", site).unwrap()).1,
+                "{encoded}"
+            );
+        }
     }
 }

@@ -2,9 +2,9 @@
 //! of COMPAT.md §3.4 (messages after the requested ids, `/__status` entries).
 
 use crate::backend::Backend;
-use crate::bus::{decode_channel, encode_channel};
+use crate::bus::{decode_channel, encode_channel, SITE_TOKEN};
 use crate::envelope::Identity;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::http::json::OutMessage;
 
@@ -27,6 +27,18 @@ impl ClientBacklog {
     }
 }
 
+/// The encoded name of a channel a web client asked for. The site token is
+/// refused whatever the client's site: with it, a client could name another
+/// site's backlog (`/secret$|$a`), even one without a site of its own.
+fn requested_channel(channel: &str, site: Option<&str>) -> Result<String> {
+    if channel.contains(SITE_TOKEN) {
+        return Err(Error::Argument(format!(
+            "channel {channel:?} contains the site token {SITE_TOKEN:?}"
+        )));
+    }
+    encode_channel(channel, site)
+}
+
 /// `gate` decides which messages Ruby must judge (client message filters,
 /// custom codecs); the others are parsed here.
 pub async fn compute(
@@ -38,7 +50,7 @@ pub async fn compute(
     let site = who.site_id.as_deref();
     let encoded = subscriptions
         .iter()
-        .map(|(channel, _)| encode_channel(channel, site))
+        .map(|(channel, _)| requested_channel(channel, site))
         .collect::<Result<Vec<_>>>()?;
     let bus_ids = if encoded.is_empty() {
         Vec::new()
@@ -224,29 +236,49 @@ mod tests {
         assert!(empty.is_empty());
     }
 
+    /// A poll of `channel` from id 0 by an anonymous client of `site`.
+    fn poll_from_zero(
+        b: &MemoryBackend,
+        site: Option<&str>,
+        channel: &str,
+    ) -> Result<ClientBacklog> {
+        let mut client = who(Value::Null);
+        client.site_id = site.map(str::to_string);
+        block(compute(
+            b,
+            &Gate::default(),
+            &client,
+            &[(channel.into(), Some(0))],
+        ))
+    }
+
     #[test]
     fn sites_are_kept_apart() {
         let b = MemoryBackend::new();
         block(b.publish("/c$|$a", &envelope("1", "null"), &PublishOptions::default())).unwrap();
-        let mut site_b = who(Value::Null);
-        site_b.site_id = Some("b".into());
-        let r = block(compute(
-            &b,
-            &Gate::default(),
-            &site_b,
-            &[("/c".into(), Some(0))],
-        ))
-        .unwrap();
-        assert!(r.messages.is_empty());
-        let mut site_a = site_b.clone();
-        site_a.site_id = Some("a".into());
-        let r = block(compute(
-            &b,
-            &Gate::default(),
-            &site_a,
-            &[("/c".into(), Some(0))],
-        ))
-        .unwrap();
+        assert!(poll_from_zero(&b, Some("b"), "/c")
+            .unwrap()
+            .messages
+            .is_empty());
+        let r = poll_from_zero(&b, Some("a"), "/c").unwrap();
         assert_eq!(r.messages[0].channel, "/c");
+    }
+
+    #[test]
+    fn the_site_token_is_refused_for_every_site_and_an_empty_site_reads_the_empty_suffix() {
+        let b = MemoryBackend::new();
+        block(b.publish("/s$|$a", &envelope("1", "null"), &PublishOptions::default())).unwrap();
+        block(b.publish("/d$|$", &envelope("2", "null"), &PublishOptions::default())).unwrap();
+        for site in [None, Some(""), Some("b")] {
+            for channel in ["/s$|$a", "/global/s$|$a", "$|$"] {
+                assert!(
+                    poll_from_zero(&b, site, channel).is_err(),
+                    "{channel} for site {site:?}"
+                );
+            }
+        }
+        let r = poll_from_zero(&b, Some(""), "/d").unwrap();
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.messages[0].channel, "/d");
     }
 }

@@ -63,7 +63,8 @@ run lambda { |env|
   when "/publish"
     req = JSON.parse(env["rack.input"].read)
     opts = (req["opts"] || {}).transform_keys(&:to_sym)
-    id = MessageBus.publish(req["channel"], req["data"], opts)
+    # "count": the same message published that many times (returns the last id).
+    id = Array.new(Integer(req.fetch("count", 1))) { MessageBus.publish(req["channel"], req["data"], opts) }.last
     [200, { "content-type" => "application/json" }, [JSON.generate(id)]]
   when "/requests"
     [200, { "content-type" => "text/plain" }, [RequestCounter.count.to_s]]

@@ -30,6 +30,12 @@ RSpec.describe MessageBus::Rack::PollRequest do
     expect(parse("%2Fa=%FF")).to be_between(400, 499)
   end
 
+  it "reads no further than CONTENT_LENGTH (Puma 5 leaves pipelined bytes in rack.input)" do
+    env = Rack::MockRequest.env_for("/message-bus/c/poll", :method => "POST", :input => "%2Fa=-1GET / HTTP/1.1\r\n\r\n",
+                                                           "CONTENT_LENGTH" => "7")
+    expect(described_class.new(env, bus, "c").channels).to eq([["/a", -1]])
+  end
+
   it "clamps or rejects an infinite JSON __seq (1e400)" do
     result = parse(%({"/a":1,"__seq":1e400}), content_type: "application/json")
     expect(result).to be_a(described_class)
@@ -37,7 +43,34 @@ RSpec.describe MessageBus::Rack::PollRequest do
   end
 
   let(:rng) { Random.new(RSpec.configuration.seed) }
-  let(:bus) { bus_class.new(->(_) { 1 }, ->(_) { [1, "2"] }, ->(env) { env["HTTP_X_SITE_ID"] }) }
+  let(:bus) { bus_class.new(->(_) { 1 }, ->(_) { [1, "2"] }, ->(env = nil) { env && env["HTTP_X_SITE_ID"] }) }
+
+  def site_of(lookup, headers = {})
+    bus.site_id_lookup = lookup
+    env = Rack::MockRequest.env_for("/message-bus/c/poll", { method: "POST", input: "" }.merge(headers))
+    described_class.new(env, bus, "c").site_id
+  end
+
+  it "encodes a client without a site as the reference does: with the lookup called without a request" do
+    header_lookup = bus.site_id_lookup
+    expect(site_of(nil, "HTTP_X_SITE_ID" => "a")).to be_nil
+    expect(site_of(header_lookup, "HTTP_X_SITE_ID" => "a")).to eq("a")
+    expect(site_of(header_lookup)).to eq("")
+    expect(site_of(->(env = nil) { env ? nil : :default })).to eq("default")
+    expect { site_of(->(env) { env["HTTP_X_SITE_ID"] }) }
+      .to raise_error(ArgumentError, /site_id_lookup returned nil for this request and cannot be called without one/)
+  end
+
+  it "rejects the site token in a channel name with a 400, with or without a site" do
+    header_lookup = bus.site_id_lookup
+    [nil, header_lookup].each do |lookup|
+      bus.site_id_lookup = lookup
+      [{}, { "HTTP_X_SITE_ID" => "b" }].each do |headers|
+        env = Rack::MockRequest.env_for("/message-bus/c/poll", { method: "POST", input: "%2Fs%24%7C%24a=0" }.merge(headers))
+        expect { described_class.new(env, bus, "c") }.to raise_error(described_class::BadRequest, /must not contain \$\|\$/)
+      end
+    end
+  end
 
   def pick(*options) = options[rng.rand(options.size)]
 
@@ -135,7 +168,7 @@ RSpec.describe MessageBus::Rack::PollRequest do
           expect(channel).to be_a(String)
           expect(channel.encoding).to eq(Encoding::UTF_8)
           expect(channel).to be_valid_encoding
-          expect(channel).not_to include("$|$") if request.site_id
+          expect(channel).not_to include("$|$")
           expect(id.nil? || int64.cover?(id)).to be(true), "id #{id.inspect} for #{channel.inspect}"
         end
       rescue described_class::BadRequest => e

@@ -137,8 +137,12 @@ module ServerHelpers
   end
 
   # Publishes inside the server process; returns the message id.
+  # `count:` (not a publish option) publishes the same message that many times in one request.
   def publish_via(server, channel, data, opts = {})
-    status, _, body = http(server.port, "POST", "/publish", JSON.generate(channel: channel, data: data, opts: opts),
+    opts = opts.dup
+    count = opts.delete(:count) || 1
+    status, _, body = http(server.port, "POST", "/publish",
+                           JSON.generate(channel: channel, data: data, opts: opts, count: count),
                            "Content-Type" => "application/json")
     raise "publish failed: #{status} #{body}" unless status == 200
 

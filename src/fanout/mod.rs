@@ -4,6 +4,7 @@
 //! (COMPAT.md §3.10). A connection's task only wakes for what a socket did
 //! not take at once, for its timeout and for its peer closing.
 
+mod counters;
 mod outbox;
 mod timeouts;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::bus::{decode_channel, Sink, GLOBAL_PREFIX};
+use crate::bus::{decode_channel, decoded_site, Sink, GLOBAL_PREFIX};
 use crate::envelope::{Envelope, Identity};
 use crate::error::{Error, Result};
 use crate::gate::Gate;
@@ -24,7 +25,8 @@ use crate::http::frame;
 use crate::http::json::{payload, OutMessage};
 use crate::message::Message;
 
-pub use outbox::{Next, Out, Outbox, Push, QUEUE_BOUND};
+pub use counters::{CloseReason, WebClientCounters, WebClientStats};
+pub use outbox::{Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
 use timeouts::Timeouts;
 
 /// A live message, encoded once for all clients.
@@ -124,13 +126,7 @@ struct Job {
 /// The clients of one fan-out thread: those whose client id hashes to it.
 struct Shard {
     registry: Mutex<Registry>,
-    counters: Arc<Counters>,
-}
-
-#[derive(Default)]
-struct Counters {
-    delivered: AtomicU64,
-    slow_closed: AtomicU64,
+    counters: Arc<WebClientCounters>,
 }
 
 pub struct Fanout {
@@ -141,8 +137,7 @@ pub struct Fanout {
     /// Messages Ruby must judge, processed in order by `judge_in_order`.
     judged: mpsc::UnboundedSender<Arc<Message>>,
     next_conn_id: AtomicU64,
-    counters: Arc<Counters>,
-    unreadable: AtomicU64,
+    counters: Arc<WebClientCounters>,
     timeouts: Arc<Timeouts>,
     /// The process whose threads serve this fan-out: in a forked child it
     /// is inert (its threads do not exist there, its locks may be held).
@@ -160,7 +155,7 @@ impl Fanout {
     /// Must be called within the runtime: it spawns the task that delivers
     /// messages Ruby judges, in their order of arrival.
     pub fn new(gate: Arc<Gate>) -> Result<Arc<Self>> {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(WebClientCounters::default());
         let mut shards = Vec::new();
         let mut queues = Vec::new();
         // Fan-out threads: default 2 (the machine's cores are shared with Ruby).
@@ -191,7 +186,6 @@ impl Fanout {
             judged,
             next_conn_id: AtomicU64::default(),
             counters,
-            unreadable: AtomicU64::default(),
             timeouts,
             pid: std::process::id(),
         });
@@ -201,6 +195,10 @@ impl Fanout {
 
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    pub fn counters(&self) -> &WebClientCounters {
+        &self.counters
     }
 
     async fn judge_in_order(
@@ -247,7 +245,7 @@ impl Fanout {
                 return Admission::Stale;
             }
             if let Some(old) = reg.remove(client_id) {
-                old.outbox.request_close();
+                old.outbox.request_close(CloseReason::Replaced);
             }
         }
         reg.insert(client_id.to_string(), parked);
@@ -313,19 +311,14 @@ impl Fanout {
             let mut reg = shard.registry.lock();
             reg.pending = 0;
             for (_, parked) in reg.clients.drain() {
-                parked.outbox.request_close();
+                parked.outbox.request_close(CloseReason::Stopped);
             }
             reg.index.clear();
         }
     }
 
-    pub fn stats(&self) -> FanoutStats {
-        FanoutStats {
-            parked: self.parked(),
-            delivered: self.counters.delivered.load(Ordering::Relaxed),
-            slow_closed: self.counters.slow_closed.load(Ordering::Relaxed),
-            unreadable: self.unreadable.load(Ordering::Relaxed),
-        }
+    pub fn stats(&self) -> WebClientStats {
+        self.counters.snapshot(self.parked())
     }
 
     fn watched(&self, channel: &str) -> bool {
@@ -367,14 +360,6 @@ impl Drop for Fanout {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FanoutStats {
-    pub parked: usize,
-    pub delivered: u64,
-    pub slow_closed: u64,
-    pub unreadable: u64,
-}
-
 impl Sink for Fanout {
     fn deliver(&self, message: &Arc<Message>) {
         if self.inherited() {
@@ -395,7 +380,7 @@ impl Sink for Fanout {
                     "not pushing message {} on {}: {e}",
                     message.global_id, message.channel
                 ));
-                self.unreadable.fetch_add(1, Ordering::Relaxed);
+                self.counters.message_unreadable();
             }
         }
     }
@@ -404,7 +389,9 @@ impl Sink for Fanout {
 impl Shard {
     /// Writes a live message to every client of this shard that may see it.
     fn write(&self, job: &Job) {
-        // /global/ messages reach clients of every site (§9 Q35).
+        // /global/ messages reach clients of every site (§9 Q35). A client
+        // whose channels carry an empty site (`/c$|$`) gets the messages
+        // stored there, which decode to no site.
         let channel = &job.live.message.channel;
         let global = channel.starts_with(GLOBAL_PREFIX);
         let targets: Vec<Arc<Parked>> = {
@@ -414,7 +401,9 @@ impl Shard {
             };
             conns
                 .values()
-                .filter(|p| global || p.identity.site_id.as_deref() == job.site.as_deref())
+                .filter(|p| {
+                    global || decoded_site(p.identity.site_id.as_deref()) == job.site.as_deref()
+                })
                 .filter(|p| job.envelope.allows(&p.identity))
                 .cloned()
                 .collect()
@@ -422,16 +411,11 @@ impl Shard {
         let mut ended = Vec::new();
         for parked in targets {
             match parked.outbox.push(&parked.channels, &job.live) {
-                Push::Written | Push::Queued => {
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                }
+                Push::Written | Push::Queued => self.counters.message_delivered(),
                 Push::Skipped => {}
-                Push::TooSlow => {
-                    // The client reconnects with its last ids; the backlog has the rest.
-                    self.counters.slow_closed.fetch_add(1, Ordering::Relaxed);
-                    ended.push(parked);
-                }
-                Push::Gone => ended.push(parked),
+                // The client reconnects with its last ids; the backlog has the
+                // rest. (Its task counts the close.)
+                Push::TooSlow | Push::Gone => ended.push(parked),
             }
         }
         if !ended.is_empty() {
@@ -536,7 +520,10 @@ mod tests {
             fanout.admit("a", Arc::clone(&newer)),
             Admission::Parked
         ));
-        assert!(matches!(first.outbox.next(&first.channels), Next::Close));
+        assert!(matches!(
+            first.outbox.next(&first.channels),
+            Next::Close(CloseReason::Replaced)
+        ));
         assert!(matches!(
             fanout.admit("a", parked(&fanout, "a")),
             Admission::Stale

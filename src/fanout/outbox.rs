@@ -12,18 +12,22 @@ use std::task::{Context, Waker};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::Live;
+use super::{CloseReason, Live};
 use crate::http::frame;
 
 /// Live messages a connection may have waiting before it counts as a slow
 /// reader and is closed (the client reconnects with its last ids).
 pub const QUEUE_BOUND: usize = 256;
+/// Bytes a connection may have waiting (beyond the first item) before it
+/// counts as a slow reader: with big messages the count bound alone would
+/// let each slow reader pin hundreds of them.
+pub const QUEUE_BYTES_BOUND: usize = 1024 * 1024;
 
 enum Item {
     Live(Arc<Live>),
     /// The unwritten end of a direct write.
     Rest {
-        bytes: Vec<u8>,
+        out: Out,
         ends_response: bool,
     },
 }
@@ -31,6 +35,8 @@ enum Item {
 /// Bytes the task must write.
 pub enum Out {
     Chunk(Arc<Live>),
+    /// The end of a live chunk, from this offset (shared, not copied).
+    ChunkFrom(Arc<Live>, usize),
     Owned(Vec<u8>),
 }
 
@@ -38,7 +44,22 @@ impl AsRef<[u8]> for Out {
     fn as_ref(&self) -> &[u8] {
         match self {
             Out::Chunk(live) => &live.chunk,
+            Out::ChunkFrom(live, from) => &live.chunk[*from..],
             Out::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl Out {
+    /// What is left once the first `written` bytes went out.
+    fn after(self, written: usize) -> Out {
+        match self {
+            Out::Chunk(live) => Out::ChunkFrom(live, written),
+            Out::ChunkFrom(live, from) => Out::ChunkFrom(live, from + written),
+            Out::Owned(mut bytes) => {
+                bytes.drain(..written);
+                Out::Owned(bytes)
+            }
         }
     }
 }
@@ -51,9 +72,9 @@ pub enum Next {
     Idle,
     /// A newer request of the client replaced this one, the bus stopped, or
     /// the long-polling interval is over: write the close output.
-    Close,
+    Close(CloseReason),
     /// Too slow, or the peer is gone: drop the socket.
-    Kill,
+    Kill(CloseReason),
     /// The response was completed by a direct write.
     Done,
 }
@@ -83,8 +104,10 @@ struct State {
     /// answered (§9 Q43). Empty until the backlog is answered.
     positions: Vec<i64>,
     queue: VecDeque<Item>,
-    close_requested: bool,
-    killed: bool,
+    /// Bytes of `queue`.
+    queued_bytes: usize,
+    close_requested: Option<CloseReason>,
+    killed: Option<CloseReason>,
     finished: bool,
     /// The connection's task, waiting for any of the above to change.
     waker: Option<Waker>,
@@ -108,7 +131,37 @@ impl State {
     }
 
     fn has_news(&self) -> bool {
-        self.killed || self.finished || self.close_requested || !self.queue.is_empty()
+        self.killed.is_some()
+            || self.finished
+            || self.close_requested.is_some()
+            || !self.queue.is_empty()
+    }
+
+    /// The bytes a live message costs a connection, streamed or not (about
+    /// the same: whether it streams is only known once it is open).
+    fn size_of(live: &Live) -> usize {
+        live.chunk.len()
+    }
+
+    fn enqueue(&mut self, item: Item, bytes: usize) {
+        self.queued_bytes += bytes;
+        self.queue.push_back(item);
+    }
+
+    fn dequeue(&mut self) -> Option<Item> {
+        let item = self.queue.pop_front()?;
+        let bytes = match &item {
+            Item::Live(live) => Self::size_of(live),
+            Item::Rest { out, .. } => out.as_ref().len(),
+        };
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        Some(item)
+    }
+
+    /// True when queuing `bytes` more makes a slow reader of the connection.
+    fn over_bounds(&self, bytes: usize) -> bool {
+        self.queue.len() >= QUEUE_BOUND
+            || (!self.queue.is_empty() && self.queued_bytes + bytes > QUEUE_BYTES_BOUND)
     }
 
     fn response(&self, live: &Arc<Live>) -> Out {
@@ -175,14 +228,19 @@ impl Outbox {
         false
     }
 
-    /// True (and the task woken) once killed; registers the task otherwise.
-    pub fn poll_killed(&self, cx: &mut Context<'_>) -> bool {
+    /// The reason once killed; registers the task otherwise.
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Option<CloseReason> {
         let mut s = self.state.lock();
-        if s.killed {
-            return true;
+        if s.killed.is_none() {
+            s.waker = Some(cx.waker().clone());
         }
-        s.waker = Some(cx.waker().clone());
-        false
+        s.killed
+    }
+
+    /// Why the connection was asked to end, if it was.
+    pub fn end_reason(&self) -> Option<CloseReason> {
+        let s = self.state.lock();
+        s.killed.or(s.close_requested)
     }
 
     /// Hands a live message over: written at once when the connection is
@@ -190,19 +248,20 @@ impl Outbox {
     /// connection's subscriptions.
     pub fn push(&self, channels: &[String], live: &Arc<Live>) -> Push {
         let mut s = self.state.lock();
-        if s.finished || s.killed {
+        if s.finished || s.killed.is_some() {
             return Push::Gone;
         }
-        if s.close_requested {
+        if s.close_requested.is_some() {
             return Push::Skipped;
         }
         if !s.direct {
-            if s.queue.len() >= QUEUE_BOUND {
-                s.killed = true;
+            let bytes = State::size_of(live);
+            if s.over_bounds(bytes) {
+                s.killed = Some(CloseReason::SlowConsumer);
                 wake(s);
                 return Push::TooSlow;
             }
-            s.queue.push_back(Item::Live(Arc::clone(live)));
+            s.enqueue(Item::Live(Arc::clone(live)), bytes);
             wake(s);
             return Push::Queued;
         }
@@ -223,24 +282,25 @@ impl Outbox {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {
                     // The peer is gone; the task sees it too and ends.
-                    s.killed = true;
+                    s.killed = Some(CloseReason::PeerClosed);
                     wake(s);
                     return Push::Gone;
                 }
             }
         }
-        if written == bytes.len() {
+        let left = bytes.len() - written;
+        if left == 0 {
             if ends_response {
                 s.finished = true;
                 wake(s);
             }
             return Push::Written;
         }
-        let rest = bytes[written..].to_vec();
-        s.queue.push_back(Item::Rest {
-            bytes: rest,
+        let rest = Item::Rest {
+            out: out.after(written),
             ends_response,
-        });
+        };
+        s.enqueue(rest, left);
         s.direct = false;
         wake(s);
         Push::Queued
@@ -249,20 +309,17 @@ impl Outbox {
     /// The task's next step (see `Next`).
     pub fn next(&self, channels: &[String]) -> Next {
         let mut s = self.state.lock();
-        if s.killed {
-            return Next::Kill;
+        if let Some(reason) = s.killed {
+            return Next::Kill(reason);
         }
         if s.finished {
             return Next::Done;
         }
-        while let Some(item) = s.queue.pop_front() {
+        while let Some(item) = s.dequeue() {
             match item {
-                Item::Rest {
-                    bytes,
-                    ends_response,
-                } => {
+                Item::Rest { out, ends_response } => {
                     s.finished |= ends_response;
-                    return Next::Write(Out::Owned(bytes), ends_response);
+                    return Next::Write(out, ends_response);
                 }
                 Item::Live(live) => {
                     if !s.advance(channels, &live) {
@@ -274,8 +331,8 @@ impl Outbox {
                 }
             }
         }
-        if s.close_requested {
-            return Next::Close;
+        if let Some(reason) = s.close_requested {
+            return Next::Close(reason);
         }
         s.direct = s.stream.is_some();
         Next::Idle
@@ -283,24 +340,22 @@ impl Outbox {
 
     /// Stops all writing but the task's own: returns the unwritten end of a
     /// direct write, which must go out before any close output.
-    pub fn finish(&self) -> Option<(Vec<u8>, bool)> {
+    pub fn finish(&self) -> Option<(Out, bool)> {
         let mut s = self.state.lock();
         s.finished = true;
         s.direct = false;
         s.stream = None;
-        match s.queue.pop_front() {
-            Some(Item::Rest {
-                bytes,
-                ends_response,
-            }) => Some((bytes, ends_response)),
+        match s.dequeue() {
+            Some(Item::Rest { out, ends_response }) => Some((out, ends_response)),
             _ => None,
         }
     }
 
-    /// Asks the task to write the close output after what is queued.
-    pub fn request_close(&self) {
+    /// Asks the task to write the close output after what is queued (the
+    /// first reason asked for is the one counted).
+    pub fn request_close(&self, reason: CloseReason) {
         let mut s = self.state.lock();
-        s.close_requested = true;
+        s.close_requested.get_or_insert(reason);
         wake(s);
     }
 }
@@ -311,11 +366,15 @@ mod tests {
     use crate::http::json::OutMessage;
 
     fn live(channel: &str, id: i64) -> Arc<Live> {
+        live_with(channel, id, "1".into())
+    }
+
+    fn live_with(channel: &str, id: i64, data: String) -> Arc<Live> {
         let message = OutMessage {
             global_id: id,
             message_id: id,
             channel: channel.into(),
-            data: "1".into(),
+            data,
         };
         let body = crate::http::json::payload(std::slice::from_ref(&message), &[]);
         let chunk = frame::chunk(&body);
@@ -362,18 +421,60 @@ mod tests {
             assert_eq!(outbox.push(&ab(), &live("/a", id + 1)), Push::Queued);
         }
         assert_eq!(outbox.push(&ab(), &live("/a", 999)), Push::TooSlow);
-        assert!(matches!(outbox.next(&ab()), Next::Kill));
+        assert!(matches!(
+            outbox.next(&ab()),
+            Next::Kill(CloseReason::SlowConsumer)
+        ));
         assert_eq!(outbox.push(&ab(), &live("/a", 1000)), Push::Gone);
 
         let closing = Outbox::default();
         closing.state.lock().chunked = true;
         assert_eq!(closing.push(&ab(), &live("/a", 1)), Push::Queued);
-        closing.request_close();
+        closing.request_close(CloseReason::Timeout);
+        closing.request_close(CloseReason::Replaced);
         assert_eq!(closing.push(&ab(), &live("/a", 2)), Push::Skipped);
         assert!(matches!(closing.next(&ab()), Next::Write(_, false)));
-        assert!(matches!(closing.next(&ab()), Next::Close));
+        assert!(matches!(
+            closing.next(&ab()),
+            Next::Close(CloseReason::Timeout)
+        ));
         assert!(closing.finish().is_none());
         assert_eq!(closing.push(&ab(), &live("/a", 3)), Push::Gone);
+    }
+
+    fn big_live(id: i64, bytes: usize) -> Arc<Live> {
+        live_with("/a", id, format!("\"{}\"", "x".repeat(bytes)))
+    }
+
+    #[test]
+    fn big_messages_make_a_slow_reader_by_their_bytes() {
+        let outbox = Outbox::default();
+        outbox.state.lock().chunked = true;
+        // The first item is taken whatever its size.
+        assert_eq!(
+            outbox.push(&ab(), &big_live(1, 2 * QUEUE_BYTES_BOUND)),
+            Push::Queued
+        );
+        assert!(matches!(outbox.next(&ab()), Next::Write(..)));
+        let per = QUEUE_BYTES_BOUND / 4;
+        for id in 2..=4 {
+            assert_eq!(outbox.push(&ab(), &big_live(id, per)), Push::Queued);
+        }
+        assert_eq!(outbox.push(&ab(), &big_live(5, per)), Push::TooSlow);
+        assert!(matches!(
+            outbox.next(&ab()),
+            Next::Kill(CloseReason::SlowConsumer)
+        ));
+    }
+
+    #[test]
+    fn the_rest_of_a_direct_write_shares_the_message() {
+        let live = big_live(1, 100);
+        let rest = Out::Chunk(Arc::clone(&live)).after(10).after(5);
+        assert_eq!(rest.as_ref(), &live.chunk[15..]);
+        assert!(matches!(rest, Out::ChunkFrom(ref shared, 15) if Arc::ptr_eq(shared, &live)));
+        let owned = Out::Owned(b"abcdef".to_vec()).after(2);
+        assert_eq!(owned.as_ref(), b"cdef");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
-use super::Parked;
+use super::{CloseReason, Parked};
 
 struct Entry {
     at: Instant,
@@ -123,7 +123,7 @@ impl Timeouts {
                     drop(heap);
                     // Gone already if the connection ended earlier.
                     if let Some(parked) = entry.and_then(|e| e.parked.upgrade()) {
-                        parked.outbox.request_close();
+                        parked.outbox.request_close(CloseReason::Timeout);
                     }
                 }
                 Some(top) => return Some(top.at),
@@ -173,10 +173,16 @@ mod tests {
             timeouts.add(now + Duration::from_secs(15), &c);
             drop(c);
             tokio::time::sleep(Duration::from_secs(11)).await;
-            assert!(matches!(a.outbox.next(&[]), Next::Close));
+            assert!(matches!(
+                a.outbox.next(&[]),
+                Next::Close(CloseReason::Timeout)
+            ));
             assert!(matches!(b.outbox.next(&[]), Next::Idle));
             tokio::time::sleep(Duration::from_secs(10)).await;
-            assert!(matches!(b.outbox.next(&[]), Next::Close));
+            assert!(matches!(
+                b.outbox.next(&[]),
+                Next::Close(CloseReason::Timeout)
+            ));
             assert!(timeouts.heap.lock().entries.is_empty());
             timeouts.stop();
         });

@@ -1,7 +1,8 @@
 //! The task that owns one hijacked long-poll socket: it writes the head and
 //! the backlog, finishes what the fan-out threads could not write at once,
-//! and closes on timeout, on replacement, on peer close or when the client
-//! cannot keep up (COMPAT.md §3.9, §3.10).
+//! and closes on timeout, on replacement, when the peer resets, when the
+//! client cannot keep up or keeps sending (COMPAT.md §3.9, §3.10). Every
+//! close is counted under its reason.
 
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
@@ -19,14 +20,12 @@ use crate::backend::Backend;
 use crate::client::{self, Requested};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::fanout::{Admission, Fanout, Next, Out, Outbox, Parked};
+use crate::fanout::{Admission, CloseReason, Fanout, Next, Out, Outbox, Parked};
 use crate::http::frame;
 use crate::http::json::payload;
+use crate::http::limits::{self, limits, INPUT_BOUND};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A write that cannot complete in this time closes the connection.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a parked connection needs, gathered by the middleware.
 pub struct Session {
@@ -58,11 +57,32 @@ struct Conn {
 
 enum Closed {
     /// Write the close output of §3.10.
-    Gracefully,
-    /// The peer went away or cannot keep up: just drop the socket.
-    Abruptly,
+    Gracefully(CloseReason),
+    /// The peer went away, cannot keep up or misbehaves: just drop the socket.
+    Abruptly(CloseReason),
     /// The response is complete.
     Done,
+}
+
+impl Closed {
+    fn reason(&self) -> CloseReason {
+        match self {
+            Closed::Gracefully(reason) | Closed::Abruptly(reason) => *reason,
+            Closed::Done => CloseReason::Delivered,
+        }
+    }
+}
+
+/// What reading a parked connection found.
+enum Input {
+    /// Nothing more for now.
+    Drained,
+    /// The peer shut down its side: it sends no more, but may still read.
+    Ended,
+    /// More than `INPUT_BOUND` bytes after the request.
+    TooMuch,
+    /// The peer reset the connection.
+    Failed,
 }
 
 fn take_over(fd: OwnedFd) -> Result<TcpStream> {
@@ -72,6 +92,11 @@ fn take_over(fd: OwnedFd) -> Result<TcpStream> {
         .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))?;
     // Live messages are small writes that must leave at once.
     let _ = std_stream.set_nodelay(true);
+    // What a slow reader leaves in the kernel is bounded; past it, the
+    // outbox bounds and the write timeout find it out.
+    if let Some(bytes) = limits().send_buffer {
+        limits::cap_send_buffer(&std_stream, bytes);
+    }
     TcpStream::from_std(std_stream)
         .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))
 }
@@ -168,6 +193,10 @@ impl Drop for Pending {
     }
 }
 
+/// A write in progress: ends when written, or fails with why the
+/// connection must end.
+type Writing<'a> = BoxFuture<'a, std::result::Result<(), CloseReason>>;
+
 /// One step of writing what was queued.
 enum Step<'a> {
     Idle,
@@ -176,7 +205,7 @@ enum Step<'a> {
         ends_response: bool,
     },
     Writing {
-        rest: BoxFuture<'a, std::result::Result<(), ()>>,
+        rest: Writing<'a>,
         ends_response: bool,
     },
 }
@@ -215,18 +244,20 @@ impl Conn {
         let outcome = if let Admission::Parked = admission {
             self.serve().await
         } else {
-            Closed::Gracefully
+            // Stale, or closed while its backlog was read (stopped, too slow).
+            let reason = self.outbox().end_reason().unwrap_or(CloseReason::Refused);
+            Closed::Gracefully(reason)
         };
         self.end(outcome).await;
     }
 
-    /// Writes the close output if the outcome wants one, closes the socket
-    /// and unregisters. Boxed with the connection: the waiting task keeps
-    /// no room for it.
+    /// Writes the close output if the outcome wants one, closes the socket,
+    /// unregisters and counts the close. Boxed with the connection: the
+    /// waiting task keeps no room for it.
     fn end(self, outcome: Closed) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let rest = self.parked.outbox.finish();
-            if let Closed::Gracefully = outcome {
+            if let Closed::Gracefully(_) = outcome {
                 self.close_output(rest).await;
             }
             let Conn {
@@ -242,6 +273,7 @@ impl Conn {
                 }
             }
             fanout.release(&parked.identity.client_id, parked.conn_id);
+            fanout.counters().connection_closed(outcome.reason());
         })
     }
 
@@ -254,14 +286,12 @@ impl Conn {
         let mut out = frame::chunked_head(&self.view.head_prefix);
         out.extend_from_slice(first_chunk);
         self.head_written = true;
-        self.write(Out::Owned(out))
-            .await
-            .map_err(|_| Closed::Abruptly)
+        self.write(Out::Owned(out)).await.map_err(Closed::Abruptly)
     }
 
-    /// Writes all of `out`; fails on a write error, after `WRITE_TIMEOUT`,
-    /// or when the fan-out kills the connection meanwhile.
-    async fn write(&self, out: Out) -> std::result::Result<(), ()> {
+    /// Writes all of `out`; fails on a write error, after the write
+    /// timeout, or when the fan-out kills the connection meanwhile.
+    async fn write(&self, out: Out) -> std::result::Result<(), CloseReason> {
         match self.start_write(out)? {
             Some(rest) => rest.await,
             None => Ok(()),
@@ -273,10 +303,7 @@ impl Conn {
     /// once (the usual case) needs no waiting state, and idle connections
     /// keep none. (Boxed by this plain function: an `async fn` calling
     /// `Box::pin(async_fn())` still reserves room for the unboxed future.)
-    fn start_write(
-        &self,
-        out: Out,
-    ) -> std::result::Result<Option<BoxFuture<'_, std::result::Result<(), ()>>>, ()> {
+    fn start_write(&self, out: Out) -> std::result::Result<Option<Writing<'_>>, CloseReason> {
         let left = self.try_write_all(out.as_ref())?;
         if left == 0 {
             return Ok(None);
@@ -288,30 +315,32 @@ impl Conn {
     }
 
     /// Writes what the socket takes now; returns how many bytes are left.
-    fn try_write_all(&self, mut bytes: &[u8]) -> std::result::Result<usize, ()> {
+    fn try_write_all(&self, mut bytes: &[u8]) -> std::result::Result<usize, CloseReason> {
         while !bytes.is_empty() {
             match self.stream.try_write(bytes) {
-                Ok(0) => return Err(()),
+                Ok(0) => return Err(CloseReason::PeerClosed),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => return Err(()),
+                Err(_) => return Err(CloseReason::PeerClosed),
             }
         }
         Ok(bytes.len())
     }
 
-    async fn write_slowly(&self, mut bytes: &[u8]) -> std::result::Result<(), ()> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
+    async fn write_slowly(&self, mut bytes: &[u8]) -> std::result::Result<(), CloseReason> {
+        let deadline = Instant::now() + limits().write_timeout;
         while !bytes.is_empty() {
             let writable = poll_fn(|cx| {
-                if self.outbox().poll_killed(cx) {
-                    return Poll::Ready(Err(()));
+                if let Some(reason) = self.outbox().poll_killed(cx) {
+                    return Poll::Ready(Err(reason));
                 }
-                self.stream.poll_write_ready(cx).map_err(|_| ())
+                self.stream
+                    .poll_write_ready(cx)
+                    .map_err(|_| CloseReason::PeerClosed)
             });
             tokio::select! {
                 ready = writable => ready?,
-                _ = sleep_until(deadline) => return Err(()),
+                _ = sleep_until(deadline) => return Err(CloseReason::WriteTimeout),
             }
             let left = self.try_write_all(bytes)?;
             bytes = &bytes[bytes.len() - left..];
@@ -334,7 +363,7 @@ impl Conn {
             subscriptions,
         )
         .await
-        .map_err(|_| Closed::Gracefully)?;
+        .map_err(|_| Closed::Gracefully(CloseReason::Error))?;
         if self.view.chunked {
             if backlog.is_empty() {
                 self.write_head(frame::EMPTY_CHUNK).await?;
@@ -345,8 +374,10 @@ impl Conn {
         } else if !backlog.is_empty() {
             let body = payload(&backlog.messages, &backlog.status);
             let response = frame::full_response(&self.view.head_prefix, &body);
-            let _ = self.write(Out::Owned(response)).await;
-            return Err(Closed::Done);
+            return Err(match self.write(Out::Owned(response)).await {
+                Ok(()) => Closed::Done,
+                Err(reason) => Closed::Abruptly(reason),
+            });
         }
         Ok(backlog.positions)
     }
@@ -376,7 +407,11 @@ impl Conn {
     }
 
     async fn answer_unboxed(&mut self) -> std::result::Result<Vec<(String, i64)>, Closed> {
-        match *self.start.take().ok_or(Closed::Abruptly)? {
+        let start = self
+            .start
+            .take()
+            .ok_or(Closed::Abruptly(CloseReason::Error))?;
+        match *start {
             Start::Answered(positions) => {
                 if self.view.chunked {
                     self.write_head(frame::EMPTY_CHUNK).await?;
@@ -389,8 +424,13 @@ impl Conn {
         }
     }
 
-    /// The long wait: live messages, replacement, timeout, peer close.
+    /// The long wait: live messages, replacement, timeout, a reset, bytes
+    /// from the client. A client that shut down its side (a FIN after its
+    /// request is legal HTTP) still reads: it is answered all the same, and
+    /// its socket is no longer watched for reading.
     async fn wait(&self) -> Closed {
+        let mut reading = true;
+        let mut discarded = 0;
         loop {
             if let Some(closed) = self.drain().await {
                 return closed;
@@ -401,22 +441,41 @@ impl Conn {
                 if self.outbox().poll_news(cx) {
                     return Poll::Ready(Ok(false));
                 }
+                if !reading {
+                    return Poll::Pending;
+                }
                 self.stream.poll_read_ready(cx).map_ok(|()| true)
             })
             .await;
             match readable {
                 Ok(false) => {}
-                Ok(true) => {
-                    let mut scratch = [0u8; 64];
-                    match self.stream.try_read(&mut scratch) {
-                        // The peer closed (or reset) its side: nobody will read.
-                        Ok(0) => return Closed::Abruptly,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(_) => return Closed::Abruptly,
+                Ok(true) => match self.discard_input(&mut discarded) {
+                    Input::Drained => {}
+                    Input::Ended => reading = false,
+                    Input::TooMuch => return Closed::Abruptly(CloseReason::UnexpectedInput),
+                    Input::Failed => return Closed::Abruptly(CloseReason::PeerClosed),
+                },
+                Err(_) => return Closed::Abruptly(CloseReason::PeerClosed),
+            }
+        }
+    }
+
+    /// Reads and drops what the client sent after its request (it means
+    /// nothing on a long poll), `discarded` bytes so far. Not async: the
+    /// scratch buffer never lives in the task.
+    fn discard_input(&self, discarded: &mut usize) -> Input {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.stream.try_read(&mut scratch) {
+                Ok(0) => return Input::Ended,
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded > INPUT_BOUND {
+                        return Input::TooMuch;
                     }
                 }
-                Err(_) => return Closed::Abruptly,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Input::Drained,
+                Err(_) => return Input::Failed,
             }
         }
     }
@@ -437,8 +496,8 @@ impl Conn {
                     rest,
                     ends_response,
                 } => {
-                    if rest.await.is_err() {
-                        return Some(Closed::Abruptly);
+                    if let Err(reason) = rest.await {
+                        return Some(Closed::Abruptly(reason));
                     }
                     if ends_response {
                         return Some(Closed::Done);
@@ -453,8 +512,8 @@ impl Conn {
     fn step(&self) -> Step<'_> {
         match self.outbox().next(&self.parked.channels) {
             Next::Idle => Step::Idle,
-            Next::Close => Step::End(Closed::Gracefully),
-            Next::Kill => Step::End(Closed::Abruptly),
+            Next::Close(reason) => Step::End(Closed::Gracefully(reason)),
+            Next::Kill(reason) => Step::End(Closed::Abruptly(reason)),
             Next::Done => Step::End(Closed::Done),
             Next::Write(out, ends_response) => match self.start_write(out) {
                 Ok(None) => Step::Wrote { ends_response },
@@ -462,20 +521,20 @@ impl Conn {
                     rest,
                     ends_response,
                 },
-                Err(()) => Step::End(Closed::Abruptly),
+                Err(reason) => Step::End(Closed::Abruptly(reason)),
             },
         }
     }
 
     /// The close output of §3.10, after the unwritten end of a direct write.
-    async fn close_output(&self, rest: Option<(Vec<u8>, bool)>) {
+    async fn close_output(&self, rest: Option<(Out, bool)>) {
         let mut out = Vec::new();
-        if let Some((bytes, ends_response)) = rest {
-            out = bytes;
+        if let Some((rest, ends_response)) = rest {
             if ends_response {
-                let _ = self.write(Out::Owned(out)).await;
+                let _ = self.write(rest).await;
                 return;
             }
+            out.extend_from_slice(rest.as_ref());
         }
         if self.view.chunked {
             if !self.head_written {

@@ -4,3 +4,4 @@
 pub mod connection;
 pub mod frame;
 pub mod json;
+pub mod limits;

@@ -8,11 +8,19 @@
 //! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
 //!          [--server-pid PID] [--deadline S] [--callback-interval-ms C]
 //!          [--publishers K] [--duration S] [--external-publishers]
+//!          [--slow-readers R] [--fill B]
 //!
 //! `--callback-interval-ms C`: after a poll that brought nothing, a client
 //! waits until C ms after that poll started, as the browser client does.
 //! With `--server-pid` the server's RSS is read before the clients connect,
 //! after the first half of them waits and after all wait.
+//!
+//! Slow readers (`--slow-readers R`, issue 12 N1): R more clients send a
+//! streaming poll and never read; `--fill B` pads every message with B
+//! bytes. The driver samples the server's RSS, the kernel's TCP memory
+//! (`/proc/net/sockstat`) and the Send-Q of the server's sockets while it
+//! runs, and reports their peaks, the server's peak RSS (VmHWM) and its
+//! close counters (`/diagnostics`). Latency figures are the fast clients'.
 //!
 //! Soak mode (`bench/soak`): `--duration S` makes K publishers (`--publishers`,
 //! default 1) each publish `S * 1000 / I` messages I ms apart, message number
@@ -44,6 +52,10 @@ struct Options {
     /// Like the browser client's `callbackInterval`: after a poll that
     /// brought nothing, the next one starts this long after it (0: at once).
     callback_interval: Duration,
+    /// Clients that send a streaming poll and never read.
+    slow_readers: usize,
+    /// Padding bytes in every message.
+    fill: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -74,6 +86,8 @@ fn options() -> Result<Options, String> {
             .transpose()
             .map_err(|_| "--duration needs a number of seconds".to_string())?,
         external: args.iter().any(|a| a == "--external-publishers"),
+        slow_readers: number("--slow-readers", 0)? as usize,
+        fill: number("--fill", 0)? as usize,
     })
 }
 
@@ -321,15 +335,19 @@ async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: 
     }
 }
 
-/// Clients parked on the server, from the test app's `/diagnostics`.
-async fn parked(port: u16) -> std::io::Result<usize> {
+/// The response to a GET of the test app.
+async fn get(port: u16, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /diagnostics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut text = Vec::new();
     stream.read_to_end(&mut text).await?;
-    let text = String::from_utf8_lossy(&text);
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Clients parked on the server, from the test app's `/diagnostics`.
+async fn parked(port: u16) -> std::io::Result<usize> {
+    let text = get(port, "/diagnostics").await?;
     let count = text
         .split("\"parked\":")
         .nth(1)
@@ -343,9 +361,9 @@ async fn parked(port: u16) -> std::io::Result<usize> {
     Ok(count)
 }
 
-async fn publish(port: u16, n: usize) -> std::io::Result<()> {
+async fn publish(port: u16, n: usize, fill: &str) -> std::io::Result<()> {
     let body = format!(
-        r#"{{"channel":"{CHANNEL}","data":{{"n":{n},"t":{}}}}}"#,
+        r#"{{"channel":"{CHANNEL}","data":{{"n":{n},"t":{},"fill":"{fill}"}}}}"#,
         now_micros()
     );
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
@@ -358,6 +376,134 @@ async fn publish(port: u16, n: usize) -> std::io::Result<()> {
     let mut sink = Vec::new();
     stream.read_to_end(&mut sink).await?;
     Ok(())
+}
+
+/// Opens the slow readers: each sends a streaming poll and never reads.
+/// Returns once the server has them all parked (or at the deadline).
+async fn slow_readers(opts: &Options, deadline: Instant) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(opts.slow_readers);
+    for n in 0..opts.slow_readers {
+        let body = "%2Fbench=";
+        let request = format!(
+            "POST /message-bus/slow{n}/poll HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            opts.port,
+            body.len()
+        );
+        match TcpStream::connect(("127.0.0.1", opts.port)).await {
+            Ok(mut stream) => {
+                if stream.write_all(request.as_bytes()).await.is_ok() {
+                    sockets.push(stream);
+                }
+            }
+            Err(e) => eprintln!("slow reader {n}: {e}"),
+        }
+    }
+    while Instant::now() < deadline {
+        let waiting = tokio::time::timeout(Duration::from_secs(5), parked(opts.port)).await;
+        if matches!(waiting, Ok(Ok(n)) if n >= sockets.len()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{} slow readers parked (they never read); server {}",
+        sockets.len(),
+        server_usage(opts.server_pid)
+    );
+    sockets
+}
+
+/// Highest values seen by `sample_server`.
+#[derive(Default)]
+struct Peaks {
+    rss_kib: AtomicU64,
+    tcp_mem_pages: AtomicU64,
+    send_queue: AtomicU64,
+    /// Server sockets with bytes in their Send-Q, at the peak of `send_queue`.
+    backed_up: AtomicU64,
+}
+
+impl Peaks {
+    async fn report(&self, pid: Option<u32>, port: u16) {
+        let peak_rss = pid.and_then(|p| status_kib(p, "VmHWM:"));
+        println!(
+            "peaks while running: server RSS {} KiB (VmHWM {} KiB), kernel TCP memory {} KiB, \
+             server Send-Q {} KiB over {} sockets",
+            self.rss_kib.load(Ordering::Relaxed),
+            peak_rss.map_or("?".into(), |v| v.to_string()),
+            self.tcp_mem_pages.load(Ordering::Relaxed) * 4,
+            self.send_queue.load(Ordering::Relaxed) / 1024,
+            self.backed_up.load(Ordering::Relaxed)
+        );
+        if let Ok(Ok(text)) =
+            tokio::time::timeout(Duration::from_secs(10), get(port, "/diagnostics")).await
+        {
+            let web = text
+                .find("\"web_clients\":")
+                .map_or(text.as_str(), |i| &text[i..]);
+            println!("server diagnostics: {}", web.trim_end_matches('}'));
+        }
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Pages of TCP memory the kernel has allocated (all sockets of the host).
+fn tcp_mem_pages() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    words.next()?.parse().ok()
+}
+
+/// Total Send-Q of the sockets whose local port is `port`, and how many
+/// have one.
+fn send_queues(port: u16) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!(":{port:04X}");
+    let (mut total, mut sockets) = (0, 0);
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 4 && fields[1].ends_with(&local) {
+            let queued = fields[4]
+                .split(':')
+                .next()
+                .and_then(|q| u64::from_str_radix(q, 16).ok())
+                .unwrap_or(0);
+            total += queued;
+            sockets += u64::from(queued > 0);
+        }
+    }
+    Some((total, sockets))
+}
+
+/// Samples the server every 100 ms until the process ends.
+fn sample_server(port: u16, pid: Option<u32>) -> Arc<Peaks> {
+    let peaks = Arc::new(Peaks::default());
+    let samples = Arc::clone(&peaks);
+    tokio::spawn(async move {
+        loop {
+            if let Some(rss) = pid.and_then(rss_kib) {
+                samples.rss_kib.fetch_max(rss, Ordering::Relaxed);
+            }
+            if let Some(pages) = tcp_mem_pages() {
+                samples.tcp_mem_pages.fetch_max(pages, Ordering::Relaxed);
+            }
+            if let Some((queued, sockets)) = send_queues(port) {
+                if queued > samples.send_queue.fetch_max(queued, Ordering::Relaxed) {
+                    samples.backed_up.store(sockets, Ordering::Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    peaks
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -378,13 +524,19 @@ async fn main() {
             }
             Arc::new(o)
         }
-        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID] [--deadline S] [--callback-interval-ms C] [--publishers K] [--duration S] [--external-publishers] (see the source's header)"),
+        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID] [--deadline S] [--callback-interval-ms C] [--publishers K] [--duration S] [--external-publishers] [--slow-readers R] [--fill B] (see the source's header)"),
         Err(e) => return eprintln!("{e}"),
     };
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let connect_deadline = started + opts.deadline;
     let rss_before = opts.server_pid.and_then(rss_kib);
+    let (_slow, peaks) = if opts.slow_readers > 0 {
+        let slow = slow_readers(&opts, connect_deadline).await;
+        (slow, Some(sample_server(opts.port, opts.server_pid)))
+    } else {
+        (Vec::new(), None)
+    };
     let gate = Arc::new(Semaphore::new(200));
     let mut tasks = Vec::with_capacity(opts.clients);
     // Two halves, with the server's RSS between them: the second half's
@@ -441,8 +593,12 @@ async fn main() {
                 tokio::spawn(async move {
                     for i in 0..per {
                         let n = p + k * i;
-                        match tokio::time::timeout(Duration::from_secs(10), publish(opts.port, n))
-                            .await
+                        let fill = "x".repeat(opts.fill);
+                        match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            publish(opts.port, n, &fill),
+                        )
+                        .await
                         {
                             Ok(Ok(())) => {}
                             _ => {
@@ -528,6 +684,9 @@ async fn main() {
             publish_failures.load(Ordering::Relaxed),
             server_usage(opts.server_pid)
         );
+    }
+    if let Some(peaks) = peaks {
+        peaks.report(opts.server_pid, opts.port).await;
     }
     if let (Some(before), Some(connected)) = (rss_before, rss_connected) {
         let per = (connected.saturating_sub(before) as f64 * 1024.0) / opts.clients.max(1) as f64;

@@ -10,7 +10,7 @@ use message_bus_core::backend::Backend;
 use message_bus_core::bus::Sink;
 use message_bus_core::client::{self, Requested};
 use message_bus_core::envelope::Identity;
-use message_bus_core::fanout::Fanout;
+use message_bus_core::fanout::{Fanout, WebClientStats};
 use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Pending, Session, View};
 use message_bus_core::http::frame::head_prefix;
@@ -284,13 +284,12 @@ impl NativeConnections {
     }
 
     fn stats(ruby: &Ruby, rb_self: &Self) -> RbResult<RHash> {
-        let s = rb_self.fanout.stats();
-        let h = ruby.hash_new();
-        h.aset(ruby.to_symbol("parked"), s.parked)?;
-        h.aset(ruby.to_symbol("delivered"), s.delivered)?;
-        h.aset(ruby.to_symbol("slow_closed"), s.slow_closed)?;
-        h.aset(ruby.to_symbol("unreadable"), s.unreadable)?;
-        Ok(h)
+        stats_hash(ruby, &rb_self.fanout.stats())
+    }
+
+    /// The stats of a middleware without parked-client registry: all zero.
+    fn empty_stats(ruby: &Ruby) -> RbResult<RHash> {
+        stats_hash(ruby, &WebClientStats::default())
     }
 
     /// Stops feeding this registry and closes its connections.
@@ -300,6 +299,21 @@ impl NativeConnections {
         self.fanout.close_all();
         self.fanout.gate().close();
     }
+}
+
+/// `{parked:, delivered:, slow_closed:, unreadable:, closed: {reason => count}}`.
+fn stats_hash(ruby: &Ruby, s: &WebClientStats) -> RbResult<RHash> {
+    let h = ruby.hash_new();
+    h.aset(ruby.to_symbol("parked"), s.parked)?;
+    h.aset(ruby.to_symbol("delivered"), s.delivered)?;
+    h.aset(ruby.to_symbol("slow_closed"), s.slow_closed())?;
+    h.aset(ruby.to_symbol("unreadable"), s.unreadable)?;
+    let closed = ruby.hash_new();
+    for (reason, count) in s.closes() {
+        closed.aset(ruby.to_symbol(reason.name()), count)?;
+    }
+    h.aset(ruby.to_symbol("closed"), closed)?;
+    Ok(h)
 }
 
 pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
@@ -327,6 +341,10 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     )?;
     class.define_method("_resolve", magnus::method!(NativeConnections::resolve, 3))?;
     class.define_method("_stats", magnus::method!(NativeConnections::stats, 0))?;
+    class.define_singleton_method(
+        "_empty_stats",
+        magnus::function!(NativeConnections::empty_stats, 0),
+    )?;
     class.define_method("_stop", magnus::method!(NativeConnections::stop, 0))?;
     Ok(())
 }

@@ -56,9 +56,11 @@ module MessageBus
         end
       end
 
-      # Parked connections, messages pushed, slow readers closed.
+      # Parked connections, live messages pushed, slow readers cut, messages
+      # no web client could read, and every hijacked connection's close by
+      # reason (`closed: { timeout:, delivered:, replaced:, refused:, ... }`).
       def stats
-        @connections ? @connections._stats : { parked: 0, delivered: 0, slow_closed: 0, unreadable: 0 }
+        @connections ? @connections._stats : MessageBus::Native::Connections._empty_stats
       end
 
       def self.backlog_to_json(messages)

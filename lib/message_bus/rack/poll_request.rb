@@ -39,7 +39,7 @@ module MessageBus
         @client_id = check_client_id(client_id)
         user_id = bus.user_id_lookup&.call(env)
         group_ids = bus.group_ids_lookup&.call(env) || []
-        @site_id = bus.site_id_lookup&.call(env)&.to_s
+        @site_id = encoding_site(bus.site_id_lookup)
         @user_json = user_id.nil? ? NULL_JSON : JSON.generate(user_id)
         @groups_json = group_ids.nil? || group_ids == EMPTY ? EMPTY_LIST_JSON : JSON.generate(Array(group_ids))
         @seq = 0
@@ -63,6 +63,26 @@ module MessageBus
       end
 
       private
+
+      # The site this client's channel names are encoded with (COMPAT.md §2),
+      # nil without a site_id_lookup. When the lookup has no site for this
+      # request, it is called without one, as the reference does and as a
+      # publish without site_id is encoded: such a client reads
+      # `channel$|$<that site>` (usually `channel$|$`), never the bare name.
+      def encoding_site(lookup)
+        return nil unless lookup
+
+        site = lookup.call(@env)
+        site = site_without_request(lookup) if site.nil?
+        site.to_s
+      end
+
+      def site_without_request(lookup)
+        lookup.call
+      rescue ArgumentError, NoMethodError => e
+        raise ArgumentError, "site_id_lookup returned nil for this request and cannot be called without one " \
+                             "(as for a publish without site_id): #{e.message}"
+      end
 
       def check_client_id(client_id)
         if client_id.bytesize > MAX_CLIENT_ID_BYTES || !client_id.match?(CLIENT_ID_FORMAT)
@@ -135,20 +155,29 @@ module MessageBus
         input = @env["rack.input"]
         return +"" unless input
 
-        declared = @env["CONTENT_LENGTH"].to_i
-        raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if declared > MAX_BODY_BYTES
+        declared = declared_length
+        raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if declared.to_i > MAX_BODY_BYTES
 
         input.rewind if input.respond_to?(:rewind)
-        body = input.read(MAX_BODY_BYTES + 1) || +""
+        # Never past the declared length: Puma 5 leaves bytes pipelined after
+        # the body in rack.input.
+        body = input.read(declared || (MAX_BODY_BYTES + 1)) || +""
         raise BadRequest.new("request body too large (at most #{MAX_BODY_BYTES} bytes)", 413) if body.bytesize > MAX_BODY_BYTES
 
         body.force_encoding(Encoding::UTF_8)
       end
 
+      # CONTENT_LENGTH as a number of bytes, nil when absent or not one.
+      def declared_length
+        text = @env["CONTENT_LENGTH"]
+        text.to_i if text.is_a?(String) && text.match?(/\A\d+\z/)
+      end
+
       def check_channel(channel)
         raise BadRequest, "channel names must be valid UTF-8" unless channel.dup.force_encoding(Encoding::UTF_8).valid_encoding?
+        # Never a client's to send, with or without a site: it would name another site's backlog.
         raise BadRequest, "channel names must not contain #{MessageBus::Implementation::ENCODE_SITE_TOKEN}" \
-          if @site_id && channel.include?(MessageBus::Implementation::ENCODE_SITE_TOKEN)
+          if channel.include?(MessageBus::Implementation::ENCODE_SITE_TOKEN)
 
         channel.dup.force_encoding(Encoding::UTF_8)
       end
