@@ -15,7 +15,7 @@ Gem::Specification.new do |s|
                 "ext/message_bus/src/**/*.rs", "Cargo.toml", "Cargo.lock", "assets/*.{js,mjs}",
                 # a workspace member: cargo needs its manifest to build the extension
                 "bench/longpoll/Cargo.toml", "bench/longpoll/src/**/*.rs",
-                "vendor/assets/javascripts/*.{js,mjs}", "README.md", "LICENSE", "docs/COMPATIBILITY.md"]
+                "vendor/assets/javascripts/*.js", "README.md", "LICENSE", "docs/COMPATIBILITY.md"]
   s.extensions = ["ext/message_bus/extconf.rb"]
   s.require_paths = ["lib"]
   s.add_dependency "rack", ">= 1.1.3", "< 4"

@@ -2,8 +2,9 @@
 
 # Run by bin/gem-smoke with an installed gem (GEM_HOME set, outside the
 # checkout): the gem loads from GEM_HOME, a publish reaches a subscriber,
-# and a long poll through a real Puma receives a message published later.
-#   ruby smoke.rb PUMA_APP
+# and a long poll through a real Puma running the README's quickstart app
+# receives a message published by a request to it.
+#   ruby smoke.rb path/to/config.ru
 require "socket"
 require "timeout"
 require "rbconfig"
@@ -44,19 +45,14 @@ begin
     sleep 0.05
     retry
   end
-  body = "/smoke=0"
+  # Last id 0: the poll gets what was published after 0 whenever it was published, so
+  # it does not matter whether the publish below comes before or after it is parked.
+  body = "/hello=0"
   poll = request(port, "POST /message-bus/smoke-client/poll HTTP/1.1\r\nHost: x\r\nDont-Chunk: 1\r\n" \
                        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: #{body.bytesize}\r\n\r\n#{body}")
-  # The poll is parked once the bus has a parked client; publish then.
-  Timeout.timeout(30) do
-    loop do
-      stats = request(port, "GET /parked HTTP/1.0\r\n\r\n").read
-      break if stats.end_with?("1")
+  published = request(port, "GET /?long+poll HTTP/1.0\r\n\r\n").read
+  raise "the app answered #{published.inspect}" unless published.end_with?("published\n")
 
-      sleep 0.05
-    end
-  end
-  request(port, "GET /publish?long+poll HTTP/1.0\r\n\r\n").read
   answer = Timeout.timeout(30) { poll.read }
   raise "long poll answered #{answer.inspect}" unless answer.start_with?("HTTP/1.1 200") && answer.include?('"data":"long poll"')
 ensure
