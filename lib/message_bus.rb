@@ -10,7 +10,7 @@ require "message_bus/message"
 require "message_bus/codec/base"
 require "message_bus/codec/json"
 require "message_bus/timer_thread"
-require "message_bus/message_bus_native"
+require "message_bus/native"
 require "message_bus/backends/base"
 require "message_bus/replaying_subscriber"
 

@@ -15,8 +15,13 @@ profile = ENV.fetch("MESSAGE_BUS_CARGO_PROFILE", "release")
 profile_dir = profile == "dev" ? "debug" : profile
 cargo = ENV.fetch("CARGO", "cargo")
 
-unless system("#{cargo} --version", out: File::NULL, err: File::NULL)
-  abort "message_bus: cargo is required to build the native extension (https://rustup.rs)"
+require_relative "build_prerequisites"
+
+missing = MessageBusBuild.missing_prerequisites(cargo: cargo)
+unless missing.empty?
+  abort "message_bus: cannot build the native extension from source; missing:\n" \
+        "#{missing.map { |line| "  * #{line}\n" }.join}" \
+        "Or install the precompiled gem for your platform, which needs none of these (see the README)."
 end
 
 File.write("Makefile", <<~MAKE)

@@ -84,6 +84,24 @@ PAGE = <<~HTML
   </body></html>
 HTML
 
+# The ES module build as an importmap page loads it (spec/browser/esm.test.mjs).
+ESM_PAGE = <<~HTML
+  <!doctype html>
+  <html><head><meta charset="utf-8"><title>esm</title>
+  <script type="importmap">
+    { "imports": { "message-bus": "/assets/message-bus.mjs", "message-bus-ajax": "/assets/message-bus-ajax.js" } }
+  </script>
+  <script type="module">
+    import MessageBus from "message-bus";
+    import "message-bus-ajax";
+    window.got = [];
+    window.imported = MessageBus;
+  </script>
+  </head><body></body></html>
+HTML
+
+# Browsers run module scripts only when served as JavaScript; Rack 2 does not know .mjs.
+Rack::Mime::MIME_TYPES[".mjs"] = "text/javascript"
 use Rack::Static, urls: ["/assets"], root: root, header_rules: [[:all, { "cache-control" => "no-cache" }]]
 use PollLog, "#{MessageBus.base_route}message-bus/"
 use MessageBus::Rack::Middleware
@@ -91,6 +109,8 @@ run lambda { |env|
   case env["PATH_INFO"]
   when "/"
     [200, { "content-type" => "text/html; charset=utf-8", "cache-control" => "no-cache" }, [PAGE]]
+  when "/esm"
+    [200, { "content-type" => "text/html; charset=utf-8", "cache-control" => "no-cache" }, [ESM_PAGE]]
   when "/publish"
     req = JSON.parse(env["rack.input"].read)
     opts = (req["opts"] || {}).transform_keys(&:to_sym)

@@ -3,6 +3,7 @@ const test = require("node:test");
 const assert = require("node:assert/strict");
 const vm = require("node:vm");
 const path = require("node:path");
+const fs = require("node:fs");
 const { pathToFileURL } = require("node:url");
 const { createEnv, CLIENT_SRC, ADAPTER_SRC, ASSETS } = require("./harness");
 
@@ -87,6 +88,22 @@ test("the ES module entry default-exports the MessageBus object", async () => {
   assert.equal(typeof mod.default.subscribe, "function");
   assert.equal(mod.default, globalThis.MessageBus);
   delete globalThis.MessageBus;
+});
+
+test("the ES module build is self-contained: an AMD loader on the page does not capture it", async () => {
+  let defined = 0;
+  globalThis.define = Object.assign(() => defined++, { amd: {} });
+  try {
+    // A query string makes it a fresh module instance.
+    const mod = await import(pathToFileURL(path.join(ASSETS, "message-bus.mjs")).href + "?amd");
+    assert.equal(defined, 0);
+    assert.equal(typeof mod.default.subscribe, "function");
+    assert.equal(mod.default, globalThis.MessageBus);
+    assert.doesNotMatch(fs.readFileSync(path.join(ASSETS, "message-bus.mjs"), "utf8"), /^import /m);
+  } finally {
+    delete globalThis.define;
+    delete globalThis.MessageBus;
+  }
 });
 
 test("the ajax adapter throws when MessageBus is not loaded", () => {

@@ -113,7 +113,12 @@ RSpec.describe "MessageBus configuration" do
   end
 
   it "exposes the version, the Implementation module and the backend registry" do
-    expect(MessageBus::VERSION).to eq("4.5.2")
+    version = Gem::Version.new(MessageBus::VERSION)
+    expect(version).to be > Gem::Version.new("4.5.2")
+    expect(Gem::Requirement.new("~> 4.5")).to be_satisfied_by(version)
+    expect(version).not_to be_prerelease
+    expect(MessageBus::VERSION).to start_with("#{MessageBus::REFERENCE_VERSION}.")
+    expect(MessageBus::RUST_CORE).to be(true)
     expect(MessageBus.singleton_class.include?(MessageBus::Implementation)).to be(true)
     expect(MessageBus::Instance.include?(MessageBus::Implementation)).to be(true)
   end

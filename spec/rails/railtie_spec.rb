@@ -50,10 +50,11 @@ RSpec.describe "Rails integration (Rails 6.1 app)", :integration do
     expect(JSON.parse(runner("middleware", env: { "MB_SKIP" => "1" }))).not_to include("MessageBus::Rack::Middleware")
   end
 
-  it "serves message-bus.js and message-bus-ajax.js through the asset pipeline, identical to assets/" do
-    %w[message-bus.js message-bus-ajax.js].each do |name|
-      source = File.read(File.join(root, "assets", name))
-      expect(File.read(File.join(root, "vendor/assets/javascripts", name))).to eq(source), "run `rake vendor_assets`"
+  it "serves message-bus.js, message-bus-ajax.js and the ES module build through the asset pipeline, identical to assets/" do
+    { "message-bus.js" => "message-bus.js", "message-bus-ajax.js" => "message-bus-ajax.js",
+      "message-bus-esm.js" => "message-bus.mjs" }.each do |name, original|
+      source = File.read(File.join(root, "assets", original))
+      expect(File.read(File.join(root, "vendor/assets/javascripts", name))).to eq(source), "run `bin/build-assets`"
       # Sprockets re-emits the leading comment block followed by a blank line.
       expect(runner("asset", name).lines.reject { |l| l.strip.empty? }).to eq(source.lines.reject { |l| l.strip.empty? })
     end

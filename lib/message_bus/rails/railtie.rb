@@ -5,7 +5,8 @@ module MessageBus
   # defined (COMPAT.md §1.15).
   module Rails
     # Exposes the browser client to the asset pipeline as `message-bus` and
-    # `message-bus-ajax` (vendor/assets/javascripts/, copies of assets/).
+    # `message-bus-ajax`, and the ES module build as `message-bus-esm` for
+    # importmap/Propshaft (vendor/assets/javascripts/, made by bin/build-assets).
     class Engine < ::Rails::Engine; end
 
     # Inserts the middleware before ActionDispatch::Flash (appends it in API-only
