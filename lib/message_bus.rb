@@ -42,6 +42,8 @@ module MessageBus
       @timer = nil
       @keepalive = nil
       @last_message_at = monotonic_now
+      # Global id of the last message dispatched (see start_subscriber_thread).
+      @position = nil
       Implementation.track(self)
     end
 
@@ -570,19 +572,26 @@ module MessageBus
     end
 
     # The subscription is opened before the thread starts, so that whatever is
-    # published once `subscribe` returned is delivered; `open_in_thread` (in a
-    # forked child, inside `fork`) leaves that to the thread.
+    # published once `subscribe` returned is delivered. In a forked child
+    # (`open_in_thread`: inside `fork`, nothing may block) the thread opens
+    # it, replaying what came after the last message this process's copy of
+    # the bus dispatched (`@position`), so the child misses nothing either.
     def start_subscriber_thread(open_in_thread: false)
       backend = backend_instance
       native = native_backend?(backend)
-      subscription = native && !open_in_thread ? backend.open_subscription(nil) : nil
+      from = open_in_thread ? @position : nil
+      subscription = nil
+      unless open_in_thread
+        @position = native ? current_global_id(backend) : nil
+        subscription = backend.open_subscription(nil) if native
+      end
       @last_message_at = monotonic_now
       @subscriber_thread = Thread.new do
-        subscription ||= backend.open_subscription(nil) if native
+        subscription ||= backend.open_subscription(from) if native
         if subscription
           subscription.each { |msg| dispatch(msg) }
         else
-          backend.global_subscribe { |msg| dispatch(msg) }
+          backend.global_subscribe(from) { |msg| dispatch(msg) }
         end
       rescue Exception => e # rubocop:disable Lint/RescueException -- log why the thread ends
         logger.warn("MessageBus subscriber thread stopped: #{e.class}: #{e.message}") unless e.is_a?(SignalException)
@@ -594,6 +603,13 @@ module MessageBus
       @subscriber_thread.report_on_exception = false
       start_keepalive
       start_log_drain
+    end
+
+    # Where a subscription opened now starts (nil when the backend cannot say).
+    def current_global_id(backend)
+      backend.native._global_id
+    rescue StandardError
+      nil
     end
 
     def wait_for_subscription
@@ -618,6 +634,7 @@ module MessageBus
         logger.warn("MessageBus subscriber failed on #{msg.channel}: #{e.class}: #{e.message}\n" \
                     "#{e.backtrace&.first(5)&.join("\n")}")
       end
+      @position = msg.global_id
     end
 
     def subscribers_for(msg)

@@ -57,6 +57,36 @@ impl Drop for Section {
     }
 }
 
+/// A lock taken inside a guard section (held until the guard is dropped).
+pub struct Locked<'a, T> {
+    // Dropped before the section ends (fields drop in order).
+    guard: parking_lot::MutexGuard<'a, T>,
+    _section: Section,
+}
+
+/// Locks `mutex` inside a guard section.
+pub fn lock<T>(mutex: &parking_lot::Mutex<T>) -> Locked<'_, T> {
+    let section = guard();
+    Locked {
+        guard: mutex.lock(),
+        _section: section,
+    }
+}
+
+impl<T> std::ops::Deref for Locked<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
 /// Called right before `fork`, on the forking thread (outside any section):
 /// returns once no other thread is inside a guard section; new sections
 /// wait until `after_fork_in_parent` / `after_fork_in_child`.

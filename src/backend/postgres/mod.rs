@@ -712,6 +712,10 @@ impl Backend for PostgresBackend {
             .collect()
     }
 
+    async fn global_id(&self) -> Result<i64> {
+        self.inner.max_id().await
+    }
+
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
         self.inner.global_backlog(last_id).await
     }

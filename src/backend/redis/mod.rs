@@ -806,6 +806,10 @@ impl Backend for RedisBackend {
         self.inner.backlog(channel, last_id).await
     }
 
+    async fn global_id(&self) -> Result<i64> {
+        self.inner.global_id().await
+    }
+
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
         self.inner.global_backlog(last_id).await
     }
