@@ -127,6 +127,46 @@ RSpec.describe "MessageBus lifecycle" do
     end
   end
 
+  [0, 2].each do |explicit|
+    it "a forked child delivers to its subscribe blocks#{explicit.zero? ? ' without after_fork' : ', after_fork called twice (idempotent)'}" do
+      b = new_bus
+      queue = Queue.new
+      b.subscribe("/forked") { |m| queue << m.data }
+      b.publish("/forked", "before")
+      Timeout.timeout(5) { queue.pop }
+      reader, writer = IO.pipe
+      pid = fork do
+        reader.close
+        explicit.times { b.after_fork }
+        b.publish("/forked", "from the child")
+        got = [Timeout.timeout(10) { queue.pop }]
+        if SpecHelpers.backend_name != :memory
+          writer.puts("ready")
+          got << Timeout.timeout(10) { queue.pop }
+        end
+        sleep 0.3 # a duplicate would show up here
+        got << queue.pop until queue.empty?
+        writer.puts(JSON.generate(got))
+        exit!(0)
+      end
+      writer.close
+      if SpecHelpers.backend_name != :memory
+        expect(Timeout.timeout(15) { reader.gets }).to eq("ready\n")
+        b.publish("/forked", "from the parent")
+      end
+      child_got = JSON.parse(Timeout.timeout(15) { reader.gets })
+      Process.wait(pid)
+      pid = nil
+      expected = SpecHelpers.backend_name == :memory ? ["from the child"] : ["from the child", "from the parent"]
+      expect(child_got).to eq(expected)
+    ensure
+      if pid
+        Process.kill(:KILL, pid)
+        Process.wait(pid)
+      end
+    end
+  end
+
   it "publishes the keepalive when the interval is above 20 seconds" do
     b = new_bus(keepalive_interval: 21)
     job = nil
