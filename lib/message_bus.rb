@@ -28,6 +28,8 @@ module MessageBus
     ENCODE_SITE_TOKEN = "$|$"
     GLOBAL_PREFIX = "/global/"
     KEEPALIVE_CHANNEL = "/__mb_keepalive__/"
+    # Keepalive intervals at or below this many seconds disable it (§9 Q22).
+    MIN_KEEPALIVE = 20
     # How long `subscribe` waits for the backend to report the subscription.
     SUBSCRIBE_WAIT = 0.1
 
@@ -662,7 +664,7 @@ module MessageBus
       interval = keepalive_interval.to_i
       @keepalive&.cancel
       @keepalive = nil
-      return unless interval > 20
+      return unless interval > MIN_KEEPALIVE
 
       @keepalive = timer.every(interval) { keepalive_tick(interval) }
     end

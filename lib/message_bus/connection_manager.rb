@@ -21,9 +21,11 @@ module MessageBus
   # inherited connection in the child (close(2) only; see README "Forking
   # servers"), Ruby ones included.
   class ConnectionManager
+    include MonitorMixin
+
     def initialize(bus = nil)
+      super()
       @bus = bus || MessageBus
-      @lock = Monitor.new
       @clients = {}
       # site id → channel → client ids (a Hash used as an ordered set)
       @subscriptions = {}
@@ -47,7 +49,7 @@ module MessageBus
       return true if client.view?
 
       replaced = nil
-      registered = @lock.synchronize do
+      registered = synchronize do
         existing = @clients[client.client_id]
         if existing && existing.seq > client.seq
           false
@@ -72,7 +74,7 @@ module MessageBus
     def remove_client(client)
       return client.close if client.view?
 
-      @lock.synchronize { unindex(client) if @clients[client.client_id].equal?(client) }
+      synchronize { unindex(client) if @clients[client.client_id].equal?(client) }
       timer = client.cleanup_timer
       begin
         timer&.cancel
@@ -82,7 +84,7 @@ module MessageBus
     end
 
     def lookup_client(client_id)
-      client = @lock.synchronize { @clients[client_id] }
+      client = synchronize { @clients[client_id] }
       return client if client
 
       entry = @native&._lookup(client_id.to_s)
@@ -90,20 +92,20 @@ module MessageBus
     end
 
     def client_count
-      @lock.synchronize { @clients.length } + (@native ? @native._parked : 0)
+      synchronize { @clients.length } + (@native ? @native._parked : 0)
     end
 
     # Clients waiting, messages pushed, slow readers closed, unreadable messages.
     def stats
       stats = @native ? @native._stats : { parked: 0, delivered: 0, slow_closed: 0, unreadable: 0 }
-      stats[:parked] += @lock.synchronize { @clients.length }
+      stats[:parked] += synchronize { @clients.length }
       stats
     end
 
     # Delivers to the clients served from Ruby (the native registry is fed
     # by the backend directly). Runs on the timer thread.
     def notify_ruby_clients(msg)
-      clients = @lock.synchronize { subscribed_to(msg).filter_map { |id| @clients[id] } }
+      clients = synchronize { subscribed_to(msg).filter_map { |id| @clients[id] } }
       clients.each do |client|
         client.synchronize do
           next if client.closed? || client.covers?(msg) || !client.allowed?(msg)
@@ -120,7 +122,7 @@ module MessageBus
 
     # In a forked child: the parent's clients are the parent's.
     def after_fork
-      clients = @lock.synchronize do
+      clients = synchronize do
         list = @clients.values
         @clients = {}
         @subscriptions = {}
