@@ -151,6 +151,9 @@ mod tests {
         drop(inside);
         let (was_released, late_waited) = forker.join().unwrap();
         assert!(was_released, "the fork waited for the open section");
-        assert!(late_waited, "a section started during the fork waited for it");
+        assert!(
+            late_waited,
+            "a section started during the fork waited for it"
+        );
     }
 }

@@ -67,7 +67,7 @@ module MessageBus
     def redis_in_use
       require "message_bus/backends/redis"
       redis_config = @bus.redis_config
-      url = MessageBus::Backends::Redis.url_for(redis_config).sub(/:[^:@\/]*@/, ":***@")
+      url = MessageBus::Backends::Redis.url_for(redis_config).sub(%r{:[^:@/]*@}, ":***@")
       "#{url} (pub/sub channel #{MessageBus::Backends::Redis.pubsub_channel_for(redis_config)})"
     rescue StandardError => e
       "the Redis of redis_config (#{e.message})"
@@ -76,7 +76,7 @@ module MessageBus
     def shown_value(key, value)
       return '"***"' if key == :password
 
-      value = value.to_s.sub(/:[^:@\/]*@/, ":***@") if key == :url
+      value = value.to_s.sub(%r{:[^:@/]*@}, ":***@") if key == :url
       value.inspect
     end
 

@@ -59,7 +59,9 @@ module MessageBus
             replaced = existing
           end
           @clients[client.client_id] = client
-          client.subscriptions.each_key { |channel| ((@subscriptions[client.site_id] ||= {})[channel] ||= {})[client.client_id] = true }
+          client.subscriptions.each_key do |channel|
+            ((@subscriptions[client.site_id] ||= {})[channel] ||= {})[client.client_id] = true
+          end
           true
         end
       end
@@ -136,12 +138,18 @@ module MessageBus
 
     def notify_native_clients(msg)
       native = @native
-      return unless native && native._parked.positive? && WebJudge.filters_allow?(@bus, msg)
+      return unless native&._parked&.positive? && WebJudge.filters_allow?(@bus, msg)
 
       envelope = JSON.generate({ "data" => msg.data, "user_ids" => msg.user_ids, "group_ids" => msg.group_ids,
                                  "client_ids" => msg.client_ids })
-      channel = msg.site_id && !msg.channel.start_with?(Implementation::GLOBAL_PREFIX) ? "#{msg.channel}#{Implementation::ENCODE_SITE_TOKEN}#{msg.site_id}" : msg.channel
-      native._notify(msg.global_id, msg.message_id, channel, envelope)
+      native._notify(msg.global_id, msg.message_id, encoded_channel(msg), envelope)
+    end
+
+    # The channel as stored: with its site, unless it is a /global/ one.
+    def encoded_channel(msg)
+      return msg.channel if msg.site_id.nil? || msg.channel.start_with?(Implementation::GLOBAL_PREFIX)
+
+      "#{msg.channel}#{Implementation::ENCODE_SITE_TOKEN}#{msg.site_id}"
     end
 
     # Client ids subscribed to the message's channel on its site; `/global/`

@@ -52,7 +52,9 @@ module MessageBus
       prefixes, everything = judged(bus)
       return [[], false, nil] if prefixes.empty? && !everything
 
-      verdict = ->(global_id, message_id, channel, data) { verdict(bus, MessageBus::Message.new(global_id, message_id, channel, data)) }
+      verdict = lambda { |global_id, message_id, channel, data|
+        verdict(bus, MessageBus::Message.new(global_id, message_id, channel, data))
+      }
       [prefixes, everything, verdict]
     end
   end

@@ -41,7 +41,7 @@ MessageBus.transport_codec = PrefixedCodec.new if ENV["MB_CODEC"] == "prefixed"
 # MB_ECHO=1: a subscription made when the app loads (in the master when it
 # is preloaded), whose deliveries `/echoed` reports, as in-process code
 # (DistributedCache, cache busting) relies on in every worker.
-ECHOED = []
+ECHOED = [] # rubocop:disable Style/MutableConstant -- appended to by the subscription
 ECHO_LOCK = Mutex.new
 MessageBus.subscribe("/echo") { |m| ECHO_LOCK.synchronize { ECHOED << m.data } } if ENV["MB_ECHO"] == "1"
 

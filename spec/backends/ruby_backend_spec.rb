@@ -5,12 +5,12 @@ require "stringio"
 # A backend written in Ruby, registered in MessageBus::BACKENDS (COMPAT.md
 # §1.12): Backends::Base is instantiable and subclassable, and such a backend
 # works end to end, web clients included (served from Ruby, announced once).
+RUBY_BACKEND_LIB = File.expand_path("../support/lib", __dir__)
+
 RSpec.describe "A backend written in Ruby" do
   include ServerHelpers
 
-  SUPPORT_LIB = File.expand_path("../support/lib", __dir__)
-
-  before { $LOAD_PATH.unshift(SUPPORT_LIB) unless $LOAD_PATH.include?(SUPPORT_LIB) }
+  before { $LOAD_PATH.unshift(RUBY_BACKEND_LIB) unless $LOAD_PATH.include?(RUBY_BACKEND_LIB) }
 
   def ruby_bus
     b = MessageBus::Instance.new
@@ -66,7 +66,9 @@ RSpec.describe "A backend written in Ruby" do
       buffer = read_until(streaming, /7\r\n\[\]\r\n\|\r\n\r\n/)
       expect(buffer).to start_with("HTTP/1.1 200 OK\r\n").and include("transfer-encoding: chunked\r\n")
       plain = open_request(server.port, poll_request("n1", form([["/w", first.to_s]]), headers: { "Dont-Chunk" => "1" }))
-      wait_for(message: "two parked clients") { JSON.parse(http(server.port, "GET", "/diagnostics")[2])["web_clients"]["parked"] == 2 }
+      wait_for(message: "two parked clients") do
+        JSON.parse(http(server.port, "GET", "/diagnostics")[2])["web_clients"]["parked"] == 2
+      end
       live = publish_via(server, "/w", "live")
       read_until(streaming, /"data":"live"/, buffer)
       expect(read_all(plain)).to end_with(%([{"global_id":#{live},"message_id":#{live},"channel":"/w","data":"live"}]))

@@ -7,20 +7,20 @@ require "open3"
 # there": the public classes, methods and constants of the reference gem,
 # listed by loading it in a process of its own, exist here and accept every
 # call the reference's accept. (Behaviour is the other specs' business.)
+API_REFERENCE_LIB = ENV.fetch("MB_REFERENCE_LIB", nil)
+API_DUMP = File.expand_path("api_dump.rb", __dir__)
+API_OURS = File.expand_path("../../lib", __dir__)
+
+# Constants of the reference that are its implementation, not its API.
+API_INTERNAL = {
+  "MessageBus::Instance" => %w[Synchronizer],
+  "MessageBus::Client" => %w[CHUNKED_ENCODING COLON_SPACE CONNECTION_CLOSE CONTENT_LENGTH HTTP_11 NEWLINE NO_SNIFF
+                             TYPE_JSON TYPE_TEXT]
+}.freeze
+
 RSpec.describe "The reference gem's server-side API" do
-  REFERENCE = ENV.fetch("MB_REFERENCE_LIB", nil)
-  DUMP = File.expand_path("api_dump.rb", __dir__)
-  OURS = File.expand_path("../../lib", __dir__)
-
-  # Constants of the reference that are its implementation, not its API.
-  INTERNAL = {
-    "MessageBus::Instance" => %w[Synchronizer],
-    "MessageBus::Client" => %w[CHUNKED_ENCODING COLON_SPACE CONNECTION_CLOSE CONTENT_LENGTH HTTP_11 NEWLINE NO_SNIFF
-                               TYPE_JSON TYPE_TEXT]
-  }.freeze
-
   def dump(lib)
-    out, err, status = Open3.capture3("ruby", "-I", lib, DUMP)
+    out, err, status = Open3.capture3("ruby", "-I", lib, API_DUMP)
     raise "listing the API of #{lib} failed: #{err}" unless status.success?
 
     JSON.parse(out)
@@ -39,10 +39,10 @@ RSpec.describe "The reference gem's server-side API" do
   end
 
   it "exists here with compatible signatures" do
-    skip "set MB_REFERENCE_LIB to the reference gem's lib directory" unless REFERENCE && Dir.exist?(REFERENCE)
+    skip "set MB_REFERENCE_LIB to the reference gem's lib directory" unless API_REFERENCE_LIB && Dir.exist?(API_REFERENCE_LIB)
 
-    reference = dump(REFERENCE)
-    ours = dump(OURS)
+    reference = dump(API_REFERENCE_LIB)
+    ours = dump(API_OURS)
     problems = []
     checked = 0
     reference.each do |owner, parts|
@@ -51,7 +51,7 @@ RSpec.describe "The reference gem's server-side API" do
 
       parts.each do |kind, entries|
         if kind == "constants"
-          (entries - mine[kind] - INTERNAL.fetch(owner, [])).each { |c| problems << "#{owner}::#{c} is missing" }
+          (entries - mine[kind] - API_INTERNAL.fetch(owner, [])).each { |c| problems << "#{owner}::#{c} is missing" }
           next
         end
         entries.each do |name, params|

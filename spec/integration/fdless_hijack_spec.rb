@@ -7,61 +7,61 @@ require "stringio"
 # A hijack whose IO has no socket descriptor (test doubles such as
 # rack-test's, server wrappers, an IO over a pipe) gets the same answer as a
 # socket, for every transport, served from Ruby: never a 500.
-RSpec.describe "Hijacked IOs without a socket descriptor" do
-  # What a Rack test double hands out: writable, closable, no descriptor.
-  class FdlessIO
-    def initialize
-      @out = +""
-      @lock = Mutex.new
-      @closed = false
-    end
-
-    def write(bytes)
-      raise IOError, "closed stream" if @closed
-
-      @lock.synchronize { @out << bytes }
-      bytes.bytesize
-    end
-
-    def close
-      @closed = true
-    end
-
-    def closed?
-      @closed
-    end
-
-    def written
-      @lock.synchronize { @out.dup }
-    end
+# What a Rack test double hands out: writable, closable, no descriptor.
+class FdlessIO
+  def initialize
+    @out = +""
+    @lock = Mutex.new
+    @closed = false
   end
 
-  # The pipe's read end, drained by a thread (the middleware writes to the other end).
-  class PipeIO
-    attr_reader :writer
+  def write(bytes)
+    raise IOError, "closed stream" if @closed
 
-    def initialize
-      @reader, @writer = IO.pipe
-      @out = +""
-      @lock = Mutex.new
-      @thread = Thread.new do
-        while (chunk = @reader.readpartial(65_536))
-          @lock.synchronize { @out << chunk }
-        end
-      rescue EOFError, IOError
-        nil
+    @lock.synchronize { @out << bytes }
+    bytes.bytesize
+  end
+
+  def close
+    @closed = true
+  end
+
+  def closed?
+    @closed
+  end
+
+  def written
+    @lock.synchronize { @out.dup }
+  end
+end
+
+# The pipe's read end, drained by a thread (the middleware writes to the other end).
+class PipeIO
+  attr_reader :writer
+
+  def initialize
+    @reader, @writer = IO.pipe
+    @out = +""
+    @lock = Mutex.new
+    @thread = Thread.new do
+      while (chunk = @reader.readpartial(65_536))
+        @lock.synchronize { @out << chunk }
       end
-    end
-
-    def closed?
-      @writer.closed?
-    end
-
-    def written
-      @lock.synchronize { @out.dup }
+    rescue IOError
+      nil
     end
   end
 
+  def closed?
+    @writer.closed?
+  end
+
+  def written
+    @lock.synchronize { @out.dup }
+  end
+end
+
+RSpec.describe "Hijacked IOs without a socket descriptor" do
   let(:interval) { 600 }
   let(:b) { new_bus(long_polling_interval: interval) }
   let(:middleware) { MessageBus::Rack::Middleware.new(->(_) { [200, {}, ["app"]] }, message_bus: b) }

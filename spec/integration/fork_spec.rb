@@ -45,8 +45,8 @@ RSpec.describe "Forked and reforked processes", :integration do
 
   let(:env) { { "MB_LONG_POLLING_INTERVAL" => "40000", "MB_ECHO" => "1" } }
 
-  it "a plain fork: the child holds none of the clients, delivers without after_fork; the parent's clients get EOF when it exits",
-     :aggregate_failures do
+  it "a plain fork: the child holds none of the clients, delivers without after_fork; " \
+     "the parent's clients get EOF when it exits", :aggregate_failures do
     server = start_server(threads: 4, env: env)
     clients = park_clients(server.port, 10, "plain")
     inodes = server_side_inodes(server.port, clients)
@@ -78,11 +78,12 @@ RSpec.describe "Forked and reforked processes", :integration do
     File.delete(report) if report && File.exist?(report)
   end
 
-  it "Puma fork_worker, reforked with SIGURG: the new worker holds none of worker 0's clients, and they see EOF when worker 0 exits",
-     :aggregate_failures do
+  it "Puma fork_worker, reforked with SIGURG: the new worker holds none of worker 0's clients, " \
+     "and they see EOF when worker 0 exits", :aggregate_failures do
     shared_backend!
     new_bus # empties the store; the workers do not
-    server = start_server(workers: 2, threads: 2, fork_worker: true, config: File.expand_path("../apps/puma_no_hooks.rb", __dir__),
+    no_hooks = File.expand_path("../apps/puma_no_hooks.rb", __dir__)
+    server = start_server(workers: 2, threads: 2, flags: ["--fork-worker=0", "-C", no_hooks],
                           env: env.merge("MB_RESET" => "0"))
     workers = wait_for(timeout: 20, message: "two workers") { (w = puma_workers(server.pid)).size == 2 && w }
     clients = park_clients(server.port, 30, "refork")
@@ -119,7 +120,7 @@ RSpec.describe "Forked and reforked processes", :integration do
   it "Unicorn with 2 workers and the app preloaded, without after_fork: both workers deliver" do
     shared_backend!
     new_bus
-    server = start_server(kind: :unicorn, config: File.expand_path("../apps/unicorn_two_workers.rb", __dir__),
+    server = start_server(kind: :unicorn, flags: ["-c", File.expand_path("../apps/unicorn_two_workers.rb", __dir__)],
                           env: env.merge("MB_RESET" => "0"))
     workers = wait_for(timeout: 20, message: "two Unicorn workers") { (w = descendants(server.pid)).size == 2 && w }
     publisher.publish("/echo", "to every worker")
@@ -132,7 +133,7 @@ RSpec.describe "Forked and reforked processes", :integration do
     clients.each { |c| expect(read_until(c, /to the unicorn clients/)).to include("to the unicorn clients") }
     # A worker the master replaces holds none of the other worker's clients.
     Process.kill(:KILL, workers.first)
-    respawned = wait_for(timeout: 20, message: "a respawned worker") { ((w = descendants(server.pid)) - workers).first }
+    respawned = wait_for(timeout: 20, message: "a respawned worker") { (descendants(server.pid) - workers).first }
     expect(held_by(respawned, inodes)).to eq(0)
     publisher.publish("/echo", "to the respawned worker")
     echoed_by(server, respawned, "to the respawned worker")

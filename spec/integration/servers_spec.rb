@@ -44,7 +44,8 @@ RSpec.describe "Other app servers", :integration do
     skip "the memory backend is per process; this runs on Redis and PostgreSQL" if SpecHelpers.backend_name == :memory
 
     new_bus
-    server = start_server(workers: 2, threads: 2, preload: true, config: File.expand_path("../apps/puma_no_hooks.rb", __dir__),
+    no_hooks = File.expand_path("../apps/puma_no_hooks.rb", __dir__)
+    server = start_server(workers: 2, threads: 2, flags: ["--preload", "-C", no_hooks],
                           env: interval.merge("MB_ECHO" => "1", "MB_RESET" => "0"))
     pids = cluster_roundtrip(server)
     # The app subscribed when it loaded, in the master: every worker's

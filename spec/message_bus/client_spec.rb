@@ -18,7 +18,9 @@ RSpec.describe MessageBus::Client do
   def read_socket(socket, pattern, buffer = +"", timeout: 5)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
     until buffer.match?(pattern)
-      raise "timed out waiting for #{pattern.inspect}; got #{buffer.inspect}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        raise "timed out waiting for #{pattern.inspect}; got #{buffer.inspect}"
+      end
 
       next unless socket.wait_readable(0.05)
 

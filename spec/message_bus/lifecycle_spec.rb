@@ -128,8 +128,8 @@ RSpec.describe "MessageBus lifecycle" do
     end
   end
 
-  [0, 2].each do |explicit|
-    it "a forked child delivers to its subscribe blocks#{explicit.zero? ? ' without after_fork' : ', after_fork called twice (idempotent)'}" do
+  { 0 => "without after_fork", 2 => "after_fork called twice (idempotent)" }.each do |explicit, how|
+    it "a forked child delivers to its subscribe blocks, #{how}" do
       b = new_bus
       queue = Queue.new
       b.subscribe("/forked") { |m| queue << m.data }

@@ -9,15 +9,15 @@ require "message_bus/distributed_cache"
 # (`ruby -I $MB_REFERENCE_LIB spec/mixed_fleet/peer.rb`), both directions:
 # every message arrives, in order, and DistributedCache values travel.
 # bin/test points MB_REFERENCE_LIB at the reference gem when it is there.
+MIXED_REFERENCE_LIB = ENV.fetch("MB_REFERENCE_LIB", nil)
+MIXED_PEER = File.expand_path("peer.rb", __dir__)
+MIXED_COUNT = 200
+
 RSpec.describe "A mixed fleet of reference-gem and message_bus (Rust) processes", :integration do
   include ServerHelpers
 
-  REFERENCE_LIB = ENV.fetch("MB_REFERENCE_LIB", nil)
-  PEER = File.expand_path("peer.rb", __dir__)
-  COUNT = 200
-
   before do
-    skip "set MB_REFERENCE_LIB to the reference gem's lib directory" unless REFERENCE_LIB && Dir.exist?(REFERENCE_LIB)
+    skip "set MB_REFERENCE_LIB to the reference gem's lib directory" unless MIXED_REFERENCE_LIB && Dir.exist?(MIXED_REFERENCE_LIB)
     skip "the memory backend is per process; this runs on Redis and PostgreSQL" if SpecHelpers.backend_name == :memory
   end
 
@@ -36,7 +36,7 @@ RSpec.describe "A mixed fleet of reference-gem and message_bus (Rust) processes"
   # A reference-gem process running `peer.rb` with this pass's backend.
   def reference_peer(*args)
     config = JSON.generate(SpecHelpers.backend_config)
-    stdin, stdout, thread = Open3.popen2("ruby", "-I", REFERENCE_LIB, PEER, config, *args.map(&:to_s))
+    stdin, stdout, thread = Open3.popen2("ruby", "-I", MIXED_REFERENCE_LIB, MIXED_PEER, config, *args.map(&:to_s))
     (@peers ||= []) << [stdin, stdout, thread]
     [stdin, stdout]
   end
@@ -54,31 +54,31 @@ RSpec.describe "A mixed fleet of reference-gem and message_bus (Rust) processes"
     server = start_server(env: { "MB_RESET" => "0", "MB_LONG_POLLING_INTERVAL" => "30000" })
     stream = open_request(server.port, poll_request("mixed", form([["/mixed/in", ""]])))
     buffer = read_until(stream, /7\r\n\[\]\r\n\|\r\n\r\n/)
-    _, out = reference_peer("publish", "/mixed/in", COUNT)
-    ids = Array.new(COUNT) { Integer(line(out)) }
+    _, out = reference_peer("publish", "/mixed/in", MIXED_COUNT)
+    ids = Array.new(MIXED_COUNT) { Integer(line(out)) }
     expect(line(out)).to eq("done\n")
-    expected = Array.new(COUNT, &:to_s)
-    expect(Array.new(COUNT) { Timeout.timeout(20) { got.pop } }).to eq(expected)
-    read_until(stream, /"data":"#{COUNT - 1}"\}\]\r\n\|\r\n\r\n/, buffer, timeout: 20)
+    expected = Array.new(MIXED_COUNT, &:to_s)
+    expect(Array.new(MIXED_COUNT) { Timeout.timeout(20) { got.pop } }).to eq(expected)
+    read_until(stream, /"data":"#{MIXED_COUNT - 1}"\}\]\r\n\|\r\n\r\n/, buffer, timeout: 20)
     streamed = stream_payloads(buffer).flatten
     expect(streamed.map { |m| m["data"] }).to eq(expected)
     expect(streamed.map { |m| m["message_id"] }).to eq(ids)
     expect(b.backlog("/mixed/in").map(&:data)).to eq(expected)
     puts format("mixed fleet (%s): reference process -> ours: published %d, our subscriber got %d, our web client %d, " \
-                "in order, none lost", SpecHelpers.backend_name, COUNT, expected.length, streamed.length)
+                "in order, none lost", SpecHelpers.backend_name, MIXED_COUNT, expected.length, streamed.length)
   end
 
   it "what our processes publish reaches a reference subscriber, in order, none lost" do
     b = new_bus
-    _, out = reference_peer("subscribe", "/mixed/out", COUNT)
+    _, out = reference_peer("subscribe", "/mixed/out", MIXED_COUNT)
     expect(line(out)).to eq("ready\n")
-    ids = Array.new(COUNT) { |i| b.publish("/mixed/out", i.to_s) }
-    got = Array.new(COUNT) { JSON.parse(line(out)) }
-    expect(got.map { |m| m["data"] }).to eq(Array.new(COUNT, &:to_s))
+    ids = Array.new(MIXED_COUNT) { |i| b.publish("/mixed/out", i.to_s) }
+    got = Array.new(MIXED_COUNT) { JSON.parse(line(out)) }
+    expect(got.map { |m| m["data"] }).to eq(Array.new(MIXED_COUNT, &:to_s))
     expect(got.map { |m| m["message_id"] }).to eq(ids)
     expect(got.map { |m| m["channel"] }.uniq).to eq(["/mixed/out"])
     puts format("mixed fleet (%s): ours -> reference process: published %d, the reference subscriber got %d, " \
-                "in order, none lost", SpecHelpers.backend_name, COUNT, got.length)
+                "in order, none lost", SpecHelpers.backend_name, MIXED_COUNT, got.length)
   end
 
   it "DistributedCache values travel both ways" do

@@ -33,6 +33,18 @@ def wait_subscribed
   sleep 0.01 until MessageBus.backend_instance.subscribed || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
 end
 
+# Sets are sent as {"set": [...]} (JSON has none).
+def answer(cache, request)
+  if request["set"]
+    key, value = request["set"]
+    cache[key] = value.is_a?(Hash) && value.key?("set") ? Set.new(value["set"]) : value
+    { "ok" => true }
+  else
+    value = cache[request["get"]]
+    { "value" => value.is_a?(Set) ? { "set" => value.to_a.sort } : value, "class" => value.class.name }
+  end
+end
+
 case command
 when "publish"
   Integer(count).times { |i| puts MessageBus.publish(name, i.to_s) }
@@ -52,17 +64,7 @@ when "cache"
   wait_subscribed
   puts "ready"
   while (line = $stdin.gets)
-    request = JSON.parse(line)
-    if request["set"]
-      key, value = request["set"]
-      value = Set.new(value["set"]) if value.is_a?(Hash) && value.key?("set")
-      cache[key] = value
-      puts JSON.generate("ok" => true)
-    elsif request["get"]
-      value = cache[request["get"]]
-      shown = value.is_a?(Set) ? { "set" => value.to_a.sort } : value
-      puts JSON.generate("value" => shown, "class" => value.class.name)
-    end
+    puts JSON.generate(answer(cache, JSON.parse(line)))
   end
 end
 $stdout.flush

@@ -19,23 +19,20 @@ module ServerHelpers
   end
 
   # `port:` reuses a port (e.g. to restart a server where clients expect it).
-  # `config:` a Puma or Unicorn configuration file (default for Puma
-  # clusters: apps/puma_cluster.rb); `fork_worker:` Puma's --fork-worker.
-  def start_server(kind: :puma, threads: 4, workers: 0, preload: false, env: {}, app: APP, port: nil, config: nil,
-                   fork_worker: false)
+  # `flags:` more command-line options (`--preload`, `--fork-worker=0`, a
+  # configuration file: `-C` for Puma, whose clusters default to
+  # apps/puma_cluster.rb, `-c` for Unicorn).
+  def start_server(kind: :puma, threads: 4, workers: 0, env: {}, app: APP, port: nil, flags: [])
     port ||= free_port
     log = File.join(Dir.tmpdir, "mb-server-#{port}.log")
     cmd =
       case kind
       when :puma
         args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{threads}:#{threads}", "-e", "test"]
-        config ||= File.expand_path("../apps/puma_cluster.rb", __dir__) if workers.positive?
         args += ["-w", workers.to_s] if workers.positive?
-        args += ["-C", config] if config
-        args << "--preload" if preload
-        args << "--fork-worker=0" if fork_worker
-        args + [app]
-      when :unicorn then ["unicorn", "-l", "127.0.0.1:#{port}", "-E", "none", *(config ? ["-c", config] : []), app]
+        args += ["-C", File.expand_path("../apps/puma_cluster.rb", __dir__)] if workers.positive? && !flags.include?("-C")
+        args + flags + [app]
+      when :unicorn then ["unicorn", "-l", "127.0.0.1:#{port}", "-E", "none", *flags, app]
       when :thin then ["thin", "-a", "127.0.0.1", "-p", port.to_s, "-R", app, "start"]
       end
     full_env = { "MESSAGE_BUS_BACKEND" => SpecHelpers.backend_name.to_s, "MB_RESET" => "1" }.merge(env)

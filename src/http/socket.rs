@@ -46,7 +46,8 @@ fn page(index: usize) -> &'static Page {
         return unsafe { &*current };
     }
     let fresh = Box::into_raw(Box::new([const { AtomicU64::new(0) }; WORDS]));
-    match TABLE[index].compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+    match TABLE[index].compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+    {
         // SAFETY: just published, never freed.
         Ok(_) => unsafe { &*fresh },
         Err(other) => {
@@ -212,6 +213,7 @@ impl Drop for ClientSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     #[test]
     fn slots_cover_the_table_and_refuse_what_does_not_fit() {
@@ -238,5 +240,52 @@ mod tests {
         drop(socket);
         assert!(!held().contains(&fd));
         drop(client);
+    }
+
+    #[test]
+    fn a_forked_child_closes_what_it_inherited_and_the_parent_keeps_it() {
+        use std::io::{Read, Write};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let socket = ClientSocket::take_over(OwnedFd::from(server)).unwrap();
+        let mut pipe = [0; 2];
+        // SAFETY: a pipe for the child's report.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes system calls and exits without unwinding.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let closed = close_inherited();
+            // SAFETY: probes the descriptor; reports; exits at once.
+            unsafe {
+                let open = libc::fcntl(socket.fd, libc::F_GETFD) != -1;
+                let report = [u8::from(closed >= 1), u8::from(open)];
+                libc::write(pipe[1], report.as_ptr().cast(), 2);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our end of the pipe.
+        unsafe { libc::close(pipe[1]) };
+        let mut report = [0u8; 2];
+        // SAFETY: the read end, owned from here on.
+        let mut reader = unsafe { std::fs::File::from_raw_fd(pipe[0]) };
+        reader.read_exact(&mut report).unwrap();
+        let mut status = 0;
+        // SAFETY: our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(report, [1, 0], "the child closed the inherited socket");
+        // The parent's copy still works.
+        rt.block_on(socket.writable()).unwrap();
+        socket.try_write(b"still here").unwrap();
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"still here");
+        client.write_all(b"x").unwrap();
+        assert!(held().contains(&socket.fd));
     }
 }

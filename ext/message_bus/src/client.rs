@@ -73,12 +73,21 @@ struct Judge {
 impl Judge {
     fn envelope(&self, ruby: &Ruby, m: &Message) -> RbResult<Option<Envelope>> {
         let (channel, _) = decode_channel(&m.channel);
-        let judged = self.everything || self.prefixes.iter().any(|p| channel.starts_with(p.as_str()));
+        let judged = self.everything
+            || self
+                .prefixes
+                .iter()
+                .any(|p| channel.starts_with(p.as_str()));
         let json = match (&self.verdict, judged) {
             (Some(verdict), true) => {
                 let answer: Option<RString> = verdict.funcall(
                     "call",
-                    (m.global_id, m.message_id, ruby.str_new(&m.channel), ruby.str_new(&m.data)),
+                    (
+                        m.global_id,
+                        m.message_id,
+                        ruby.str_new(&m.channel),
+                        ruby.str_new(&m.data),
+                    ),
                 )?;
                 match answer {
                     Some(json) => rstring(ruby, json, "envelope")?,
@@ -137,7 +146,12 @@ fn client_backlog(
     let out = plan.finish();
     let messages = ruby.ary_new_capa(out.messages.len());
     for m in &out.messages {
-        messages.push((m.global_id, m.message_id, m.channel.as_str(), m.data.as_str()))?;
+        messages.push((
+            m.global_id,
+            m.message_id,
+            m.channel.as_str(),
+            m.data.as_str(),
+        ))?;
     }
     let pairs = |list: &[(String, i64)]| -> RbResult<RArray> {
         let a = ruby.ary_new_capa(list.len());

@@ -325,11 +325,7 @@ impl NativeConnections {
 
     /// Writes one message (already judged) to the connection `conn_id` of
     /// `client_id`: `data` is its JSON. False if it was not handed over.
-    fn deliver_to(
-        ruby: &Ruby,
-        rb_self: &Self,
-        args: &[magnus::Value],
-    ) -> RbResult<bool> {
+    fn deliver_to(ruby: &Ruby, rb_self: &Self, args: &[magnus::Value]) -> RbResult<bool> {
         let args = magnus::scan_args::scan_args::<
             (String, u64, i64, i64, RString, RString),
             (),

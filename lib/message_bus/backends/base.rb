@@ -144,7 +144,12 @@ module MessageBus
 
         subscription = open_subscription(nil)
         covered = nil
-        backlog(channel, last_id).each { |m| yield m; covered = m.message_id } if last_id
+        if last_id
+          backlog(channel, last_id).each do |m|
+            yield m
+            covered = m.message_id
+          end
+        end
         subscription.each do |m|
           next unless m.channel == channel
 

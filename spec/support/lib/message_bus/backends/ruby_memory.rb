@@ -8,7 +8,7 @@ module MessageBus
     # memory backend: message ids are global ids), registered in BACKENDS.
     # It subclasses Base without calling `super`, as reference-era backends do.
     class RubyMemory < Base
-      def initialize(_config = {}, max_backlog_size = 1000)
+      def initialize(_config = {}, max_backlog_size = 1000) # rubocop:disable Lint/MissingSuper -- as reference-era backends do
         @lock = Mutex.new
         @listeners = []
         @max_backlog_size = max_backlog_size
@@ -35,16 +35,16 @@ module MessageBus
       end
 
       def backlog(channel, last_id = 0)
-        @lock.synchronize do
-          @channels.fetch(channel, []).select { |id, _| id > last_id.to_i }.map { |id, d| MessageBus::Message.new(id, id, channel, d) }
-        end
+        @lock.synchronize { all_messages.select { |m| m.channel == channel && m.message_id > last_id.to_i } }
       end
 
       def global_backlog(last_id = 0)
-        @lock.synchronize do
-          @channels.flat_map { |c, list| list.map { |id, d| MessageBus::Message.new(id, id, c, d) } }
-                   .select { |m| m.global_id > last_id.to_i }.sort_by(&:global_id)
-        end
+        @lock.synchronize { all_messages.select { |m| m.global_id > last_id.to_i } }
+      end
+
+      # Every stored message by global id (call with the lock held).
+      def all_messages
+        @channels.flat_map { |c, list| list.map { |id, d| MessageBus::Message.new(id, id, c, d) } }.sort_by(&:global_id)
       end
 
       def get_message(channel, message_id)
@@ -55,13 +55,13 @@ module MessageBus
         global_subscribe(last_id) { |m| blk.call(m) if m.channel == channel }
       end
 
-      def global_subscribe(last_id = nil)
+      def global_subscribe(last_id = nil, &block)
         queue = Queue.new
         replay = @lock.synchronize do
           @listeners << queue
           last_id ? @channels.flat_map { |c, l| l.map { |id, d| MessageBus::Message.new(id, id, c, d) } } : []
         end
-        replay.select { |m| m.global_id > last_id.to_i }.sort_by(&:global_id).each { |m| yield m }
+        replay.select { |m| m.global_id > last_id.to_i }.sort_by(&:global_id).each(&block)
         @subscribed = true
         while (m = queue.pop)
           yield m
