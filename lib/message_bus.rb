@@ -584,8 +584,8 @@ module MessageBus
       from = open_in_thread ? @position : nil
       subscription = nil
       unless open_in_thread
-        @position = native ? current_global_id(backend) : nil
         subscription = backend.open_subscription(nil) if native
+        @position = subscription&.start
       end
       @last_message_at = monotonic_now
       @subscriber_thread = Thread.new do
@@ -605,13 +605,6 @@ module MessageBus
       @subscriber_thread.report_on_exception = false
       start_keepalive
       start_log_drain
-    end
-
-    # Where a subscription opened now starts (nil when the backend cannot say).
-    def current_global_id(backend)
-      backend.native._global_id
-    rescue StandardError
-      nil
     end
 
     def wait_for_subscription

@@ -30,6 +30,7 @@ module MessageBus
       # site id → channel → client ids (a Hash used as an ordered set)
       @subscriptions = {}
       @native = nil
+      @pid = Process.pid
     end
 
     # The Rust registry this manager shows (MessageBus::Native::Connections).
@@ -122,8 +123,12 @@ module MessageBus
       @bus.logger.error("MessageBus failed to notify clients: #{e.class}: #{e.message}")
     end
 
-    # In a forked child: the parent's clients are the parent's.
+    # In a forked child: the parent's clients are the parent's (a no-op in
+    # the process that registered them).
     def after_fork
+      return if @pid == Process.pid
+
+      @pid = Process.pid
       clients = synchronize do
         list = @clients.values
         @clients = {}

@@ -235,10 +235,6 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    async fn global_id(&self) -> Result<i64> {
-        Ok(self.store().counter)
-    }
-
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
         let mut store = self.store();
         Ok(self.global_backlog_locked(&mut store, last_id))
@@ -278,6 +274,7 @@ impl Backend for MemoryBackend {
         if let Some(last_id) = last_id {
             sub.prefill(self.global_backlog_locked(&mut store, last_id));
         }
+        sub.set_start(Some(store.counter));
         self.hub.add_subscription(Arc::clone(&sub));
         Ok(sub)
     }

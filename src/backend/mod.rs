@@ -93,9 +93,6 @@ pub trait Backend: Send + Sync + 'static {
         self.last_ids(channels).await
     }
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>>;
-    /// The newest global id (0 when empty): where a subscription opened now
-    /// starts. A forked child replays from there what its parent had not seen.
-    async fn global_id(&self) -> Result<i64>;
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>>;
     async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>>;
     async fn reset(&self) -> Result<()>;

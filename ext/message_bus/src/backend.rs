@@ -167,10 +167,6 @@ impl NativeBackend {
         messages_to_ruby(ruby, &messages)
     }
 
-    fn global_id(ruby: &Ruby, rb_self: &Self) -> RbResult<i64> {
-        block_on(ruby, || rb_self.0.global_id())
-    }
-
     fn global_backlog(ruby: &Ruby, rb_self: &Self, last_id: i64) -> RbResult<RArray> {
         let messages = block_on(ruby, || rb_self.0.global_backlog(last_id))?;
         messages_to_ruby(ruby, &messages)
@@ -255,7 +251,6 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     class.define_method("_last_id", magnus::method!(NativeBackend::last_id, 1))?;
     class.define_method("_last_ids", magnus::method!(NativeBackend::last_ids, 1))?;
     class.define_method("_backlog", magnus::method!(NativeBackend::backlog, 2))?;
-    class.define_method("_global_id", magnus::method!(NativeBackend::global_id, 0))?;
     class.define_method(
         "_global_backlog",
         magnus::method!(NativeBackend::global_backlog, 1),

@@ -28,6 +28,11 @@ module MessageBus
         def close
           @native._close
         end
+
+        # The global id after which messages arrive (nil when unknown).
+        def start
+          @native._start
+        end
       end
 
       class ConcreteClassMustImplementError < StandardError; end

@@ -712,10 +712,6 @@ impl Backend for PostgresBackend {
             .collect()
     }
 
-    async fn global_id(&self) -> Result<i64> {
-        self.inner.max_id().await
-    }
-
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
         self.inner.global_backlog(last_id).await
     }
@@ -750,7 +746,7 @@ impl Backend for PostgresBackend {
         let proc = self.inner.proc();
         self.inner.ensure_firehose(&proc).await?;
         let sub = Subscription::new();
-        let _delivery = proc.delivery.lock().await;
+        let delivery = proc.delivery.lock().await;
         if let Some(last_id) = last_id {
             let from = if last_id > self.inner.max_id().await? {
                 0
@@ -759,6 +755,7 @@ impl Backend for PostgresBackend {
             };
             sub.prefill(self.inner.global_backlog(from).await?);
         }
+        sub.set_start(delivery.highest);
         self.inner.hub.add_subscription(Arc::clone(&sub));
         Ok(sub)
     }
