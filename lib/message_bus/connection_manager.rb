@@ -94,6 +94,11 @@ module MessageBus
       entry && MessageBus::Client.view(@bus, @native, client_id, entry)
     end
 
+    # Whether this very client object is the one registered under its id.
+    def registered?(client)
+      synchronize { @clients[client.client_id].equal?(client) }
+    end
+
     def client_count
       synchronize { @clients.length } + (@native ? @native._parked : 0)
     end

@@ -114,20 +114,6 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
     socket
   end
 
-  # Complete records of a (possibly cut) chunked body.
-  def complete_records(raw)
-    body = raw.split("\r\n\r\n", 2)[1].to_s
-    text = +""
-    while (m = body.match(/\A(\h+)\r\n/))
-      size = m[1].to_i(16)
-      break if size.zero? || body.bytesize < m[0].length + size + 2
-
-      text << body.byteslice(m[0].length, size)
-      body = body.byteslice((m[0].length + size + 2)..).to_s
-    end
-    text.split("\r\n|\r\n").flat_map { |json| JSON.parse(json) }
-  end
-
   it "a slow reader does not delay the others; past its queue bound it is closed and reconnects losing nothing" do
     stop_server(server)
     server = start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "60000" })

@@ -87,6 +87,13 @@ RSpec.describe "MessageBus lifecycle" do
     expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be < 30
   end
 
+  def kill_child(pid)
+    return unless pid
+
+    Process.kill(:KILL, pid)
+    Process.wait(pid)
+  end
+
   it "a forked child publishes and subscribes while the parent keeps working" do
     b = new_bus
     b.publish("/fork", "before")
@@ -122,10 +129,7 @@ RSpec.describe "MessageBus lifecycle" do
       expect(parent_view).to contain_exactly("before", "from child", "from parent")
     end
   ensure
-    if pid
-      Process.kill(:KILL, pid)
-      Process.wait(pid)
-    end
+    kill_child(pid)
   end
 
   { 0 => "without after_fork", 2 => "after_fork called twice (idempotent)" }.each do |explicit, how|
@@ -161,10 +165,7 @@ RSpec.describe "MessageBus lifecycle" do
       expected = SpecHelpers.backend_name == :memory ? ["from the child"] : ["from the child", "from the parent"]
       expect(child_got).to eq(expected)
     ensure
-      if pid
-        Process.kill(:KILL, pid)
-        Process.wait(pid)
-      end
+      kill_child(pid)
     end
   end
 

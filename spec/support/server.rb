@@ -163,6 +163,24 @@ module ServerHelpers
     dechunked.split("\r\n|\r\n").map { |j| JSON.parse(j) }
   end
 
+  # The JSON records of a (possibly cut) chunked body, complete chunks only.
+  def complete_records(raw)
+    body = raw.split("\r\n\r\n", 2)[1].to_s
+    text = +""
+    while (m = body.match(/\A(\h+)\r\n/))
+      size = m[1].to_i(16)
+      break if size.zero? || body.bytesize < m[0].length + size + 2
+
+      text << body.byteslice(m[0].length, size)
+      body = body.byteslice((m[0].length + size + 2)..).to_s
+    end
+    text.split("\r\n|\r\n").filter_map do |json|
+      JSON.parse(json)
+    rescue JSON::ParserError
+      nil
+    end.flatten
+  end
+
   def self.included(base)
     base.after { (@servers || []).each { |s| stop_server(s) } }
   end

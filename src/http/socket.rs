@@ -215,6 +215,24 @@ mod tests {
     use super::*;
     use std::os::fd::FromRawFd;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// A client and the server side of its connection, taken over (within a runtime).
+    fn connected() -> (std::net::TcpStream, ClientSocket) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (
+            client,
+            ClientSocket::take_over(OwnedFd::from(server)).unwrap(),
+        )
+    }
+
     #[test]
     fn slots_cover_the_table_and_refuse_what_does_not_fit() {
         assert_eq!(slot(0), Some((0, 0, 1)));
@@ -226,15 +244,9 @@ mod tests {
 
     #[test]
     fn a_socket_is_listed_while_held() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let socket = ClientSocket::take_over(OwnedFd::from(server)).unwrap();
+        let (client, socket) = connected();
         let fd = socket.fd;
         assert!(held().contains(&fd));
         drop(socket);
@@ -245,15 +257,9 @@ mod tests {
     #[test]
     fn a_forked_child_closes_what_it_inherited_and_the_parent_keeps_it() {
         use std::io::{Read, Write};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _guard = rt.enter();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let socket = ClientSocket::take_over(OwnedFd::from(server)).unwrap();
+        let (mut client, socket) = connected();
         let mut pipe = [0; 2];
         // SAFETY: a pipe for the child's report.
         assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);

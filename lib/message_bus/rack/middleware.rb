@@ -261,7 +261,8 @@ module MessageBus
           end
 
           client.io = io || ruby_io(env, takeover)
-          next client.close unless registered
+          # Refused (an older seq), or replaced by a newer request meanwhile.
+          next client.close unless registered && @connection_manager.registered?(client)
 
           client.deliver_backlog(backlog)
           client.ensure_first_chunk_sent
