@@ -178,8 +178,7 @@ fn allowed(
     Ok(envelope.allows(&who))
 }
 
-pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
-    let _ = ruby;
+pub fn define(native: magnus::RModule) -> RbResult<()> {
     native.define_module_function("_client_backlog", magnus::function!(client_backlog, 7))?;
     native.define_module_function("_allowed?", magnus::function!(allowed, 4))?;
     Ok(())

@@ -70,7 +70,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     backend::define(ruby, native)?;
     subscription::define(ruby, native)?;
     connections::define(ruby, native)?;
-    client::define(ruby, native)?;
+    client::define(native)?;
     http::define(native)?;
     Ok(())
 }
