@@ -387,22 +387,17 @@ impl Fanout {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Push::TooSlow => {
-                self.counters.slow_closed.fetch_add(1, Ordering::Relaxed);
-                self.shard(&parked.identity.client_id)
-                    .registry
-                    .lock()
-                    .remove_parked(parked);
-                false
-            }
-            Push::Gone => {
-                self.shard(&parked.identity.client_id)
-                    .registry
-                    .lock()
-                    .remove_parked(parked);
-                false
-            }
             Push::Skipped => false,
+            ended => {
+                if ended == Push::TooSlow {
+                    self.counters.slow_closed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.shard(&parked.identity.client_id)
+                    .registry
+                    .lock()
+                    .remove_parked(parked);
+                false
+            }
         }
     }
 
