@@ -3,6 +3,7 @@
 require "logger"
 require "monitor"
 require "json"
+require "weakref"
 
 require "message_bus/version"
 require "message_bus/errors"
@@ -13,6 +14,9 @@ require "message_bus/timer_thread"
 require "message_bus/native"
 require "message_bus/backends/base"
 require "message_bus/replaying_subscriber"
+require "message_bus/config_check"
+require "message_bus/client"
+require "message_bus/connection_manager"
 
 # A reliable, backlogged pub/sub bus for Ruby web apps, with a Rust core.
 # `MessageBus` itself is a bus; `MessageBus::Instance.new` makes independent ones.
@@ -24,6 +28,8 @@ module MessageBus
     ENCODE_SITE_TOKEN = "$|$"
     GLOBAL_PREFIX = "/global/"
     KEEPALIVE_CHANNEL = "/__mb_keepalive__/"
+    # Keepalive intervals at or below this many seconds disable it (§9 Q22).
+    MIN_KEEPALIVE = 20
     # How long `subscribe` waits for the backend to report the subscription.
     SUBSCRIBE_WAIT = 0.1
 
@@ -38,6 +44,35 @@ module MessageBus
       @timer = nil
       @keepalive = nil
       @last_message_at = monotonic_now
+      # Global id of the last message dispatched (see start_subscriber_thread).
+      @position = nil
+      Implementation.track(self)
+    end
+
+    # Every bus of this process, for the fork hook (weakly held: a bus
+    # nobody references is not kept alive by this list).
+    @buses = []
+    @buses_lock = Mutex.new
+
+    def self.track(bus)
+      @buses_lock.synchronize do
+        @buses.select!(&:weakref_alive?)
+        @buses << WeakRef.new(bus)
+      end
+    end
+
+    # Called in the child of every fork (COMPAT.md §1.8; DESIGN "Fork
+    # safety"): does for every bus what `after_fork` does.
+    def self.forked
+      buses = @buses_lock.synchronize { @buses.dup }
+      buses.each do |ref|
+        bus = begin
+          ref.__getobj__
+        rescue WeakRef::RefError
+          nil
+        end
+        bus&.send(:after_fork_in_child)
+      end
     end
 
     # --- configuration -----------------------------------------------------
@@ -343,9 +378,13 @@ module MessageBus
       @timer = nil
     end
 
+    # Forked workers call this (Puma `on_worker_boot`, Unicorn `after_fork`);
+    # on Ruby 3.1+ the fork hook has already done it, and calling it again is
+    # harmless.
     def after_fork
       MessageBus::Native.after_fork
       backend_instance&.after_fork
+      middlewares.each(&:after_fork)
       ensure_subscriber_thread unless @subscriptions.empty? || @destroyed
       timer.queue {}
     end
@@ -402,8 +441,11 @@ module MessageBus
 
     private
 
+    def middlewares
+      @mutex.synchronize { @middlewares ? @middlewares.dup : [] }
+    end
+
     def middleware_stats
-      middlewares = @mutex.synchronize { @middlewares ? @middlewares.dup : [] }
       middlewares.each_with_object(MessageBus::Native::Connections._empty_stats) { |m, totals| add_counts(totals, m.stats) }
     end
 
@@ -415,11 +457,30 @@ module MessageBus
       totals
     end
 
+    # `after_fork` without waiting: this runs inside `fork`, so nothing here
+    # connects or blocks (the subscriber thread opens its subscription itself).
+    def after_fork_in_child
+      return if @destroyed
+
+      backend = @config[:backend_instance]
+      backend&.after_fork
+      middlewares.each(&:after_fork)
+      @mutex.synchronize { start_subscriber_thread(open_in_thread: true) } unless @subscriptions.empty?
+      @timer&.queue {}
+    rescue StandardError => e
+      logger.warn("MessageBus could not restart in the forked process #{Process.pid}: #{e.class}: #{e.message}")
+    end
+
+    def native_backend?(backend)
+      backend.respond_to?(:native) && !backend.native.nil?
+    end
+
     def monotonic_now
       Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     def build_backend
+      ConfigCheck.new(self).warn_once
       @config[:backend_options] ||= {}
       name = backend
       begin
@@ -518,15 +579,27 @@ module MessageBus
       wait_for_subscription
     end
 
-    def start_subscriber_thread
+    # The subscription is opened before the thread starts, so that whatever is
+    # published once `subscribe` returned is delivered. In a forked child
+    # (`open_in_thread`: inside `fork`, nothing may block) the thread opens
+    # it, replaying what came after the last message this process's copy of
+    # the bus dispatched (`@position`), so the child misses nothing either.
+    def start_subscriber_thread(open_in_thread: false)
       backend = backend_instance
-      subscription = backend.respond_to?(:open_subscription) ? backend.open_subscription(nil) : nil
+      native = native_backend?(backend)
+      from = open_in_thread ? @position : nil
+      subscription = nil
+      unless open_in_thread
+        subscription = backend.open_subscription(nil) if native
+        @position = subscription&.start
+      end
       @last_message_at = monotonic_now
       @subscriber_thread = Thread.new do
+        subscription ||= backend.open_subscription(from) if native
         if subscription
           subscription.each { |msg| dispatch(msg) }
         else
-          backend.global_subscribe { |msg| dispatch(msg) }
+          backend.global_subscribe(from) { |msg| dispatch(msg) }
         end
       rescue Exception => e # rubocop:disable Lint/RescueException -- log why the thread ends
         logger.warn("MessageBus subscriber thread stopped: #{e.class}: #{e.message}") unless e.is_a?(SignalException)
@@ -562,6 +635,7 @@ module MessageBus
         logger.warn("MessageBus subscriber failed on #{msg.channel}: #{e.class}: #{e.message}\n" \
                     "#{e.backtrace&.first(5)&.join("\n")}")
       end
+      @position = msg.global_id
     end
 
     def subscribers_for(msg)
@@ -589,7 +663,7 @@ module MessageBus
       interval = keepalive_interval.to_i
       @keepalive&.cancel
       @keepalive = nil
-      return unless interval > 20
+      return unless interval > MIN_KEEPALIVE
 
       @keepalive = timer.every(interval) { keepalive_tick(interval) }
     end
@@ -615,14 +689,22 @@ module MessageBus
   extend Implementation
   initialize
 
-  # Runs in the child of every fork: the parent's runtime threads and backend
-  # connections do not exist there (COMPAT.md §1.8, DESIGN "Fork safety").
+  # Wraps every fork (Ruby >= 3.1): the fork waits until no Rust thread holds
+  # a lock the child needs; in the child, where the parent's runtime threads
+  # do not exist, the parent's client sockets are closed (close(2) only, the
+  # parent keeps them) and every bus does what `after_fork` does
+  # (COMPAT.md §1.8, DESIGN "Fork safety").
   module ForkHook
     def _fork
+      MessageBus::Native._before_fork
       pid = super
-      # Backends notice the new pid themselves on their next use.
-      MessageBus::Native.after_fork if pid.zero?
+      if pid.zero?
+        MessageBus::Native._after_fork_in_child
+        MessageBus::Implementation.forked
+      end
       pid
+    ensure
+      MessageBus::Native._after_fork_in_parent unless pid&.zero?
     end
   end
   Process.singleton_class.prepend(ForkHook) if Process.respond_to?(:_fork)

@@ -54,6 +54,10 @@ pub trait Sink: Send + Sync {
     fn deliver(&self, message: &Arc<Message>);
     /// Storage was reset: ids restart.
     fn reset(&self) {}
+    /// Belongs to the parent of this forked process (never fed here).
+    fn is_inherited(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Default)]
@@ -67,11 +71,15 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
+    /// Every method takes a fork guard section (see [`crate::fork`]), and
+    /// skips what a forked child inherited without touching it: the parent's
+    /// threads may have held those objects' locks at the fork.
     pub fn deliver(&self, message: Message) {
+        let _section = crate::fork::guard();
         let message = Arc::new(message);
         {
             let mut subs = self.subscriptions.lock();
-            subs.retain(|s| !s.is_closed());
+            subs.retain(|s| !s.is_inherited() && !s.is_closed());
             for sub in subs.iter() {
                 sub.push(&message);
             }
@@ -82,57 +90,64 @@ impl Hub {
     }
 
     pub fn add_subscription(&self, sub: Arc<Subscription>) {
+        let _section = crate::fork::guard();
         let mut subs = self.subscriptions.lock();
-        // After a fork, the parent's subscriptions have no reader here.
-        subs.retain(|s| {
-            if s.is_inherited() {
-                s.close();
-            }
-            !s.is_closed()
-        });
+        subs.retain(|s| !s.is_inherited() && !s.is_closed());
         subs.push(sub);
     }
 
     pub fn has_subscriptions(&self) -> bool {
-        self.subscriptions.lock().iter().any(|s| !s.is_closed())
+        let _section = crate::fork::guard();
+        let subs = self.subscriptions.lock();
+        subs.iter().any(|s| !s.is_inherited() && !s.is_closed())
     }
 
     /// Ends every local subscription (queued messages are still handed out).
     pub fn close_subscriptions(&self) {
+        let _section = crate::fork::guard();
         for sub in self.subscriptions.lock().drain(..) {
-            sub.close();
+            if !sub.is_inherited() {
+                sub.close();
+            }
         }
     }
 
-    /// After fork: subscriptions opened by the parent have no reader here.
+    /// After fork: subscriptions opened by the parent have no reader here
+    /// (they are dropped without being touched).
     pub fn close_inherited_subscriptions(&self) {
-        self.subscriptions.lock().retain(|s| {
-            if s.is_inherited() {
-                s.close();
-            }
-            !s.is_closed()
-        });
+        let _section = crate::fork::guard();
+        self.subscriptions.lock().retain(|s| !s.is_inherited());
     }
 
     pub fn add_sink(&self, sink: Arc<dyn Sink>) {
+        let _section = crate::fork::guard();
         self.sinks.write().push(sink);
     }
 
     pub fn remove_sink(&self, sink: &Arc<dyn Sink>) {
+        let _section = crate::fork::guard();
         self.sinks.write().retain(|s| !Arc::ptr_eq(s, sink));
     }
 
+    /// Whether a sink of this process is fed.
     pub fn has_sinks(&self) -> bool {
-        !self.sinks.read().is_empty()
+        let _section = crate::fork::guard();
+        let sinks = self.sinks.read();
+        sinks.iter().any(|s| !s.is_inherited())
     }
 
     /// Storage was reset: replay floors and sink positions no longer apply.
     pub fn storage_reset(&self) {
+        let _section = crate::fork::guard();
         for sub in self.subscriptions.lock().iter() {
-            sub.clear_floor();
+            if !sub.is_inherited() {
+                sub.clear_floor();
+            }
         }
         for sink in self.sinks.read().iter() {
-            sink.reset();
+            if !sink.is_inherited() {
+                sink.reset();
+            }
         }
     }
 }

@@ -3,10 +3,11 @@
 
 use crate::backend::Backend;
 use crate::bus::{decode_channel, encode_channel, SITE_TOKEN};
-use crate::envelope::Identity;
+use crate::envelope::{Envelope, Identity};
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::http::json::OutMessage;
+use crate::message::Message;
 
 /// A subscription as sent by the client: `None` means "from now" (an empty value).
 pub type Requested = (String, Option<i64>);
@@ -39,64 +40,135 @@ fn requested_channel(channel: &str, site: Option<&str>) -> Result<String> {
     encode_channel(channel, site)
 }
 
-/// `gate` decides which messages Ruby must judge (client message filters,
-/// custom codecs); the others are parsed here.
+/// The rules of COMPAT.md §3.4 for one request, fed by whoever reads the
+/// storage: [`compute`] for web polls (Rust reads the backend), the binding
+/// for `MessageBus::Client#backlog` (also over backends written in Ruby).
+/// Feed it in order: [`Plan::reads`] with the bus's last ids, then
+/// [`Plan::add`] for each message of each read, then [`Plan::finish`].
+pub struct Plan<'a> {
+    who: &'a Identity,
+    subscriptions: &'a [Requested],
+    encoded: Vec<String>,
+    bus_ids: Vec<i64>,
+    /// Per subscription: the id the client is up to, and whether it gets a status.
+    progress: Vec<(i64, bool)>,
+    messages: Vec<OutMessage>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(who: &'a Identity, subscriptions: &'a [Requested]) -> Result<Self> {
+        let site = who.site_id.as_deref();
+        let encoded = subscriptions
+            .iter()
+            .map(|(channel, _)| requested_channel(channel, site))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Plan {
+            who,
+            subscriptions,
+            encoded,
+            bus_ids: Vec::new(),
+            progress: Vec::new(),
+            messages: Vec::new(),
+        })
+    }
+
+    /// The subscribed channels, site-encoded, in order.
+    pub fn encoded(&self) -> &[String] {
+        &self.encoded
+    }
+
+    pub fn requested(&self) -> Vec<Option<i64>> {
+        self.subscriptions.iter().map(|(_, r)| *r).collect()
+    }
+
+    /// Given the bus's last id of every subscribed channel (in order): the
+    /// backlog reads to make, as (subscription index, messages after this id).
+    pub fn reads(&mut self, bus_ids: Vec<i64>) -> Vec<(usize, i64)> {
+        let mut reads = Vec::new();
+        self.progress.clear();
+        for (index, (_, requested)) in self.subscriptions.iter().enumerate() {
+            let bus_id = bus_ids.get(index).copied().unwrap_or(0);
+            // An empty value means "from now", resolved with the client's site (§9 Q37).
+            let requested = requested.unwrap_or(bus_id);
+            let mut needs_status = false;
+            if requested < -1 {
+                // Look-behind: the last -requested - 1 ids.
+                reads.push((index, (bus_id + requested + 1).max(0)));
+            } else if requested == -1 || requested > bus_id {
+                // From now, or ahead of the bus (storage reset or expired).
+                needs_status = true;
+            } else if requested < bus_id {
+                reads.push((index, requested));
+            }
+            self.progress.push((bus_id, needs_status));
+        }
+        self.bus_ids = bus_ids;
+        reads
+    }
+
+    /// A message read for subscription `index`, with its envelope if web
+    /// clients may see it at all (`None`: withheld by a filter, or unreadable).
+    pub fn add(&mut self, index: usize, message: &Message, envelope: Option<&Envelope>) {
+        let Some((position, needs_status)) = self.progress.get_mut(index) else {
+            return;
+        };
+        *position = (*position).max(message.message_id);
+        let (name, _) = decode_channel(&message.channel);
+        match envelope {
+            Some(envelope) if envelope.allows(self.who) => {
+                self.messages
+                    .push(OutMessage::from_stored(message, name, envelope.data.get()));
+            }
+            // Withheld: the client learns where the channel is (status).
+            _ => *needs_status = true,
+        }
+    }
+
+    pub fn finish(self) -> ClientBacklog {
+        let mut out = ClientBacklog {
+            messages: self.messages,
+            ..ClientBacklog::default()
+        };
+        for (((channel, _), (position, needs_status)), bus_id) in self
+            .subscriptions
+            .iter()
+            .zip(&self.progress)
+            .zip(&self.bus_ids)
+        {
+            if *needs_status {
+                out.status.push((channel.clone(), *bus_id));
+            }
+            out.positions.push((channel.clone(), *position));
+        }
+        out
+    }
+}
+
+/// A web poll's backlog. `gate` decides which messages Ruby must judge
+/// (client message filters, custom codecs); the others are parsed here.
 pub async fn compute(
     backend: &dyn Backend,
     gate: &Gate,
     who: &Identity,
     subscriptions: &[Requested],
 ) -> Result<ClientBacklog> {
-    let site = who.site_id.as_deref();
-    let encoded = subscriptions
-        .iter()
-        .map(|(channel, _)| requested_channel(channel, site))
-        .collect::<Result<Vec<_>>>()?;
-    let bus_ids = if encoded.is_empty() {
+    let mut plan = Plan::new(who, subscriptions)?;
+    let bus_ids = if plan.encoded().is_empty() {
         Vec::new()
     } else {
-        let requested: Vec<Option<i64>> = subscriptions.iter().map(|(_, r)| *r).collect();
-        backend.last_ids_for_poll(&encoded, &requested).await?
+        backend
+            .last_ids_for_poll(plan.encoded(), &plan.requested())
+            .await?
     };
-    let mut out = ClientBacklog::default();
-    for (((channel, requested), encoded), bus_id) in
-        subscriptions.iter().zip(&encoded).zip(&bus_ids)
-    {
-        let bus_id = *bus_id;
-        // An empty value means "from now", resolved with the client's site (§9 Q37).
-        let requested = requested.unwrap_or(bus_id);
-        let mut position = bus_id;
-        let mut needs_status = false;
-        let start = if requested < -1 {
-            Some((bus_id + requested + 1).max(0))
-        } else if requested == -1 || requested > bus_id {
-            needs_status = true;
-            None
-        } else if requested == bus_id {
-            None
-        } else {
-            Some(requested)
-        };
-        if let Some(start) = start {
-            for m in backend.backlog(encoded, start).await? {
-                position = position.max(m.message_id);
-                let (name, _) = decode_channel(&m.channel);
-                match gate.envelope(&m, name).await {
-                    Some(envelope) if envelope.allows(who) => {
-                        out.messages
-                            .push(OutMessage::from_stored(&m, name, envelope.data.get()));
-                    }
-                    // Withheld by targeting or by a filter, or unreadable.
-                    _ => needs_status = true,
-                }
-            }
+    for (index, start) in plan.reads(bus_ids) {
+        let channel = plan.encoded()[index].clone();
+        for m in backend.backlog(&channel, start).await? {
+            let (name, _) = decode_channel(&m.channel);
+            let envelope = gate.envelope(&m, name).await;
+            plan.add(index, &m, envelope.as_deref());
         }
-        if needs_status {
-            out.status.push((channel.clone(), bus_id));
-        }
-        out.positions.push((channel.clone(), position));
     }
-    Ok(out)
+    Ok(plan.finish())
 }
 
 #[cfg(test)]

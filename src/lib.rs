@@ -8,6 +8,7 @@ pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod fanout;
+pub mod fork;
 pub mod gate;
 pub mod http;
 pub mod log;

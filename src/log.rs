@@ -25,6 +25,7 @@ pub fn warn(message: impl Into<String>) {
     if debug() {
         eprintln!("[message_bus] {message}");
     }
+    let _section = crate::fork::guard();
     let mut queue = QUEUE.lock();
     if queue.len() >= CAPACITY {
         queue.pop_front();
@@ -35,7 +36,9 @@ pub fn warn(message: impl Into<String>) {
 
 /// Takes every queued line, oldest first.
 pub fn drain() -> Vec<String> {
-    QUEUE.lock().drain(..).collect()
+    let _section = crate::fork::guard();
+    let lines = QUEUE.lock().drain(..).collect();
+    lines
 }
 
 /// Lines lost because nobody drained the queue in time.

@@ -23,6 +23,7 @@ pub fn env_count(name: &str, default: usize) -> usize {
 /// The runtime of this process, built on first use.
 pub fn runtime() -> Result<Arc<Runtime>> {
     let pid = std::process::id();
+    let _section = crate::fork::guard();
     let mut slot = RUNTIME.lock();
     if let Some((owner, rt)) = slot.as_ref() {
         if *owner == pid {
@@ -32,6 +33,9 @@ pub fn runtime() -> Result<Arc<Runtime>> {
     if let Some((_, stale)) = slot.take() {
         // Inherited from the parent: its worker threads are gone; never drop it.
         std::mem::forget(stale);
+        // A child that did not go through the fork hook: let go of the
+        // parent's clients before serving any of its own.
+        crate::http::socket::close_inherited();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env_count("MESSAGE_BUS_WORKER_THREADS", 2))
@@ -47,6 +51,7 @@ pub fn runtime() -> Result<Arc<Runtime>> {
 /// Forgets the runtime if it belongs to another process (called after fork).
 pub fn forget_if_inherited() {
     let pid = std::process::id();
+    let _section = crate::fork::guard();
     let mut slot = RUNTIME.lock();
     if slot.as_ref().is_some_and(|(owner, _)| *owner != pid) {
         if let Some((_, stale)) = slot.take() {

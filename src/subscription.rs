@@ -18,6 +18,8 @@ struct State {
     /// While replaying a backlog, live messages at or below this global id are
     /// already queued and are dropped; cleared by the first newer message.
     replay_floor: Option<i64>,
+    /// The global id after which live messages come (set by the backend).
+    start: Option<i64>,
 }
 
 pub struct Subscription {
@@ -75,6 +77,17 @@ impl Subscription {
         state.queue.push_back(Arc::clone(message));
         drop(state);
         self.ready.notify_one();
+    }
+
+    /// Where live delivery starts: messages after this global id arrive live
+    /// (or in the replay). A forked child's copy of the consumer, which has
+    /// seen up to there, replays what came after.
+    pub fn set_start(&self, global_id: Option<i64>) {
+        self.state.lock().start = global_id;
+    }
+
+    pub fn start(&self) -> Option<i64> {
+        self.state.lock().start
     }
 
     /// Forgets the replay floor (ids restart after a storage reset).

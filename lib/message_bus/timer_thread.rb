@@ -45,6 +45,10 @@ module MessageBus
       end
     end
 
+    # The reference gem's names for the handles `queue` and `every` return.
+    Cancelable = Job
+    CancelableEvery = Every
+
     attr_reader :jobs
 
     def initialize

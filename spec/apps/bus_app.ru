@@ -7,6 +7,7 @@ $LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
 require "message_bus"
 require "json"
 require "logger"
+require "uri"
 require_relative "../support/spec_helpers"
 
 MessageBus.configure(SpecHelpers.backend_config)
@@ -36,6 +37,35 @@ class PrefixedCodec
   def decode(payload) = JSON.parse(payload.delete_prefix("PFX"))
 end
 MessageBus.transport_codec = PrefixedCodec.new if ENV["MB_CODEC"] == "prefixed"
+
+# MB_ECHO=1: a subscription made when the app loads (in the master when it
+# is preloaded), whose deliveries `/echoed` reports, as in-process code
+# (DistributedCache, cache busting) relies on in every worker.
+ECHOED = [] # rubocop:disable Style/MutableConstant -- appended to by the subscription
+ECHO_LOCK = Mutex.new
+MessageBus.subscribe("/echo") { |m| ECHO_LOCK.synchronize { ECHOED << m.data } } if ENV["MB_ECHO"] == "1"
+
+# `/fork_probe?report=PATH&seconds=N`: forks a child that never calls
+# MessageBus.after_fork. It publishes to /echo and checks that the app's
+# subscription delivers in it, writes what it found to PATH, then lives N
+# seconds holding whatever it inherited.
+def fork_probe(query)
+  params = URI.decode_www_form(query.to_s).to_h
+  pid = fork do
+    mark = "from child #{Process.pid}"
+    MessageBus.publish("/echo", mark)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+    sleep 0.01 until ECHO_LOCK.synchronize { ECHOED.include?(mark) } || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    report = { pid: Process.pid, delivered: ECHO_LOCK.synchronize { ECHOED.include?(mark) },
+               held: MessageBus::Native.respond_to?(:_held_sockets) ? MessageBus::Native._held_sockets : nil }
+    File.write("#{params['report']}.tmp", JSON.generate(report))
+    File.rename("#{params['report']}.tmp", params["report"])
+    sleep Float(params.fetch("seconds", "30"))
+    exit!(0)
+  end
+  Process.detach(pid)
+  pid
+end
 
 # Counts the requests under /message-bus/ (reported by `/requests`).
 class RequestCounter
@@ -72,6 +102,10 @@ run lambda { |env|
     [200, { "content-type" => "application/json" }, [JSON.generate(MessageBus.diagnostics)]]
   when "/pid"
     [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
+  when "/echoed"
+    [200, { "content-type" => "application/json" }, [JSON.generate(pid: Process.pid, data: ECHO_LOCK.synchronize { ECHOED.dup })]]
+  when "/fork_probe"
+    [200, { "content-type" => "text/plain" }, [fork_probe(env["QUERY_STRING"]).to_s]]
   else
     [200, { "content-type" => "text/plain" }, ["app"]]
   end

@@ -28,7 +28,7 @@ RSpec.describe "Faults with web clients on a Puma cluster", :integration do
       ensure
         socket&.close
       end
-      records(raw).each do |m|
+      complete_records(raw).each do |m|
         case m["channel"]
         when "/__status"
           last = m["data"][channel] if m["data"].key?(channel)
@@ -40,24 +40,6 @@ RSpec.describe "Faults with web clients on a Puma cluster", :integration do
       sleep 0.05
     end
     received
-  end
-
-  # Complete records of a (possibly cut) chunked body.
-  def records(raw)
-    body = raw.split("\r\n\r\n", 2)[1].to_s
-    text = +""
-    while (m = body.match(/\A(\h+)\r\n/))
-      size = m[1].to_i(16)
-      break if size.zero? || body.bytesize < m[0].length + size
-
-      text << body.byteslice(m[0].length, size)
-      body = body.byteslice((m[0].length + size + 2)..).to_s
-    end
-    text.split("\r\n|\r\n").filter_map do |json|
-      JSON.parse(json)
-    rescue JSON::ParserError
-      nil
-    end.flatten
   end
 
   it "loses and duplicates nothing when a worker is SIGKILLed and a publisher process dies" do

@@ -32,11 +32,33 @@ RSpec.describe "Other app servers", :integration do
     waiting.each(&:close)
   end
 
-  [false, true].each do |preload|
-    it "delivers across Puma cluster workers (after_fork in on_worker_boot#{', app preloaded' if preload})" do
-      skip "the memory backend is per process; this runs on Redis and PostgreSQL" if SpecHelpers.backend_name == :memory
+  it "delivers across Puma cluster workers with the README's on_worker_boot, app not preloaded" do
+    skip "the memory backend is per process; this runs on Redis and PostgreSQL" if SpecHelpers.backend_name == :memory
 
-      cluster_roundtrip(start_server(workers: 2, threads: 2, preload: preload, env: interval))
+    server = start_server(workers: 2, threads: 2, env: interval.merge("MB_ECHO" => "1"))
+    cluster_roundtrip(server)
+    expect(File.read(server.log)).not_to match(/hook .* failed|NameError/)
+  end
+
+  it "delivers across Puma cluster workers with the app preloaded and no hook at all (the fork hook does after_fork's work)" do
+    skip "the memory backend is per process; this runs on Redis and PostgreSQL" if SpecHelpers.backend_name == :memory
+
+    new_bus
+    no_hooks = File.expand_path("../apps/puma_no_hooks.rb", __dir__)
+    server = start_server(workers: 2, threads: 2, flags: ["--preload", "-C", no_hooks],
+                          env: interval.merge("MB_ECHO" => "1", "MB_RESET" => "0"))
+    pids = cluster_roundtrip(server)
+    # The app subscribed when it loaded, in the master: every worker's
+    # subscription must deliver, though no worker called after_fork.
+    publisher = MessageBus::Instance.new
+    publisher.configure(SpecHelpers.backend_config.merge(logger: Logger.new(log_output), keepalive_interval: 0))
+    (@buses ||= []) << publisher
+    publisher.publish("/echo", "to every worker")
+    pids.each do |pid|
+      wait_for(timeout: 20, message: "the subscription of worker #{pid} delivering") do
+        seen = JSON.parse(http(server.port, "GET", "/echoed")[2])
+        seen["pid"] == pid && seen["data"].include?("to every worker")
+      end
     end
   end
 
@@ -47,5 +69,6 @@ RSpec.describe "Other app servers", :integration do
     end
     expect(pids.length).to eq(2)
     3.times { |i| expect(stream_one_message(server, "cluster#{i}")).to include("hello cluster#{i}") }
+    pids
   end
 end

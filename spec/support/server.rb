@@ -19,17 +19,20 @@ module ServerHelpers
   end
 
   # `port:` reuses a port (e.g. to restart a server where clients expect it).
-  def start_server(kind: :puma, threads: 4, workers: 0, preload: false, env: {}, app: APP, port: nil)
+  # `flags:` more command-line options (`--preload`, `--fork-worker=0`, a
+  # configuration file: `-C` for Puma, whose clusters default to
+  # apps/puma_cluster.rb, `-c` for Unicorn).
+  def start_server(kind: :puma, threads: 4, workers: 0, env: {}, app: APP, port: nil, flags: [])
     port ||= free_port
     log = File.join(Dir.tmpdir, "mb-server-#{port}.log")
     cmd =
       case kind
       when :puma
         args = ["puma", "-b", "tcp://127.0.0.1:#{port}", "-t", "#{threads}:#{threads}", "-e", "test"]
-        args += ["-w", workers.to_s, "-C", File.expand_path("../apps/puma_cluster.rb", __dir__)] if workers.positive?
-        args << "--preload" if preload
-        args + [app]
-      when :unicorn then ["unicorn", "-l", "127.0.0.1:#{port}", "-E", "none", app]
+        args += ["-w", workers.to_s] if workers.positive?
+        args += ["-C", File.expand_path("../apps/puma_cluster.rb", __dir__)] if workers.positive? && !flags.include?("-C")
+        args + flags + [app]
+      when :unicorn then ["unicorn", "-l", "127.0.0.1:#{port}", "-E", "none", *flags, app]
       when :thin then ["thin", "-a", "127.0.0.1", "-p", port.to_s, "-R", app, "start"]
       end
     full_env = { "MESSAGE_BUS_BACKEND" => SpecHelpers.backend_name.to_s, "MB_RESET" => "1" }.merge(env)
@@ -162,6 +165,24 @@ module ServerHelpers
       rest = rest[(m[0].length + size + 2)..]
     end
     dechunked.split("\r\n|\r\n").map { |j| JSON.parse(j) }
+  end
+
+  # The JSON records of a (possibly cut) chunked body, complete chunks only.
+  def complete_records(raw)
+    body = raw.split("\r\n\r\n", 2)[1].to_s
+    text = +""
+    while (m = body.match(/\A(\h+)\r\n/))
+      size = m[1].to_i(16)
+      break if size.zero? || body.bytesize < m[0].length + size + 2
+
+      text << body.byteslice(m[0].length, size)
+      body = body.byteslice((m[0].length + size + 2)..).to_s
+    end
+    text.split("\r\n|\r\n").filter_map do |json|
+      JSON.parse(json)
+    rescue JSON::ParserError
+      nil
+    end.flatten
   end
 
   def self.included(base)

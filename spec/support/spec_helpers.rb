@@ -17,6 +17,10 @@ module SpecHelpers
   def self.backend_config(store: 0)
     case backend_name
     when :memory then { backend: :memory }
+    when :ruby_memory
+      # spec/support/lib/message_bus/backends/ruby_memory.rb, a backend written in Ruby
+      $LOAD_PATH.unshift(File.expand_path("lib", __dir__)) unless $LOAD_PATH.include?(File.expand_path("lib", __dir__))
+      { backend: :ruby_memory }
     when :redis
       db = Integer(ENV.fetch("MB_SPEC_REDIS_DB", "9")) + store
       { backend: :redis, redis_config: { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/"), db: db } }

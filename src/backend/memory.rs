@@ -75,6 +75,12 @@ impl MemoryBackend {
         }
     }
 
+    /// The store, locked in a fork guard section (connection tasks read it
+    /// on runtime threads).
+    fn store(&self) -> crate::fork::Locked<'_, Store> {
+        crate::fork::lock(&self.store)
+    }
+
     fn default_ttl(&self) -> i64 {
         Settings::get(&self.settings.max_backlog_age)
     }
@@ -164,7 +170,7 @@ impl Backend for MemoryBackend {
         data: &str,
         opts: &PublishOptions,
     ) -> Result<Option<i64>> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         let now = Instant::now();
         self.sweep(&mut store, now);
         // An expired channel starts afresh.
@@ -203,14 +209,14 @@ impl Backend for MemoryBackend {
     }
 
     async fn last_id(&self, channel: &str) -> Result<i64> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         Ok(self
             .live_channel(&mut store, channel)
             .map_or(0, |c| c.last_id))
     }
 
     async fn last_ids(&self, channels: &[String]) -> Result<Vec<i64>> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         Ok(channels
             .iter()
             .map(|name| self.live_channel(&mut store, name).map_or(0, |c| c.last_id))
@@ -218,7 +224,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         let Some(c) = self.live_channel(&mut store, channel) else {
             return Ok(Vec::new());
         };
@@ -230,12 +236,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         Ok(self.global_backlog_locked(&mut store, last_id))
     }
 
     async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         let Some(c) = self.live_channel(&mut store, channel) else {
             return Ok(None);
         };
@@ -247,7 +253,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn reset(&self) -> Result<()> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         store.counter = 0;
         store.channels.clear();
         store.global.clear();
@@ -256,7 +262,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn expire_all_backlogs(&self) -> Result<()> {
-        let mut store = self.store.lock();
+        let mut store = self.store();
         store.channels.clear();
         store.global.clear();
         Ok(())
@@ -264,10 +270,11 @@ impl Backend for MemoryBackend {
 
     async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
         let sub = Subscription::new();
-        let mut store = self.store.lock();
+        let mut store = self.store();
         if let Some(last_id) = last_id {
             sub.prefill(self.global_backlog_locked(&mut store, last_id));
         }
+        sub.set_start(Some(store.counter));
         self.hub.add_subscription(Arc::clone(&sub));
         Ok(sub)
     }

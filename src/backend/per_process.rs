@@ -28,6 +28,7 @@ impl<T: ProcessLocal> Default for PerProcess<T> {
 impl<T: ProcessLocal> PerProcess<T> {
     /// This process's state.
     pub fn current(&self) -> Arc<T> {
+        let _section = crate::fork::guard();
         let mut slot = self.slot.lock();
         let pid = std::process::id();
         if slot.0 != pid {
@@ -41,6 +42,7 @@ impl<T: ProcessLocal> PerProcess<T> {
     /// process's (to be shut down by the caller).
     pub fn replace(&self) -> Option<Arc<T>> {
         let pid = std::process::id();
+        let _section = crate::fork::guard();
         let (owner, old) = std::mem::replace(&mut *self.slot.lock(), (pid, Arc::new(T::fresh())));
         if owner == pid {
             Some(old)
@@ -52,6 +54,7 @@ impl<T: ProcessLocal> PerProcess<T> {
 
     /// Shuts down the state if it is this process's (the backend is dropped).
     pub fn shut_down_current(&self) {
+        let _section = crate::fork::guard();
         let slot = self.slot.lock();
         if slot.0 == std::process::id() {
             slot.1.shut_down();

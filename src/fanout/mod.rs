@@ -38,6 +38,18 @@ pub struct Live {
     pub chunk: Vec<u8>,
 }
 
+impl Live {
+    pub fn new(message: OutMessage) -> Self {
+        let body = payload(std::slice::from_ref(&message), &[]);
+        let chunk = frame::chunk(&body);
+        Live {
+            message,
+            body,
+            chunk,
+        }
+    }
+}
+
 /// What the registry keeps of one parked connection.
 pub struct Parked {
     pub conn_id: u64,
@@ -45,6 +57,15 @@ pub struct Parked {
     pub identity: Identity,
     pub channels: Vec<String>,
     pub outbox: Outbox,
+    /// When the request arrived (Unix time, milliseconds).
+    pub connected_ms: u64,
+}
+
+/// Now, as Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Default)]
@@ -327,6 +348,64 @@ impl Fanout {
             .any(|s| s.registry.lock().index.contains_key(channel))
     }
 
+    /// The connection parked under `client_id`, if any.
+    pub fn lookup(&self, client_id: &str) -> Option<Arc<Parked>> {
+        self.shard(client_id)
+            .registry
+            .lock()
+            .clients
+            .get(client_id)
+            .cloned()
+    }
+
+    /// Closes the connection `conn_id` of `client_id` (its close output is
+    /// written); false if it is no longer parked.
+    pub fn close_client(&self, client_id: &str, conn_id: u64) -> bool {
+        let parked = {
+            let mut reg = self.shard(client_id).registry.lock();
+            match reg.clients.get(client_id) {
+                Some(p) if p.conn_id == conn_id => reg.remove(client_id),
+                _ => None,
+            }
+        };
+        parked
+            .map(|p| p.outbox.request_close(CloseReason::Stopped))
+            .is_some()
+    }
+
+    /// Hands a message straight to one parked connection (its permission
+    /// already checked); false if it was not written or queued.
+    pub fn deliver_to(&self, parked: &Arc<Parked>, message: OutMessage) -> bool {
+        let live = Arc::new(Live::new(message));
+        match parked.outbox.push(&parked.channels, &live) {
+            Push::Written | Push::Queued => {
+                self.counters.message_delivered();
+                true
+            }
+            Push::Skipped => false,
+            // Too slow or gone: its task counts the close.
+            Push::TooSlow | Push::Gone => {
+                self.shard(&parked.identity.client_id)
+                    .registry
+                    .lock()
+                    .remove_parked(parked);
+                false
+            }
+        }
+    }
+
+    /// Hands a message to every parked connection that may see it, as if
+    /// it came off the backend, with its (JSON) envelope already judged.
+    pub fn notify(&self, message: &Message, envelope: Envelope) {
+        if self.inherited() {
+            return;
+        }
+        let (channel, site) = decode_channel(&message.channel);
+        if self.watched(channel) {
+            self.dispatch(message, channel, site, Arc::new(envelope));
+        }
+    }
+
     /// Encodes a message once and hands it to every fan-out thread.
     fn dispatch(
         &self,
@@ -336,14 +415,8 @@ impl Fanout {
         envelope: Arc<Envelope>,
     ) {
         let out = OutMessage::from_stored(message, channel, envelope.data.get());
-        let body = payload(std::slice::from_ref(&out), &[]);
-        let chunk = frame::chunk(&body);
         let job = Arc::new(Job {
-            live: Arc::new(Live {
-                message: out,
-                body,
-                chunk,
-            }),
+            live: Arc::new(Live::new(out)),
             envelope,
             site: site.map(str::to_string),
         });
@@ -361,6 +434,10 @@ impl Drop for Fanout {
 }
 
 impl Sink for Fanout {
+    fn is_inherited(&self) -> bool {
+        self.inherited()
+    }
+
     fn deliver(&self, message: &Arc<Message>) {
         if self.inherited() {
             return;
@@ -442,6 +519,7 @@ mod tests {
             },
             channels: vec!["/c".into()],
             outbox: Outbox::default(),
+            connected_ms: unix_ms(),
         })
     }
 

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 
 use super::{CloseReason, Live};
 use crate::http::frame;
+use crate::http::socket::ClientSocket;
 
 /// Live messages a connection may have waiting before it counts as a slow
 /// reader and is closed (the client reconnects with its last ids).
@@ -95,7 +95,7 @@ pub enum Push {
 #[derive(Default)]
 struct State {
     /// Set once the head is written; direct writes need it.
-    stream: Option<Arc<TcpStream>>,
+    stream: Option<Arc<ClientSocket>>,
     direct: bool,
     chunked: bool,
     head_prefix: Option<Arc<[u8]>>,
@@ -193,7 +193,7 @@ impl Outbox {
     /// the positions that answer covered, per channel of `channels`.
     pub fn open(
         &self,
-        stream: Arc<TcpStream>,
+        stream: Arc<ClientSocket>,
         chunked: bool,
         head_prefix: Arc<[u8]>,
         channels: &[String],
@@ -351,6 +351,21 @@ impl Outbox {
         }
     }
 
+    /// Whether the answer streams (known once the head is written).
+    pub fn is_chunked(&self) -> bool {
+        self.state.lock().chunked
+    }
+
+    /// Per subscribed channel, the id the client is up to (`None` until
+    /// its backlog was answered).
+    pub fn positions(&self) -> Vec<Option<i64>> {
+        let s = self.state.lock();
+        s.positions
+            .iter()
+            .map(|&p| (p != i64::MIN).then_some(p))
+            .collect()
+    }
+
     /// Asks the task to write the close output after what is queued (the
     /// first reason asked for is the one counted).
     pub fn request_close(&self, reason: CloseReason) {
@@ -370,19 +385,12 @@ mod tests {
     }
 
     fn live_with(channel: &str, id: i64, data: String) -> Arc<Live> {
-        let message = OutMessage {
+        Arc::new(Live::new(OutMessage {
             global_id: id,
             message_id: id,
             channel: channel.into(),
             data,
-        };
-        let body = crate::http::json::payload(std::slice::from_ref(&message), &[]);
-        let chunk = frame::chunk(&body);
-        Arc::new(Live {
-            message,
-            body,
-            chunk,
-        })
+        }))
     }
 
     fn written(next: Next) -> Vec<u8> {

@@ -150,6 +150,7 @@ mod tests {
             },
             channels: vec![],
             outbox: Outbox::default(),
+            connected_ms: 0,
         })
     }
 

@@ -13,7 +13,6 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use crate::backend::Backend;
@@ -23,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::fanout::{Admission, CloseReason, Fanout, Next, Out, Outbox, Parked};
 use crate::http::frame;
 use crate::http::json::payload;
-use crate::http::limits::{self, limits, INPUT_BOUND};
+use crate::http::limits::{limits, INPUT_BOUND};
+use crate::http::socket::ClientSocket;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -45,7 +45,7 @@ pub struct View {
 }
 
 struct Conn {
-    stream: Arc<TcpStream>,
+    stream: Arc<ClientSocket>,
     parked: Arc<Parked>,
     view: View,
     head_written: bool,
@@ -85,22 +85,6 @@ enum Input {
     Failed,
 }
 
-fn take_over(fd: OwnedFd) -> Result<TcpStream> {
-    let std_stream = std::net::TcpStream::from(fd);
-    std_stream
-        .set_nonblocking(true)
-        .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))?;
-    // Live messages are small writes that must leave at once.
-    let _ = std_stream.set_nodelay(true);
-    // What a slow reader leaves in the kernel is bounded; past it, the
-    // outbox bounds and the write timeout find it out.
-    if let Some(bytes) = limits().send_buffer {
-        limits::cap_send_buffer(&std_stream, bytes);
-    }
-    TcpStream::from_std(std_stream)
-        .map_err(|e| Error::Connection(format!("cannot take over the client socket: {e}")))
-}
-
 fn register(
     identity: &Identity,
     seq: i64,
@@ -113,6 +97,7 @@ fn register(
         identity: identity.clone(),
         channels: subscriptions.iter().map(|(c, _)| c.clone()).collect(),
         outbox: Outbox::default(),
+        connected_ms: crate::fanout::unix_ms(),
     })
 }
 
@@ -124,7 +109,7 @@ pub fn park(
     fanout: Arc<Fanout>,
     backend: Arc<dyn Backend>,
 ) -> Result<()> {
-    let stream = take_over(fd)?;
+    let stream = ClientSocket::take_over(fd)?;
     let parked = register(
         &session.identity,
         session.seq,
@@ -163,7 +148,7 @@ impl Pending {
     /// Parks the connection on `fd` with the positions its (empty) backlog
     /// answer covered, as `park` would have. Must be called within the runtime.
     pub fn attach(mut self, fd: OwnedFd, view: View, positions: Vec<(String, i64)>) -> Result<()> {
-        let stream = take_over(fd)?;
+        let stream = ClientSocket::take_over(fd)?;
         let Some(parked) = self.parked.take() else {
             return Err(Error::Connection("poll already parked".into()));
         };
@@ -219,7 +204,7 @@ enum Start {
 }
 
 fn spawn(
-    stream: TcpStream,
+    stream: ClientSocket,
     parked: Arc<Parked>,
     view: View,
     admission: Admission,
@@ -267,10 +252,8 @@ impl Conn {
                 ..
             } = self;
             // A FIN after what was written.
-            if let Ok(stream) = Arc::try_unwrap(stream) {
-                if let Ok(stream) = stream.into_std() {
-                    let _ = stream.shutdown(std::net::Shutdown::Write);
-                }
+            if let Some(stream) = Arc::into_inner(stream).and_then(ClientSocket::into_std) {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
             }
             fanout.release(&parked.identity.client_id, parked.conn_id);
             fanout.counters().connection_closed(outcome.reason());

@@ -1,7 +1,8 @@
-//! The web-client side: JSON payloads, chunk framing and the task that owns
-//! a hijacked long-poll socket.
+//! The web-client side: JSON payloads, chunk framing, the task that owns a
+//! hijacked long-poll socket and the table of such sockets.
 
 pub mod connection;
 pub mod frame;
 pub mod json;
 pub mod limits;
+pub mod socket;

@@ -9,14 +9,14 @@ use magnus::{prelude::*, RArray, RHash, RString, Ruby};
 use message_bus_core::backend::Backend;
 use message_bus_core::bus::Sink;
 use message_bus_core::client::{self, Requested};
-use message_bus_core::envelope::Identity;
+use message_bus_core::envelope::{Envelope, Identity};
 use message_bus_core::fanout::{Fanout, WebClientStats};
 use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Pending, Session, View};
 use message_bus_core::http::frame::head_prefix;
-use message_bus_core::http::json::payload;
+use message_bus_core::http::json::{payload, OutMessage};
 use message_bus_core::runtime::runtime;
-use message_bus_core::Error;
+use message_bus_core::{Error, Message};
 
 use crate::backend::{rstring, NativeBackend};
 use crate::errors::to_ruby;
@@ -32,7 +32,7 @@ pub struct NativeConnections {
     head: parking_lot::Mutex<Option<Arc<[u8]>>>,
 }
 
-fn identity(
+pub(crate) fn identity(
     ruby: &Ruby,
     client_id: RString,
     site_id: Option<RString>,
@@ -57,7 +57,7 @@ fn identity(
 }
 
 /// `[[channel, id or nil], ...]` → subscriptions.
-fn subscriptions(ruby: &Ruby, list: RArray) -> RbResult<Vec<Requested>> {
+pub(crate) fn subscriptions(ruby: &Ruby, list: RArray) -> RbResult<Vec<Requested>> {
     let mut out = Vec::with_capacity(list.len());
     for pair in list.into_iter() {
         let pair = RArray::try_convert(pair)?;
@@ -94,7 +94,8 @@ impl PendingPoll {
     }
 }
 
-fn headers(list: RArray) -> RbResult<Vec<(String, String)>> {
+/// `[[name, value], ...]` → header pairs.
+pub(crate) fn headers(list: RArray) -> RbResult<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(list.len());
     for pair in list.into_iter() {
         let pair = RArray::try_convert(pair)?;
@@ -283,6 +284,95 @@ impl NativeConnections {
         self.fanout.parked()
     }
 
+    /// The connection parked under `client_id`: `[conn_id, user_json,
+    /// groups_json, site_id, seq, [[channel, position or nil], ...], chunked,
+    /// connected_ms]`, or nil.
+    fn lookup(ruby: &Ruby, rb_self: &Self, client_id: String) -> RbResult<Option<RArray>> {
+        let Some(parked) = rb_self.fanout.lookup(&client_id) else {
+            return Ok(None);
+        };
+        let who = &parked.identity;
+        let groups = serde_json::Value::Array(who.group_ids.clone()).to_string();
+        let channels = ruby.ary_new_capa(parked.channels.len());
+        let positions = parked.outbox.positions();
+        for (n, channel) in parked.channels.iter().enumerate() {
+            channels.push((channel.as_str(), positions.get(n).copied().flatten()))?;
+        }
+        let out = ruby.ary_new_capa(8);
+        out.push(parked.conn_id)?;
+        out.push(who.user_id.to_string())?;
+        out.push(groups)?;
+        out.push(who.site_id.clone())?;
+        out.push(parked.seq)?;
+        out.push(channels)?;
+        out.push(parked.outbox.is_chunked())?;
+        out.push(parked.connected_ms)?;
+        Ok(Some(out))
+    }
+
+    /// Closes (with its close output) the connection `conn_id` of
+    /// `client_id`; false if it is no longer parked.
+    fn close_client(&self, client_id: String, conn_id: u64) -> bool {
+        self.fanout.close_client(&client_id, conn_id)
+    }
+
+    /// Whether `conn_id` is the connection parked under `client_id`.
+    fn is_parked(&self, client_id: String, conn_id: u64) -> bool {
+        self.fanout
+            .lookup(&client_id)
+            .is_some_and(|p| p.conn_id == conn_id)
+    }
+
+    /// Writes one message (already judged) to the connection `conn_id` of
+    /// `client_id`: `data` is its JSON. False if it was not handed over.
+    fn deliver_to(ruby: &Ruby, rb_self: &Self, args: &[magnus::Value]) -> RbResult<bool> {
+        let args = magnus::scan_args::scan_args::<
+            (String, u64, i64, i64, RString, RString),
+            (),
+            (),
+            (),
+            (),
+            (),
+        >(args)?;
+        let (client_id, conn_id, global_id, message_id, channel, data) = args.required;
+        let Some(parked) = rb_self.fanout.lookup(&client_id) else {
+            return Ok(false);
+        };
+        if parked.conn_id != conn_id {
+            return Ok(false);
+        }
+        let message = OutMessage {
+            global_id,
+            message_id,
+            channel: rstring(ruby, channel, "channel")?,
+            data: rstring(ruby, data, "data")?,
+        };
+        Ok(rb_self.fanout.deliver_to(&parked, message))
+    }
+
+    /// Hands a message to every parked connection that may see it:
+    /// `envelope` is its JSON-codec envelope (client message filters were
+    /// already applied by the caller).
+    fn notify(
+        ruby: &Ruby,
+        rb_self: &Self,
+        global_id: i64,
+        message_id: i64,
+        encoded_channel: RString,
+        envelope: RString,
+    ) -> RbResult<()> {
+        let envelope_text = rstring(ruby, envelope, "envelope")?;
+        let envelope = Envelope::parse(&envelope_text).map_err(|e| to_ruby(ruby, e))?;
+        let message = Message {
+            global_id,
+            message_id,
+            channel: rstring(ruby, encoded_channel, "channel")?,
+            data: envelope_text,
+        };
+        rb_self.fanout.notify(&message, envelope);
+        Ok(())
+    }
+
     fn stats(ruby: &Ruby, rb_self: &Self) -> RbResult<RHash> {
         stats_hash(ruby, &rb_self.fanout.stats())
     }
@@ -292,8 +382,12 @@ impl NativeConnections {
         stats_hash(ruby, &WebClientStats::default())
     }
 
-    /// Stops feeding this registry and closes its connections.
+    /// Stops feeding this registry and closes its connections (nothing to
+    /// do in a forked child: the registry is the parent's).
     fn stop(&self) {
+        if self.fanout.is_inherited() {
+            return;
+        }
         let sink: Arc<dyn Sink> = Arc::clone(&self.fanout) as Arc<dyn Sink>;
         self.backend.hub().remove_sink(&sink);
         self.fanout.close_all();
@@ -316,6 +410,16 @@ fn stats_hash(ruby: &Ruby, s: &WebClientStats) -> RbResult<RHash> {
     Ok(h)
 }
 
+impl Drop for NativeConnections {
+    fn drop(&mut self) {
+        if self.fanout.is_inherited() {
+            // The parent's fan-out: its threads are not here and its locks
+            // may be held. Never dropped in this process.
+            std::mem::forget(Arc::clone(&self.fanout));
+        }
+    }
+}
+
 pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     let class = native.define_class("Connections", ruby.class_object())?;
     class.undef_default_alloc_func();
@@ -331,6 +435,17 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     pending.undef_default_alloc_func();
     pending.define_method("_cancel", magnus::method!(PendingPoll::cancel, 0))?;
     class.define_method("_parked", magnus::method!(NativeConnections::parked, 0))?;
+    class.define_method("_lookup", magnus::method!(NativeConnections::lookup, 1))?;
+    class.define_method(
+        "_close_client",
+        magnus::method!(NativeConnections::close_client, 2),
+    )?;
+    class.define_method("_parked?", magnus::method!(NativeConnections::is_parked, 2))?;
+    class.define_method(
+        "_deliver_to",
+        magnus::method!(NativeConnections::deliver_to, -1),
+    )?;
+    class.define_method("_notify", magnus::method!(NativeConnections::notify, 4))?;
     class.define_method(
         "_configure_gate",
         magnus::method!(NativeConnections::configure_gate, 2),

@@ -54,6 +54,10 @@ impl NativeSubscription {
     fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+
+    fn start(&self) -> Option<i64> {
+        self.0.start()
+    }
 }
 
 pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), magnus::Error> {
@@ -64,6 +68,7 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> Result<(), magnus::Error>
         magnus::method!(NativeSubscription::next_batch, 2),
     )?;
     class.define_method("_close", magnus::method!(NativeSubscription::close, 0))?;
+    class.define_method("_start", magnus::method!(NativeSubscription::start, 0))?;
     class.define_method(
         "_closed?",
         magnus::method!(NativeSubscription::is_closed, 0),

@@ -3,6 +3,7 @@
 require "json"
 require "uri"
 require "rack"
+require "socket"
 require "message_bus/rack/poll_request"
 require "message_bus/rack/ruby_gate"
 
@@ -16,14 +17,17 @@ module MessageBus
       TEAPOT = [418, {}, ["I'm a teapot, undefined in spec"]].freeze
       NOT_FOUND = [404, {}, ["not found"]].freeze
 
-      attr_reader :started_listener
+      attr_reader :started_listener, :connection_manager
 
       def initialize(app, config = {})
         @app = app
         @bus = config[:message_bus] || MessageBus
         @prefix = "#{@bus.base_route}message-bus/"
+        @connection_manager = MessageBus::ConnectionManager.new(@bus)
         @connections = nil
+        @ruby_listener = nil
         @started_listener = false
+        @announced = {}
         @lock = Mutex.new
         @gate = RubyGate.new(@bus)
         start_listener unless @bus.off?
@@ -52,6 +56,9 @@ module MessageBus
           @connections&._stop
           @gate.stop
           @connections = nil
+          @connection_manager.native = nil
+          @bus.unsubscribe(nil, &@ruby_listener) if @ruby_listener
+          @ruby_listener = nil
           @started_listener = false
         end
       end
@@ -60,7 +67,12 @@ module MessageBus
       # no web client could read, and every hijacked connection's close by
       # reason (`closed: { timeout:, delivered:, replaced:, refused:, ... }`).
       def stats
-        @connections ? @connections._stats : MessageBus::Native::Connections._empty_stats
+        @connection_manager.stats
+      end
+
+      # In a forked child (called by the bus): the clients are the parent's.
+      def after_fork
+        @connection_manager.after_fork
       end
 
       def self.backlog_to_json(messages)
@@ -69,25 +81,55 @@ module MessageBus
 
       private
 
+      def native_backend
+        backend = @bus.backend_instance
+        backend.respond_to?(:native) ? backend.native : nil
+      end
+
       # The parked-client registry of this process. A middleware built before
       # a fork (Puma `preload_app!`) gets a fresh one in each worker: the
-      # parent's tasks and backend subscription do not exist there.
+      # parent's tasks and backend subscription do not exist there. A backend
+      # written in Ruby has none: its clients are served from Ruby.
       def start_listener
         @lock.synchronize do
           return @connections if @connections && @pid == Process.pid
 
           @connections&._stop
           @pid = Process.pid
-          backend = @bus.backend_instance
-          unless backend.respond_to?(:native)
-            raise ArgumentError, "MessageBus::Rack::Middleware needs one of the built-in backends (got #{backend.class})"
+          native = native_backend
+          unless native
+            announce(:ruby_backend, "the #{@bus.backend_instance.class} backend is not a built-in one: its web clients " \
+                                    "are served from Ruby (a Ruby object and a timer job per waiting client)")
+            start_ruby_listener
+            @connections = nil
+            return nil
           end
 
-          @connections = MessageBus::Native::Connections.new(backend.native)
+          @connections = MessageBus::Native::Connections.new(native)
+          @connection_manager.native = @connections
           @started_listener = true
           @gate.sync(@connections)
           @connections
         end
+      end
+
+      # Clients served from Ruby get live messages through a bus-wide
+      # subscription handed to the timer thread (COMPAT.md §1.15).
+      def start_ruby_listener
+        return if @ruby_listener
+
+        @ruby_listener = @bus.subscribe do |msg|
+          @started_listener = true
+          @bus.timer.queue { @connection_manager.notify_ruby_clients(msg) }
+        end
+        @started_listener = true if @ruby_listener
+      end
+
+      def announce(key, text)
+        return if @announced[key]
+
+        @announced[key] = true
+        @bus.logger.warn("MessageBus: #{text}")
       end
 
       def handle(env)
@@ -106,14 +148,19 @@ module MessageBus
         respond(env, request, headers)
       end
 
+      def long_polling?(env)
+        @bus.long_polling_enabled? && !env["QUERY_STRING"].to_s.include?("dlp=t") &&
+          @connection_manager.client_count < @bus.max_active_clients
+      end
+
       def respond(env, request, headers)
         connections = @connections && @pid == Process.pid ? @connections : start_listener
+        return respond_in_ruby(env, request, headers) unless connections
+
         @gate.sync(connections)
-        long_polling = @bus.long_polling_enabled? && !env["QUERY_STRING"].to_s.include?("dlp=t") &&
-                       connections._parked < @bus.max_active_clients
-        takeover = long_polling && socket_takeover(env)
+        takeover = long_polling?(env) && socket_takeover(env)
         chunked = request.allow_chunked?
-        return park(env, connections, request, headers, takeover, chunked: true) if takeover && chunked
+        return park(env, connections, request, headers, takeover) if takeover && chunked
         return poll_then_park(env, connections, request, headers, takeover) if takeover
 
         body, = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
@@ -121,7 +168,7 @@ module MessageBus
         [200, headers, [body]]
       end
 
-      # How a long poll's socket can be handed to Rust: Rack hijack (Puma,
+      # How a long poll's socket can be handed over: Rack hijack (Puma,
       # Unicorn, Passenger), or detaching Thin's EventMachine connection
       # (Thin has no hijack; EM stops watching the descriptor and leaves it open).
       def socket_takeover(env)
@@ -131,9 +178,9 @@ module MessageBus
         :thin if callback.respond_to?(:receiver) && callback.receiver.respond_to?(:detach)
       end
 
-      def park(env, connections, request, headers, takeover, chunked:)
-        taken_over(env, takeover) do |fd|
-          connections._park(fd, request.park_params(headers.to_a, chunked, @bus.long_polling_interval))
+      def park(env, connections, request, headers, takeover)
+        taken_over(env, takeover, request, headers) do |fd|
+          connections._park(fd, request.park_params(headers.to_a, true, @bus.long_polling_interval))
         end
       end
 
@@ -146,7 +193,7 @@ module MessageBus
         return [200, headers, [body]] unless pending
 
         begin
-          taken_over(env, takeover) do |fd|
+          taken_over(env, takeover, request, headers) do |fd|
             connections._attach(pending, fd, request.park_params(headers.to_a, false, @bus.long_polling_interval))
           end
         ensure
@@ -155,8 +202,10 @@ module MessageBus
       end
 
       # Yields the socket's descriptor (Rust takes a duplicate), closes ours,
-      # and answers the server as a takeover requires.
-      def taken_over(env, takeover)
+      # and answers the server as a takeover requires. A hijacked IO without
+      # a socket descriptor (a test double, a wrapper, a pipe) is served
+      # from Ruby instead.
+      def taken_over(env, takeover, request, headers)
         if takeover == :thin
           fd = env["async.callback"].receiver.detach
           begin
@@ -167,13 +216,90 @@ module MessageBus
           throw :async
         end
 
-        io = env["rack.hijack"].call || env["rack.hijack_io"]
+        io = hijack(env)
+        fd = socket_descriptor(io)
+        unless fd
+          announce(:fdless, "a hijacked #{io.class} has no socket descriptor: such requests are served from Ruby")
+          return respond_in_ruby(env, request, headers, io: io)
+        end
+
         begin
-          yield io.fileno
+          yield fd
         ensure
           io.close
         end
         TEAPOT
+      end
+
+      def hijack(env)
+        env["rack.hijack"].call || env["rack.hijack_io"]
+      end
+
+      def socket_descriptor(io)
+        fd = io.respond_to?(:fileno) ? io.fileno : nil
+        fd.is_a?(Integer) && io.stat.socket? ? fd : nil
+      rescue IOError, SystemCallError, NotImplementedError
+        nil
+      end
+
+      # The Ruby path (COMPAT.md §3.6 rows A-D with MessageBus::Client): for
+      # a backend written in Ruby, or an `io` already hijacked that Rust
+      # cannot take. The client is registered before its backlog is read and
+      # holds its lock until it is parked, so that no live message falls in
+      # between (those the backlog covered are skipped).
+      def respond_in_ruby(env, request, headers, io: nil)
+        start_ruby_listener
+        client = ruby_client(request, headers)
+        takeover = io ? :io : long_polling?(env) && socket_takeover(env)
+        return [200, headers, [self.class.backlog_to_json(client.backlog)]] unless takeover
+
+        client.use_chunked = request.allow_chunked?
+        client.synchronize do
+          registered = @connection_manager.add_client(client)
+          backlog = client.backlog
+          if !backlog.empty? && !client.use_chunked && io.nil?
+            @connection_manager.remove_client(client)
+            return [200, headers, [self.class.backlog_to_json(backlog)]]
+          end
+
+          client.io = io || ruby_io(env, takeover)
+          # Refused (an older seq), or replaced by a newer request meanwhile.
+          next client.close unless registered && @connection_manager.registered?(client)
+
+          client.deliver_backlog(backlog)
+          client.ensure_first_chunk_sent
+          schedule_cleanup(client)
+        end
+        throw :async if takeover == :thin
+        TEAPOT
+      end
+
+      def ruby_client(request, headers)
+        client = MessageBus::Client.new(client_id: request.client_id, user_id: request.user_id,
+                                        group_ids: request.group_ids, site_id: request.site_id,
+                                        seq: request.seq, message_bus: @bus)
+        client.headers = headers
+        request.channels.each { |channel, id| client.subscribe(channel, id) }
+        client
+      end
+
+      def ruby_io(env, takeover)
+        return hijack(env) unless takeover == :thin
+
+        io = Socket.for_fd(env["async.callback"].receiver.detach)
+        io.sync = true
+        io
+      end
+
+      def schedule_cleanup(client)
+        if client.closed?
+          @connection_manager.remove_client(client)
+          return
+        end
+        client.cleanup_timer = @bus.timer.queue(@bus.long_polling_interval.to_f / 1000) do
+          client.close
+          @connection_manager.remove_client(client)
+        end
       end
 
       def broadcast(env)

@@ -31,14 +31,14 @@ module MessageBus
       EMPTY_LIST_JSON = "[]"
       EMPTY = [].freeze
 
-      attr_reader :client_id, :site_id, :seq, :channels, :user_json, :groups_json
+      attr_reader :client_id, :site_id, :seq, :channels, :user_json, :groups_json, :user_id, :group_ids
 
       def initialize(env, bus, client_id)
         @env = env
         @bus = bus
         @client_id = check_client_id(client_id)
-        user_id = bus.user_id_lookup&.call(env)
-        group_ids = bus.group_ids_lookup&.call(env) || []
+        @user_id = user_id = bus.user_id_lookup&.call(env)
+        @group_ids = group_ids = bus.group_ids_lookup&.call(env) || []
         @site_id = encoding_site(bus.site_id_lookup)
         @user_json = user_id.nil? ? NULL_JSON : JSON.generate(user_id)
         @groups_json = group_ids.nil? || group_ids == EMPTY ? EMPTY_LIST_JSON : JSON.generate(Array(group_ids))

@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "json"
+require "message_bus/web_judge"
 
 module MessageBus
   module Rack
@@ -29,8 +29,7 @@ module MessageBus
         signature = [filters.length, filters.last&.first, codec.object_id]
         @lock.synchronize do
           if signature != @signature
-            prefixes = filters.map(&:first).grep(String)
-            everything = !codec.is_a?(MessageBus::Codec::Json) || filters.any? { |prefix, _| !prefix.is_a?(String) }
+            prefixes, everything = WebJudge.judged(@bus)
             connections._configure_gate(prefixes, everything)
             @signature = signature
             @active = everything || !prefixes.empty?
@@ -62,30 +61,7 @@ module MessageBus
       end
 
       def verdict(msg)
-        @bus.decode_message!(msg)
-        return nil unless filters_allow?(msg)
-
-        JSON.generate({ "data" => msg.data, "user_ids" => msg.user_ids, "group_ids" => msg.group_ids,
-                        "client_ids" => msg.client_ids })
-      rescue StandardError => e
-        @bus.logger.warn("MessageBus withheld message #{msg.global_id} on #{msg.channel} from web clients: " \
-                         "#{e.class}: #{e.message}")
-        nil
-      end
-
-      # Most recently registered first; any matching filter returning falsy denies.
-      def filters_allow?(msg)
-        @bus.client_message_filters.reverse_each do |prefix, blk|
-          return false if prefix_matches?(prefix, msg.channel) && !blk.call(msg)
-        end
-        true
-      end
-
-      def prefix_matches?(prefix, channel)
-        return channel.start_with?(prefix) if prefix.is_a?(String)
-
-        match = prefix.match(channel)
-        !match.nil? && match.begin(0).zero?
+        WebJudge.verdict(@bus, msg)
       end
     end
   end

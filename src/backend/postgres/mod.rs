@@ -746,7 +746,7 @@ impl Backend for PostgresBackend {
         let proc = self.inner.proc();
         self.inner.ensure_firehose(&proc).await?;
         let sub = Subscription::new();
-        let _delivery = proc.delivery.lock().await;
+        let delivery = proc.delivery.lock().await;
         if let Some(last_id) = last_id {
             let from = if last_id > self.inner.max_id().await? {
                 0
@@ -755,6 +755,7 @@ impl Backend for PostgresBackend {
             };
             sub.prefill(self.inner.global_backlog(from).await?);
         }
+        sub.set_start(delivery.highest);
         self.inner.hub.add_subscription(Arc::clone(&sub));
         Ok(sub)
     }

@@ -845,10 +845,11 @@ impl Backend for RedisBackend {
         let proc = self.inner.proc();
         self.inner.ensure_firehose(&proc).await?;
         let sub = Subscription::new();
-        let _delivery = proc.delivery.lock().await;
+        let delivery = proc.delivery.lock().await;
         if let Some(last_id) = last_id {
             sub.prefill(self.inner.global_backlog(last_id).await?);
         }
+        sub.set_start(delivery.highest);
         self.inner.hub.add_subscription(Arc::clone(&sub));
         Ok(sub)
     }
