@@ -50,6 +50,10 @@ export interface MessageBusDiagnostics {
   totalAjaxFailures: number;
   malformedChunks: number;
   callbackErrors: number;
+  /** How the last connection was made; null before the first. */
+  transport: "websocket" | "streaming" | "long-polling" | "polling" | null;
+  /** WebSockets this page opened. */
+  webSocketOpens: number;
   /** null before the first request. */
   secondsSinceLastAjax: number | null;
 }
@@ -60,6 +64,15 @@ export interface MessageBusOptions {
   enableLongPolling: boolean;
   /** Allow streamed (chunked) responses (default true). */
   enableChunkedEncoding: boolean;
+  /**
+   * Use one WebSocket instead of long polls when the browser, the server and
+   * the options allow it (default true): long polling on, no custom `headers`
+   * (browsers cannot send them on a WebSocket), the page visible or
+   * `alwaysLongPoll`. Falls back to long polling when the socket does not open.
+   */
+  enableWebSocket: boolean;
+  /** Requests made by long polling after a WebSocket failed to open, before trying again (30). */
+  retryWebSocketAfterRequests: number;
   /** ms between long-poll starts after a request with no data; the backoff unit (15000). */
   callbackInterval: number;
   /** ms between polls when not long polling (60000). */

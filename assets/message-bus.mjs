@@ -11,9 +11,11 @@ var define, module; // eslint-disable-line no-unused-vars
  * message-bus.js — browser client for the message_bus gem.
  *
  * Speaks the message_bus HTTP protocol: polling, long polling and long polling
- * with streamed (chunked) responses. No dependencies. Requests go through
- * `MessageBus.ajax` (jQuery.ajax when jQuery is present, or the small adapter in
- * message-bus-ajax.js, which must be loaded after this file).
+ * with streamed (chunked) responses, and, where the server and the browser
+ * allow it, one WebSocket per page (`enableWebSocket`, default true), falling
+ * back to long polling when it cannot open. No dependencies. Requests go
+ * through `MessageBus.ajax` (jQuery.ajax when jQuery is present, or the small
+ * adapter in message-bus-ajax.js, which must be loaded after this file).
  *
  * Loading: UMD. With an AMD loader it defines an anonymous module; with
  * CommonJS it sets `module.exports`; in every case it also sets the global
@@ -48,6 +50,8 @@ var define, module; // eslint-disable-line no-unused-vars
     var ESCAPED_SEPARATOR = /\r\n\|\|\r\n/g;
     var NON_STREAMED_CONTENT_TYPE = "application/json; charset=utf-8";
     var STATUS_CHANNEL = "/__status";
+    // A WebSocket that has not opened by then is given up for long polling.
+    var WEBSOCKET_OPEN_TIMEOUT = 5000;
     var LAST_AJAX_KEY = "__mbLastAjax";
 
     var doc = global.document;
@@ -164,10 +168,19 @@ var define, module; // eslint-disable-line no-unused-vars
     var chunkedBackoff = 0;
     var pollTimer = null; // the next scheduled poll
     var hiddenWaitTimer = null; // the 500–1000 ms "retry soon" poll
+    var socket = null; // the page's WebSocket while it is connecting or open
+    var socketOpen = false;
+    var socketEverOpened = false; // on this page: the server speaks WebSocket
+    var webSocketBackoff = 0; // requests to make by long polling before trying again
+    var webSocketDrops = 0; // consecutive drops or failed opens
+    var webSocketOpens = 0;
+    var lastTransport = null;
 
     var me = {
       enableLongPolling: true,
       enableChunkedEncoding: true,
+      enableWebSocket: true,
+      retryWebSocketAfterRequests: 30,
       callbackInterval: 15000,
       backgroundCallbackInterval: 60000,
       minPollInterval: 100,
@@ -327,6 +340,7 @@ var define, module; // eslint-disable-line no-unused-vars
         chunkedBackoff--;
         chunked = false;
       }
+      lastTransport = chunked ? "streaming" : longPoll ? "long-polling" : "polling";
 
       var headers = { "X-SILENCE-LOGGER": "true" };
       var extra = me.headers || {};
@@ -488,8 +502,181 @@ var define, module; // eslint-disable-line no-unused-vars
       return request;
     }
 
+    // ---- the WebSocket transport -------------------------------------------
+    //
+    // GET <baseUrl>message-bus/<clientId>/ws, upgraded. The page sends
+    // {"subscribe": {channel: last_id, ...}} (on open, and for every later
+    // subscribe) and {"unsubscribe": [channel, ...]}; the server sends text
+    // frames, each a JSON array of messages exactly as a poll answers them.
+    // Browsers cannot send custom headers with a WebSocket, so pages that set
+    // `MessageBus.headers` (their server may identify users by them) poll.
+
+    function hasCustomHeaders() {
+      var extra = me.headers || {};
+      for (var name in extra) {
+        if (Object.prototype.hasOwnProperty.call(extra, name)) return true;
+      }
+      return false;
+    }
+
+    function webSocketUrl() {
+      var path = me.baseUrl + "message-bus/" + encodeURIComponent(me.clientId) + "/ws";
+      var loc = global.location;
+      if (/^wss?:\/\//i.test(path)) return path;
+      if (/^https?:\/\//i.test(path)) return path.replace(/^http/i, "ws");
+      if (!loc || !loc.host) return null;
+      var scheme = loc.protocol === "https:" ? "wss://" : "ws://";
+      if (path.indexOf("//") === 0) return scheme + path.substring(2);
+      if (path.charAt(0) !== "/") {
+        var dir = (loc.pathname || "/").replace(/[^/]*$/, "");
+        path = dir + path;
+      }
+      return scheme + loc.host + path;
+    }
+
+    function webSocketWanted() {
+      return (
+        me.enableWebSocket &&
+        me.enableLongPolling &&
+        typeof global.WebSocket === "function" &&
+        webSocketBackoff === 0 &&
+        !hasCustomHeaders() &&
+        shouldLongPoll() &&
+        webSocketUrl() !== null
+      );
+    }
+
+    function positions() {
+      var map = {};
+      for (var i = 0; i < me.callbacks.length; i++) {
+        map[me.callbacks[i].channel] = me.callbacks[i].last_id;
+      }
+      return map;
+    }
+
+    function sendOnSocket(payload) {
+      if (!socket || !socketOpen) return false;
+      try {
+        socket.send(JSON.stringify(payload));
+        return true;
+      } catch (e) {
+        return false;
+      }
+    }
+
+    function closeSocket(code, reason) {
+      var s = socket;
+      socket = null;
+      socketOpen = false;
+      if (s) {
+        try {
+          s.close(code, reason);
+        } catch (e) {
+          /* already closing */
+        }
+      }
+    }
+
+    function onSocketFrame(data) {
+      if (typeof data !== "string") return; // the protocol has only text frames
+      var parsed;
+      try {
+        parsed = JSON.parse(data);
+      } catch (e) {
+        malformedChunks++;
+        log("MessageBus: failed to parse WebSocket frame, skipped: " + data, e);
+        return;
+      }
+      if (Object.prototype.toString.call(parsed) !== "[object Array]") {
+        malformedChunks++;
+        log("MessageBus: WebSocket frame is not an array, skipped: " + data);
+        return;
+      }
+      processMessages(parsed);
+    }
+
+    function openWebSocket() {
+      var url = webSocketUrl();
+      var s;
+      try {
+        s = new global.WebSocket(url);
+      } catch (e) {
+        webSocketBackoff = me.retryWebSocketAfterRequests;
+        poll();
+        return;
+      }
+      socket = s;
+      socketOpen = false;
+      lastAjaxStartedAt = now();
+      var openTimer = setTimeout(function () {
+        openTimer = null;
+        if (socket === s && !socketOpen) {
+          log("MessageBus: WebSocket did not open in time, long polling instead");
+          closeSocket();
+          giveUp();
+        }
+      }, WEBSOCKET_OPEN_TIMEOUT);
+
+      // It never opened: long poll instead. A server that spoke WebSocket on
+      // this page before is probably restarting: one long poll (which backs
+      // off on failure like any), then try again; otherwise stay on long
+      // polling for retryWebSocketAfterRequests requests.
+      function giveUp() {
+        webSocketDrops++;
+        webSocketBackoff = socketEverOpened ? 1 : me.retryWebSocketAfterRequests;
+        if (started && !stopped) poll();
+      }
+
+      s.onopen = function () {
+        if (socket !== s) return;
+        if (openTimer) {
+          clearTimeout(openTimer);
+          openTimer = null;
+        }
+        socketOpen = true;
+        socketEverOpened = true;
+        webSocketOpens++;
+        lastTransport = "websocket";
+        failCount = 0;
+        sendOnSocket({ subscribe: positions() });
+      };
+      s.onmessage = function (event) {
+        if (socket !== s) return;
+        webSocketDrops = 0;
+        onSocketFrame(event && event.data);
+      };
+      s.onclose = function (event) {
+        if (openTimer) {
+          clearTimeout(openTimer);
+          openTimer = null;
+        }
+        if (socket !== s) return;
+        var wasOpen = socketOpen;
+        socket = null;
+        socketOpen = false;
+        if (!started || stopped) return;
+        if (!wasOpen) {
+          giveUp();
+          return;
+        }
+        // Dropped (a restart, a slow consumer closed with 1008, a proxy's idle
+        // timeout): reconnect with the last ids, backing off (with jitter, so
+        // that every page of a restarted server does not come back at once).
+        webSocketDrops++;
+        if (event && event.code && event.code !== 1000 && event.code !== 1001) {
+          log("MessageBus: WebSocket closed (" + event.code + (event.reason ? " " + event.reason : "") + "), reconnecting");
+        }
+        var base = Math.min(me.maxPollInterval, me.minPollInterval * Math.pow(2, webSocketDrops - 1));
+        schedulePoll(base + Math.random() * base);
+      };
+      s.onerror = function () {
+        /* onclose follows */
+      };
+    }
+
     function poll() {
       if (stopped || !started) return;
+      if (socket) return;
       if (!me.callbacks.length || hiddenTabShouldWait()) {
         if (!hiddenWaitTimer) {
           hiddenWaitTimer = setTimeout(function () {
@@ -500,11 +687,12 @@ var define, module; // eslint-disable-line no-unused-vars
         return;
       }
       if (me.longPoll) return;
-      var data = {};
-      for (var i = 0; i < me.callbacks.length; i++) {
-        data[me.callbacks[i].channel] = me.callbacks[i].last_id;
+      if (webSocketWanted()) {
+        openWebSocket();
+        return;
       }
-      startRequest(data);
+      if (webSocketBackoff > 0) webSocketBackoff--;
+      startRequest(positions());
     }
 
     function abortInFlight() {
@@ -520,7 +708,7 @@ var define, module; // eslint-disable-line no-unused-vars
       stopped = false;
       if (doc && typeof doc.addEventListener === "function" && !me.onVisibilityChange) {
         me.onVisibilityChange = function () {
-          if (isHidden() || me.longPoll) return;
+          if (isHidden() || me.longPoll || socket) return;
           if (pollTimer || hiddenWaitTimer) {
             clearTimers();
             poll();
@@ -536,6 +724,7 @@ var define, module; // eslint-disable-line no-unused-vars
       started = false;
       clearTimers();
       abortInFlight();
+      closeSocket(1000, "stopped");
       me.longPoll = null;
       if (me.onVisibilityChange && doc && typeof doc.removeEventListener === "function") {
         doc.removeEventListener("visibilitychange", me.onVisibilityChange);
@@ -571,6 +760,11 @@ var define, module; // eslint-disable-line no-unused-vars
         throw "lastId has type " + typeof lastId + " but a number was expected.";
       }
       me.callbacks.push({ channel: channel, func: func, last_id: lastId });
+      // An open WebSocket takes the new position as it is; a request in
+      // flight is restarted so that the next one carries the channel.
+      var position = {};
+      position[channel] = lastId;
+      sendOnSocket({ subscribe: position });
       abortInFlight();
       if (!started && !stopped) me.start();
       return func;
@@ -592,9 +786,18 @@ var define, module; // eslint-disable-line no-unused-vars
         else kept.push(cb);
       }
       if (removed) {
+        var before = positions();
         // mutate in place: `callbacks` is a live array users may hold on to
         me.callbacks.length = 0;
         for (var j = 0; j < kept.length; j++) me.callbacks.push(kept[j]);
+        var after = positions();
+        var gone = [];
+        for (var name in before) {
+          if (Object.prototype.hasOwnProperty.call(before, name) && !Object.prototype.hasOwnProperty.call(after, name)) {
+            gone.push(name);
+          }
+        }
+        if (gone.length) sendOnSocket({ unsubscribe: gone });
         abortInFlight();
       }
       return removed;
@@ -611,6 +814,8 @@ var define, module; // eslint-disable-line no-unused-vars
         totalAjaxFailures: totalAjaxFailures,
         malformedChunks: malformedChunks,
         callbackErrors: callbackErrors,
+        transport: lastTransport,
+        webSocketOpens: webSocketOpens,
         secondsSinceLastAjax:
           lastAjaxStartedAt === null ? null : (now() - lastAjaxStartedAt) / 1000
       };
@@ -623,6 +828,7 @@ var define, module; // eslint-disable-line no-unused-vars
           " Total failures: " + totalAjaxFailures
       );
       log("Malformed chunks: " + malformedChunks);
+      log("Transport: " + (lastTransport || "none yet") + " (WebSocket opened " + webSocketOpens + " times)");
       log(
         "Last ajax call: " +
           (info.secondsSinceLastAjax === null ? "never" : info.secondsSinceLastAjax + " seconds ago")

@@ -14,6 +14,8 @@ interface ChatLine {
 MessageBus.baseUrl = "/forum/";
 MessageBus.enableLongPolling = true;
 MessageBus.enableChunkedEncoding = true;
+MessageBus.enableWebSocket = true;
+MessageBus.retryWebSocketAfterRequests = 30;
 MessageBus.callbackInterval = 15000;
 MessageBus.backgroundCallbackInterval = 60000;
 MessageBus.minPollInterval = 100;
@@ -66,7 +68,8 @@ if (MessageBus.onVisibilityChange) document.removeEventListener("visibilitychang
 
 const diagnostics: MessageBusDiagnostics = MessageBus.diagnostics();
 const idleFor: number | null = diagnostics.secondsSinceLastAjax;
-console.log(state, idleFor, diagnostics.totalAjaxFailures, lines.length);
+const overWebSocket: boolean = diagnostics.transport === "websocket" && diagnostics.webSocketOpens > 0;
+console.log(state, idleFor, overWebSocket, diagnostics.totalAjaxFailures, lines.length);
 
 const removed: boolean = MessageBus.unsubscribe("/chat/lobby", onLine);
 MessageBus.unsubscribe("/chat/*");
@@ -81,5 +84,7 @@ MessageBus.subscribe("/chat/lobby", () => {}, "10");
 MessageBus.callbackInterval = "15s";
 // @ts-expect-error the callback gets (data, globalId, messageId)
 MessageBus.subscribe<ChatLine>("/chat/lobby", (line: ChatLine, globalId: string) => {});
+// @ts-expect-error transports are named
+if (diagnostics.transport === "sse") console.log("never");
 // @ts-expect-error no such method
 MessageBus.noConflict();

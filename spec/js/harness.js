@@ -20,6 +20,8 @@ function createEnv(opts = {}) {
     progress = true,
     adapter = true,
     document: withDocument = true,
+    webSocket = false,
+    location = { protocol: "http:", host: "example.test", pathname: "/chat/room" },
     extraGlobals = {},
   } = opts;
 
@@ -181,6 +183,42 @@ function createEnv(opts = {}) {
     };
   }
 
+  // ---- WebSocket (only when `webSocket: true`) ----
+  // Events fire when the test says so: open(), receive(), drop(); close()
+  // from the client fires onclose on the next timer turn, as browsers do.
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.sent = [];
+      this.readyState = 0;
+      this.closedWith = null;
+      sockets.push(this);
+    }
+    send(text) {
+      if (this.readyState !== 1) throw new Error("InvalidStateError: not open");
+      this.sent.push(JSON.parse(text));
+    }
+    close(code, reason) {
+      if (this.readyState === 3) return;
+      this.closedWith = { code, reason };
+      this.readyState = 3;
+      setTimeout(() => this.onclose && this.onclose({ code: code || 1005, reason: reason || "", wasClean: true }), 0);
+    }
+    open() {
+      this.readyState = 1;
+      if (this.onopen) this.onopen({});
+    }
+    receive(payload) {
+      if (this.onmessage) this.onmessage({ data: typeof payload === "string" ? payload : JSON.stringify(payload) });
+    }
+    drop(code = 1006, reason = "") {
+      this.readyState = 3;
+      if (this.onerror) this.onerror({});
+      if (this.onclose) this.onclose({ code, reason, wasClean: false });
+    }
+  }
+
   const logs = [];
   const fakeConsole = {
     log: (...args) => logs.push(args.map(String).join(" ")),
@@ -197,6 +235,10 @@ function createEnv(opts = {}) {
     __clock: clock,
     ...extraGlobals,
   };
+  if (webSocket) {
+    sandbox.WebSocket = FakeWebSocket;
+    if (location) sandbox.location = location;
+  }
   if (document) sandbox.document = document;
   if (localStorage) sandbox.localStorage = localStorage;
   const context = vm.createContext(sandbox);
@@ -224,6 +266,8 @@ function createEnv(opts = {}) {
     storageLog,
     logs,
     FakeXHR,
+    sockets,
+    socket: () => sockets[sockets.length - 1],
     load,
   };
 }
