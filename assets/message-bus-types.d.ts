@@ -50,10 +50,12 @@ export interface MessageBusDiagnostics {
   totalAjaxFailures: number;
   malformedChunks: number;
   callbackErrors: number;
-  /** How the last connection was made; null before the first. */
-  transport: "websocket" | "streaming" | "long-polling" | "polling" | null;
+  /** How the last connection was made ("shared": through the leader tab); null before the first. */
+  transport: "websocket" | "streaming" | "long-polling" | "polling" | "shared" | null;
   /** WebSockets this page opened. */
   webSocketOpens: number;
+  /** This tab's part in a shared connection. */
+  sharing: "leader" | "follower" | "pending" | "off";
   /** null before the first request. */
   secondsSinceLastAjax: number | null;
 }
@@ -73,6 +75,13 @@ export interface MessageBusOptions {
   enableWebSocket: boolean;
   /** Requests made by long polling after a WebSocket failed to open, before trying again (30). */
   retryWebSocketAfterRequests: number;
+  /**
+   * Share one server connection among the tabs of this browser with the same
+   * origin, baseUrl and headers (default true; needs Web Locks and
+   * BroadcastChannel, else each tab keeps its own). The tabs then share one
+   * client id.
+   */
+  shareConnection: boolean;
   /** ms between long-poll starts after a request with no data; the backoff unit (15000). */
   callbackInterval: number;
   /** ms between polls when not long polling (60000). */

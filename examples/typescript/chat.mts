@@ -16,6 +16,7 @@ MessageBus.enableLongPolling = true;
 MessageBus.enableChunkedEncoding = true;
 MessageBus.enableWebSocket = true;
 MessageBus.retryWebSocketAfterRequests = 30;
+MessageBus.shareConnection = true;
 MessageBus.callbackInterval = 15000;
 MessageBus.backgroundCallbackInterval = 60000;
 MessageBus.minPollInterval = 100;
@@ -69,7 +70,8 @@ if (MessageBus.onVisibilityChange) document.removeEventListener("visibilitychang
 const diagnostics: MessageBusDiagnostics = MessageBus.diagnostics();
 const idleFor: number | null = diagnostics.secondsSinceLastAjax;
 const overWebSocket: boolean = diagnostics.transport === "websocket" && diagnostics.webSocketOpens > 0;
-console.log(state, idleFor, overWebSocket, diagnostics.totalAjaxFailures, lines.length);
+const leads: boolean = diagnostics.sharing === "leader";
+console.log(state, idleFor, overWebSocket, leads, diagnostics.totalAjaxFailures, lines.length);
 
 const removed: boolean = MessageBus.unsubscribe("/chat/lobby", onLine);
 MessageBus.unsubscribe("/chat/*");

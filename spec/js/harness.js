@@ -21,6 +21,7 @@ function createEnv(opts = {}) {
     adapter = true,
     document: withDocument = true,
     webSocket = false,
+    group = null, // a createGroupHub(): tabs sharing BroadcastChannel and Web Locks
     location = { protocol: "http:", host: "example.test", pathname: "/chat/room" },
     extraGlobals = {},
   } = opts;
@@ -164,7 +165,8 @@ function createEnv(opts = {}) {
   let localStorage;
   const storageLog = [];
   if (withStorage) {
-    const data = new Map();
+    // Tabs of one browser share one localStorage.
+    const data = group ? group.storageData : new Map();
     localStorage = {
       getItem(k) {
         return data.has(k) ? data.get(k) : null;
@@ -235,6 +237,11 @@ function createEnv(opts = {}) {
     __clock: clock,
     ...extraGlobals,
   };
+  const tab = group ? group.tab() : null;
+  if (tab) {
+    sandbox.BroadcastChannel = tab.BroadcastChannel;
+    sandbox.navigator = { locks: tab.locks };
+  }
   if (webSocket) {
     sandbox.WebSocket = FakeWebSocket;
     if (location) sandbox.location = location;
@@ -268,8 +275,100 @@ function createEnv(opts = {}) {
     FakeXHR,
     sockets,
     socket: () => sockets[sockets.length - 1],
+    tab,
     load,
   };
+}
+
+// Tabs of one browser: BroadcastChannel and navigator.locks shared by the
+// envs made with `group: hub`. Nothing happens until `await hub.settle()`:
+// it hands out free locks and delivers posted messages (structured clones,
+// never to the sender) until nothing moves. `tab.close()` is a tab going
+// away: its channels close and its locks are released.
+function createGroupHub() {
+  const channels = [];
+  const queue = [];
+  const locks = new Map(); // name -> { holder, waiters: [{ tab, callback }] }
+  const storageData = new Map();
+  let tabs = 0;
+
+  function lockState(name) {
+    if (!locks.has(name)) locks.set(name, { holder: null, waiters: [] });
+    return locks.get(name);
+  }
+
+  function tab() {
+    const id = ++tabs;
+    const mine = { id, closed: false };
+    class BroadcastChannel {
+      constructor(name) {
+        this.name = name;
+        this.onmessage = null;
+        this.closed = false;
+        this.tab = mine;
+        channels.push(this);
+      }
+      postMessage(data) {
+        if (this.closed) throw new Error("InvalidStateError: closed");
+        const copy = structuredClone(data);
+        for (const other of channels) {
+          if (other !== this && other.name === this.name && !other.closed) queue.push([other, copy]);
+        }
+      }
+      close() {
+        this.closed = true;
+      }
+    }
+    const lockApi = {
+      request(name, callback) {
+        lockState(name).waiters.push({ tab: mine, callback });
+        return new Promise(() => {});
+      },
+    };
+    mine.BroadcastChannel = BroadcastChannel;
+    mine.locks = lockApi;
+    mine.close = () => {
+      mine.closed = true;
+      for (const c of channels) if (c.tab === mine) c.closed = true;
+      for (const state of locks.values()) {
+        state.waiters = state.waiters.filter((w) => w.tab !== mine);
+        if (state.holder && state.holder.tab === mine) state.holder = null;
+      }
+    };
+    mine.holds = (name) => [...locks.values()].some((st) => st.holder && st.holder.tab === mine);
+    return mine;
+  }
+
+  function step() {
+    let moved = false;
+    for (const state of locks.values()) {
+      if (!state.holder && state.waiters.length) {
+        const waiter = state.waiters.shift();
+        state.holder = waiter;
+        moved = true;
+        Promise.resolve(waiter.callback()).then(() => {
+          if (state.holder === waiter) state.holder = null;
+        });
+      }
+    }
+    while (queue.length) {
+      const [channel, data] = queue.shift();
+      moved = true;
+      if (!channel.closed && channel.onmessage) channel.onmessage({ data });
+    }
+    return moved;
+  }
+
+  async function settle() {
+    for (let i = 0; i < 200; i++) {
+      const moved = step();
+      await new Promise((r) => setImmediate(r));
+      if (!moved && !step()) return;
+    }
+    throw new Error("the tabs never settled");
+  }
+
+  return { tab, settle, storageData };
 }
 
 function parseForm(body) {
@@ -293,4 +392,4 @@ function record(messages) {
   return JSON.stringify(messages) + SEP;
 }
 
-module.exports = { createEnv, parseForm, msg, status, record, SEP, CLIENT_SRC, ADAPTER_SRC, ASSETS };
+module.exports = { createEnv, createGroupHub, parseForm, msg, status, record, SEP, CLIENT_SRC, ADAPTER_SRC, ASSETS };
