@@ -628,6 +628,7 @@ var define, module; // eslint-disable-line no-unused-vars
         resolving: false
       };
       me.clientId = storedValue("__mbClientId:" + key, generateClientId);
+      generatedClientId = me.clientId; // ours, not the app's: the same group when rejoining
       share.channel.onmessage = function (event) {
         onGroupMessage(event && event.data);
       };
@@ -701,6 +702,7 @@ var define, module; // eslint-disable-line no-unused-vars
           share.leader = message.tab;
           share.ackedGen = Infinity;
           sendState(true);
+          resolveFromNow();
           break;
         case "state":
           if (leading) registerTab(message);
@@ -765,6 +767,7 @@ var define, module; // eslint-disable-line no-unused-vars
       share.tabs[message.tab] = { positions: positions, visible: !!message.visible, seen: now() };
       adjustRequest();
       post({ type: "ack", to: message.tab, reg: message.reg, gen: share.gen, from: tabId });
+      resolveFromNow(); // own "from now" callbacks on a channel the tab has a position on
       if (started && !stopped && !me.longPoll && !socket && !pollTimer) poll();
     }
 
@@ -777,7 +780,9 @@ var define, module; // eslint-disable-line no-unused-vars
       }
     }
 
-    // Leader: for every channel any tab wants, the lowest position.
+    // Leader: for every channel any tab wants, the lowest position; -1 for a
+    // channel only the leader's own callbacks want "from now" (the server's
+    // status then resolves them, as for a tab of its own).
     function groupPositions() {
       var map = concretePositions();
       for (var tab in share.tabs) {
@@ -789,6 +794,24 @@ var define, module; // eslint-disable-line no-unused-vars
           if (typeof id !== "number" || id < 0) continue;
           if (!Object.prototype.hasOwnProperty.call(map, channel) || id < map[channel]) map[channel] = id;
         }
+      }
+      for (var i = 0; i < me.callbacks.length; i++) {
+        var cb = me.callbacks[i];
+        if (cb.last_id < 0 && !Object.prototype.hasOwnProperty.call(map, cb.channel)) map[cb.channel] = -1;
+      }
+      return map;
+    }
+
+    // Leader: the concrete positions of every tab, its own included, and the
+    // channels its request already covers from a position.
+    function othersPositions() {
+      var map = {};
+      var wanted = groupPositions();
+      for (var channel in wanted) {
+        if (Object.prototype.hasOwnProperty.call(wanted, channel) && wanted[channel] >= 0) map[channel] = wanted[channel];
+      }
+      for (var asked in share.asked) {
+        if (Object.prototype.hasOwnProperty.call(share.asked, asked) && share.asked[asked] >= 0) map[asked] = share.asked[asked];
       }
       return map;
     }
@@ -815,7 +838,8 @@ var define, module; // eslint-disable-line no-unused-vars
         if (!Object.prototype.hasOwnProperty.call(share.asked, channel)) {
           added[channel] = wanted[channel];
           anyAdded = true;
-        } else if (wanted[channel] < share.asked[channel]) {
+        } else if (wanted[channel] < share.asked[channel] || (share.asked[channel] < 0 && wanted[channel] >= 0)) {
+          // Lower than where it got to, or a position where it asked "from now".
           restart = true;
         }
       }
@@ -877,17 +901,20 @@ var define, module; // eslint-disable-line no-unused-vars
       return wanted;
     }
 
-    // Resolves this tab's -1 callbacks with a short poll: the server answers
-    // a /__status with each channel's current id.
+    // Resolves this tab's -1 callbacks with a short poll (the server answers
+    // a /__status with each channel's current id), but for those the leader
+    // may ask "from now" itself: channels no tab has a position on.
     function resolveFromNow() {
-      if (!share || share.resolving || stopped) return;
+      if (!share || share.resolving || stopped || share.role === "pending") return;
       var data = {};
       var any = false;
+      var others = share.role === "leader" ? othersPositions() : null;
       for (var i = 0; i < me.callbacks.length; i++) {
-        if (me.callbacks[i].last_id < 0) {
-          data[me.callbacks[i].channel] = -1;
-          any = true;
-        }
+        var cb = me.callbacks[i];
+        if (cb.last_id >= 0) continue;
+        if (others && !Object.prototype.hasOwnProperty.call(others, cb.channel)) continue;
+        data[cb.channel] = -1;
+        any = true;
       }
       if (!any) return;
       var ajax = me.ajax || (global.jQuery && global.jQuery.ajax);
@@ -923,7 +950,9 @@ var define, module; // eslint-disable-line no-unused-vars
           shareStateChanged();
           // Still unresolved (a failure): again, backing off.
           var pending = false;
-          for (var i = 0; i < me.callbacks.length; i++) if (me.callbacks[i].last_id < 0) pending = true;
+          for (var i = 0; i < me.callbacks.length; i++) {
+            if (me.callbacks[i].last_id < 0 && Object.prototype.hasOwnProperty.call(data, me.callbacks[i].channel)) pending = true;
+          }
           if (pending) {
             setTimeout(resolveFromNow, Math.min(me.maxPollInterval, me.minPollInterval * Math.pow(2, Math.min(failCount, 12))));
           }

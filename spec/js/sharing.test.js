@@ -246,3 +246,32 @@ test("over a WebSocket: a follower's new channel is a subscribe on the open sock
     ["b5", "b6", "b2", "b5", "b6"],
   );
 });
+
+test("a tab alone leads and asks the server 'from now' itself: no extra request", async () => {
+  const hub = createGroupHub();
+  const a = tab(hub);
+  record(a, "/a");
+  await hub.settle();
+  a.advance(100);
+  await hub.settle();
+  assert.equal(a.requests.length, 1);
+  assert.deepEqual(asked(a), { "/a": -1 });
+  assert.doesNotMatch(a.last().url, /dlp=t/);
+  a.last().respondJSON([status({ "/a": 12 })]);
+  assert.equal(a.MB.callbacks[0].last_id, 12);
+});
+
+test("the leader's own 'from now' on a channel another tab has a position on is resolved by a short poll", async () => {
+  const { hub, a, b } = await leaderAndFollower(); // b wants /b from 5
+  a.advance(100);
+  await hub.settle();
+  record(a, "/b"); // the leader, from now
+  await hub.settle();
+  const resolve = a.requests.find((r) => /dlp=t/.test(r.url));
+  assert.ok(resolve, "a short poll");
+  assert.deepEqual(resolve.form.filter(([k]) => k !== "__seq"), [["/b", "-1"]]);
+  resolve.respondJSON([status({ "/b": 30 })]);
+  await hub.settle();
+  assert.deepEqual([...a.MB.callbacks].map((c) => c.last_id), [0, 30]);
+  assert.equal(b.requests.length, 0);
+});
