@@ -56,6 +56,10 @@ export interface MessageBusDiagnostics {
   webSocketOpens: number;
   /** This tab's part in a shared connection. */
   sharing: "leader" | "follower" | "pending" | "off";
+  /** The server storage's epoch, once a response told it. */
+  epoch: string | null;
+  /** Resets of the storage this page noticed. */
+  resets: number;
   /** null before the first request. */
   secondsSinceLastAjax: number | null;
 }
@@ -96,6 +100,13 @@ export interface MessageBusOptions {
   alwaysLongPoll: boolean;
   /** When set, replaces the "page is visible" test. */
   shouldLongPollCallback: (() => boolean) | undefined;
+  /**
+   * Called once per subscribed channel when the server's storage was reset
+   * (its epoch changed: Redis flushed or restarted empty, the PostgreSQL table
+   * recreated). The subscriptions start again from the new storage's first
+   * retained message; refetch what the page shows of that channel.
+   */
+  onReset: ((channel: string) => void) | undefined;
   /** ms a streamed request may go without its first chunk (3000). */
   firstChunkTimeout: number;
   /** Requests made without streaming after a first-chunk timeout (30). */

@@ -50,6 +50,11 @@ var define, module; // eslint-disable-line no-unused-vars
     var ESCAPED_SEPARATOR = /\r\n\|\|\r\n/g;
     var NON_STREAMED_CONTENT_TYPE = "application/json; charset=utf-8";
     var STATUS_CHANNEL = "/__status";
+    // The storage's epoch: an HTTP response header, and on a WebSocket an
+    // entry {"channel": "/__epoch", "data": <epoch>} opening the first frame
+    // (and any frame after the storage was replaced).
+    var EPOCH_HEADER = "X-MessageBus-Epoch";
+    var EPOCH_CHANNEL = "/__epoch";
     // A WebSocket that has not opened by then is given up for long polling.
     var WEBSOCKET_OPEN_TIMEOUT = 5000;
     var LAST_AJAX_KEY = "__mbLastAjax";
@@ -175,6 +180,8 @@ var define, module; // eslint-disable-line no-unused-vars
     var webSocketDrops = 0; // consecutive drops or failed opens
     var webSocketOpens = 0;
     var lastTransport = null;
+    var epoch = null; // of the storage the positions refer to
+    var resets = 0;
 
     var generatedClientId = generateClientId();
 
@@ -191,6 +198,7 @@ var define, module; // eslint-disable-line no-unused-vars
       minHiddenPollInterval: 1500,
       alwaysLongPoll: false,
       shouldLongPollCallback: undefined,
+      onReset: undefined,
       firstChunkTimeout: 3000,
       retryChunkedAfterRequests: 30,
       baseUrl: "/",
@@ -323,6 +331,64 @@ var define, module; // eslint-disable-line no-unused-vars
       }
     }
 
+    // ---- the storage's epoch ------------------------------------------------
+    //
+    // A backlog that was reset (Redis flushed or restarted empty, a
+    // PostgreSQL table recreated) starts its ids again at 1: positions of the
+    // old one mean nothing there. A new epoch in a response means exactly
+    // that: the response is dropped, every subscription starts again from the
+    // new storage's first retained message (last id 0), and onReset(channel)
+    // tells the app, once per channel, to refetch what it shows.
+    // Returns whether the storage was replaced.
+    function noteEpoch(value) {
+      if (typeof value !== "string" || value === "") return false;
+      if (epoch === null || epoch === value) {
+        epoch = value;
+        return false;
+      }
+      epoch = value;
+      resetPositions();
+      if (share && share.role === "leader") post({ type: "reset", epoch: value });
+      return true;
+    }
+
+    function resetPositions() {
+      resets++;
+      var channels = [];
+      for (var i = 0; i < me.callbacks.length; i++) {
+        var cb = me.callbacks[i];
+        if (cb.last_id >= 0) cb.last_id = 0;
+        if (channels.indexOf(cb.channel) < 0) channels.push(cb.channel);
+      }
+      pausedQueue = [];
+      idsBeforePause = null;
+      for (var j = 0; j < channels.length; j++) {
+        if (typeof me.onReset === "function") {
+          try {
+            me.onReset(channels[j]);
+          } catch (e) {
+            callbackErrors++;
+            log("MessageBus: error in onReset for " + channels[j], e);
+          }
+        }
+      }
+      if (share && share.role === "leader") {
+        share.asked = {};
+        share.gen++;
+      } else if (share) {
+        sendState(true);
+      }
+    }
+
+    function epochOf(xhr) {
+      if (!xhr || typeof xhr.getResponseHeader !== "function") return null;
+      try {
+        return xhr.getResponseHeader(EPOCH_HEADER);
+      } catch (e) {
+        return null;
+      }
+    }
+
     // Messages from the server (this tab's own request or socket).
     function processMessages(messages) {
       failCount = 0;
@@ -417,6 +483,13 @@ var define, module; // eslint-disable-line no-unused-vars
       function onProgress(xhr) {
         clearFirstChunkTimer();
         if (!streaming || finished) return;
+        if (!sawProgress && noteEpoch(epochOf(xhr))) {
+          // The storage was replaced: start again from its first message.
+          finished = true;
+          aborted = true;
+          if (request && typeof request.abort === "function") request.abort();
+          return;
+        }
         sawProgress = true;
         var type = null;
         try {
@@ -457,7 +530,11 @@ var define, module; // eslint-disable-line no-unused-vars
         headers: headers,
         messageBus: { chunked: chunked, onProgressListener: onProgress },
         xhr: makeXhr,
-        success: function (body) {
+        success: function (body, textStatus, xhr) {
+          if (!stopped && !sawProgress && noteEpoch(epochOf(xhr))) {
+            gotData = true; // ask again at once, from the new storage's start
+            return;
+          }
           if (!stopped && chunked && streaming) {
             if (!sawProgress && typeof body === "string" && body.indexOf(SEPARATOR) < 0) {
               // No progress event ever arrived and the body is not framed:
@@ -710,6 +787,12 @@ var define, module; // eslint-disable-line no-unused-vars
         case "bye":
           if (leading) delete share.tabs[message.tab];
           break;
+        case "reset":
+          if (!leading && message.tab === share.leader && message.epoch !== epoch) {
+            epoch = message.epoch;
+            resetPositions();
+          }
+          break;
         case "ack":
           if (!leading && message.to === tabId && message.reg === share.reg && message.from === share.leader) {
             share.ackedGen = message.gen;
@@ -930,8 +1013,9 @@ var define, module; // eslint-disable-line no-unused-vars
         type: "POST",
         headers: requestHeaders(false),
         messageBus: { chunked: false, onProgressListener: function () {} },
-        success: function (messages) {
+        success: function (messages, textStatus, xhr) {
           if (share !== group) return;
+          if (noteEpoch(epochOf(xhr))) return; // its positions are reset: resolved again
           if (typeof messages === "string") {
             try {
               messages = JSON.parse(messages);
@@ -1064,6 +1148,15 @@ var define, module; // eslint-disable-line no-unused-vars
         malformedChunks++;
         log("MessageBus: WebSocket frame is not an array, skipped: " + data);
         return;
+      }
+      var first = parsed[0];
+      if (first && first.channel === EPOCH_CHANNEL) {
+        if (noteEpoch(first.data)) {
+          // Resubscribe from the new storage's start, on the same socket.
+          sendOnSocket({ subscribe: requestPositions() });
+          return;
+        }
+        parsed = parsed.slice(1);
       }
       processMessages(parsed);
     }
@@ -1315,6 +1408,8 @@ var define, module; // eslint-disable-line no-unused-vars
         transport: share && share.role !== "leader" ? "shared" : lastTransport,
         webSocketOpens: webSocketOpens,
         sharing: share ? share.role : "off",
+        epoch: epoch,
+        resets: resets,
         secondsSinceLastAjax:
           lastAjaxStartedAt === null ? null : (now() - lastAjaxStartedAt) / 1000
       };

@@ -24,6 +24,9 @@ MessageBus.maxPollInterval = 3 * 60 * 1000;
 MessageBus.minHiddenPollInterval = 1500;
 MessageBus.alwaysLongPoll = false;
 MessageBus.shouldLongPollCallback = () => document.visibilityState === "visible";
+MessageBus.onReset = (channel: string) => {
+  if (channel === "/chat/lobby") lines.length = 0; // the backlog starts again: refetch the room
+};
 MessageBus.firstChunkTimeout = 3000;
 MessageBus.retryChunkedAfterRequests = 30;
 MessageBus.headers = { "X-CSRF-Token": "token" };
@@ -71,7 +74,8 @@ const diagnostics: MessageBusDiagnostics = MessageBus.diagnostics();
 const idleFor: number | null = diagnostics.secondsSinceLastAjax;
 const overWebSocket: boolean = diagnostics.transport === "websocket" && diagnostics.webSocketOpens > 0;
 const leads: boolean = diagnostics.sharing === "leader";
-console.log(state, idleFor, overWebSocket, leads, diagnostics.totalAjaxFailures, lines.length);
+const epoch: string | null = diagnostics.epoch;
+console.log(state, idleFor, overWebSocket, leads, epoch, diagnostics.resets, diagnostics.totalAjaxFailures, lines.length);
 
 const removed: boolean = MessageBus.unsubscribe("/chat/lobby", onLine);
 MessageBus.unsubscribe("/chat/*");
