@@ -50,6 +50,16 @@ export interface MessageBusDiagnostics {
   totalAjaxFailures: number;
   malformedChunks: number;
   callbackErrors: number;
+  /** How the last connection was made ("shared": through the leader tab); null before the first. */
+  transport: "websocket" | "streaming" | "long-polling" | "polling" | "shared" | null;
+  /** WebSockets this page opened. */
+  webSocketOpens: number;
+  /** This tab's part in a shared connection. */
+  sharing: "leader" | "follower" | "pending" | "off";
+  /** The server storage's epoch, once a response told it. */
+  epoch: string | null;
+  /** Resets of the storage this page noticed. */
+  resets: number;
   /** null before the first request. */
   secondsSinceLastAjax: number | null;
 }
@@ -60,6 +70,22 @@ export interface MessageBusOptions {
   enableLongPolling: boolean;
   /** Allow streamed (chunked) responses (default true). */
   enableChunkedEncoding: boolean;
+  /**
+   * Use one WebSocket instead of long polls when the browser, the server and
+   * the options allow it (default true): long polling on, no custom `headers`
+   * (browsers cannot send them on a WebSocket), the page visible or
+   * `alwaysLongPoll`. Falls back to long polling when the socket does not open.
+   */
+  enableWebSocket: boolean;
+  /** Requests made by long polling after a WebSocket failed to open, before trying again (30). */
+  retryWebSocketAfterRequests: number;
+  /**
+   * Share one server connection among the tabs of this browser with the same
+   * origin, baseUrl and headers (default true; needs Web Locks and
+   * BroadcastChannel, else each tab keeps its own). The tabs then share one
+   * client id.
+   */
+  shareConnection: boolean;
   /** ms between long-poll starts after a request with no data; the backoff unit (15000). */
   callbackInterval: number;
   /** ms between polls when not long polling (60000). */
@@ -74,6 +100,13 @@ export interface MessageBusOptions {
   alwaysLongPoll: boolean;
   /** When set, replaces the "page is visible" test. */
   shouldLongPollCallback: (() => boolean) | undefined;
+  /**
+   * Called once per subscribed channel when the server's storage was reset
+   * (its epoch changed: Redis flushed or restarted empty, the PostgreSQL table
+   * recreated). The subscriptions start again from the new storage's first
+   * retained message; refetch what the page shows of that channel.
+   */
+  onReset: ((channel: string) => void) | undefined;
   /** ms a streamed request may go without its first chunk (3000). */
   firstChunkTimeout: number;
   /** Requests made without streaming after a first-chunk timeout (30). */

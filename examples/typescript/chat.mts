@@ -14,6 +14,9 @@ interface ChatLine {
 MessageBus.baseUrl = "/forum/";
 MessageBus.enableLongPolling = true;
 MessageBus.enableChunkedEncoding = true;
+MessageBus.enableWebSocket = true;
+MessageBus.retryWebSocketAfterRequests = 30;
+MessageBus.shareConnection = true;
 MessageBus.callbackInterval = 15000;
 MessageBus.backgroundCallbackInterval = 60000;
 MessageBus.minPollInterval = 100;
@@ -21,6 +24,9 @@ MessageBus.maxPollInterval = 3 * 60 * 1000;
 MessageBus.minHiddenPollInterval = 1500;
 MessageBus.alwaysLongPoll = false;
 MessageBus.shouldLongPollCallback = () => document.visibilityState === "visible";
+MessageBus.onReset = (channel: string) => {
+  if (channel === "/chat/lobby") lines.length = 0; // the backlog starts again: refetch the room
+};
 MessageBus.firstChunkTimeout = 3000;
 MessageBus.retryChunkedAfterRequests = 30;
 MessageBus.headers = { "X-CSRF-Token": "token" };
@@ -66,7 +72,10 @@ if (MessageBus.onVisibilityChange) document.removeEventListener("visibilitychang
 
 const diagnostics: MessageBusDiagnostics = MessageBus.diagnostics();
 const idleFor: number | null = diagnostics.secondsSinceLastAjax;
-console.log(state, idleFor, diagnostics.totalAjaxFailures, lines.length);
+const overWebSocket: boolean = diagnostics.transport === "websocket" && diagnostics.webSocketOpens > 0;
+const leads: boolean = diagnostics.sharing === "leader";
+const epoch: string | null = diagnostics.epoch;
+console.log(state, idleFor, overWebSocket, leads, epoch, diagnostics.resets, diagnostics.totalAjaxFailures, lines.length);
 
 const removed: boolean = MessageBus.unsubscribe("/chat/lobby", onLine);
 MessageBus.unsubscribe("/chat/*");
@@ -81,5 +90,7 @@ MessageBus.subscribe("/chat/lobby", () => {}, "10");
 MessageBus.callbackInterval = "15s";
 // @ts-expect-error the callback gets (data, globalId, messageId)
 MessageBus.subscribe<ChatLine>("/chat/lobby", (line: ChatLine, globalId: string) => {});
+// @ts-expect-error transports are named
+if (diagnostics.transport === "sse") console.log("never");
 // @ts-expect-error no such method
 MessageBus.noConflict();

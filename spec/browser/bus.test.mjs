@@ -31,7 +31,8 @@ afterEach(async () => {
 // The server holds a long poll 1 s instead of 25 s; pages wait 300 ms instead
 // of 15 s (callbackInterval) before re-polling after a poll without data, so
 // that the default 15 s does not dominate every test.
-const PAGE_DEFAULTS = { callbackInterval: 300 };
+// These are the long-poll and poll transports: no WebSocket (websocket.test.mjs).
+const PAGE_DEFAULTS = { callbackInterval: 300, enableWebSocket: false };
 
 // Runs in the page before its scripts: notes when each poll request is sent
 // (Date.now(), comparable across pages), the client-side view of scheduling.
@@ -468,7 +469,8 @@ describe("browser client against the real middleware", { skip }, () => {
     const channel = uniq("min-hidden");
     const context = await browser.newContext(); // one origin, one localStorage, two tabs
     contexts.push(context);
-    const options = { backgroundCallbackInterval: 100, minHiddenPollInterval: 1000 };
+    // Tabs that do not share a connection (shared ones poll once, through their leader).
+    const options = { backgroundCallbackInterval: 100, minHiddenPollInterval: 1000, shareConnection: false };
     const one = await bus.open(options, { context, hidden: true });
     const two = await bus.open(options, { context, hidden: true });
     await subscribe(one, channel);

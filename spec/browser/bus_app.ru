@@ -6,6 +6,7 @@
 #
 #   POST /publish  {"channel":..,"data":..,"opts":{..}}  -> {"id":..,"t":..}
 #   GET  /log?client=<client id>  -> the poll requests the server saw
+#   GET  /waiting  -> MessageBus.diagnostics[:web_clients] (parked clients, closes)
 #
 # Times ("t") are milliseconds of the server's monotonic clock.
 #
@@ -118,6 +119,8 @@ run lambda { |env|
     [200, { "content-type" => "application/json" }, [JSON.generate(id: id, t: NOW_MS.call)]]
   when "/now"
     [200, { "content-type" => "application/json" }, [JSON.generate(t: NOW_MS.call)]]
+  when "/waiting"
+    [200, { "content-type" => "application/json" }, [JSON.generate(MessageBus.diagnostics[:web_clients])]]
   else
     [404, { "content-type" => "text/plain" }, ["not found"]]
   end

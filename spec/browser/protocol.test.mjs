@@ -125,6 +125,7 @@ async function setup(t, opts) {
   await page.goto(`http://127.0.0.1:${bus.server.address().port}/`);
   await page.evaluate(() => {
     window.got = [];
+    MessageBus.enableWebSocket = false; // this fake server speaks HTTP only
   });
   return { bus, page };
 }

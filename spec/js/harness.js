@@ -20,6 +20,9 @@ function createEnv(opts = {}) {
     progress = true,
     adapter = true,
     document: withDocument = true,
+    webSocket = false,
+    group = null, // a createGroupHub(): tabs sharing BroadcastChannel and Web Locks
+    location = { protocol: "http:", host: "example.test", pathname: "/chat/room" },
     extraGlobals = {},
   } = opts;
 
@@ -162,7 +165,8 @@ function createEnv(opts = {}) {
   let localStorage;
   const storageLog = [];
   if (withStorage) {
-    const data = new Map();
+    // Tabs of one browser share one localStorage.
+    const data = group ? group.storageData : new Map();
     localStorage = {
       getItem(k) {
         return data.has(k) ? data.get(k) : null;
@@ -181,6 +185,42 @@ function createEnv(opts = {}) {
     };
   }
 
+  // ---- WebSocket (only when `webSocket: true`) ----
+  // Events fire when the test says so: open(), receive(), drop(); close()
+  // from the client fires onclose on the next timer turn, as browsers do.
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.sent = [];
+      this.readyState = 0;
+      this.closedWith = null;
+      sockets.push(this);
+    }
+    send(text) {
+      if (this.readyState !== 1) throw new Error("InvalidStateError: not open");
+      this.sent.push(JSON.parse(text));
+    }
+    close(code, reason) {
+      if (this.readyState === 3) return;
+      this.closedWith = { code, reason };
+      this.readyState = 3;
+      setTimeout(() => this.onclose && this.onclose({ code: code || 1005, reason: reason || "", wasClean: true }), 0);
+    }
+    open() {
+      this.readyState = 1;
+      if (this.onopen) this.onopen({});
+    }
+    receive(payload) {
+      if (this.onmessage) this.onmessage({ data: typeof payload === "string" ? payload : JSON.stringify(payload) });
+    }
+    drop(code = 1006, reason = "") {
+      this.readyState = 3;
+      if (this.onerror) this.onerror({});
+      if (this.onclose) this.onclose({ code, reason, wasClean: false });
+    }
+  }
+
   const logs = [];
   const fakeConsole = {
     log: (...args) => logs.push(args.map(String).join(" ")),
@@ -197,6 +237,15 @@ function createEnv(opts = {}) {
     __clock: clock,
     ...extraGlobals,
   };
+  const tab = group ? group.tab() : null;
+  if (tab) {
+    sandbox.BroadcastChannel = tab.BroadcastChannel;
+    sandbox.navigator = { locks: tab.locks };
+  }
+  if (webSocket) {
+    sandbox.WebSocket = FakeWebSocket;
+    if (location) sandbox.location = location;
+  }
   if (document) sandbox.document = document;
   if (localStorage) sandbox.localStorage = localStorage;
   const context = vm.createContext(sandbox);
@@ -224,8 +273,102 @@ function createEnv(opts = {}) {
     storageLog,
     logs,
     FakeXHR,
+    sockets,
+    socket: () => sockets[sockets.length - 1],
+    tab,
     load,
   };
+}
+
+// Tabs of one browser: BroadcastChannel and navigator.locks shared by the
+// envs made with `group: hub`. Nothing happens until `await hub.settle()`:
+// it hands out free locks and delivers posted messages (structured clones,
+// never to the sender) until nothing moves. `tab.close()` is a tab going
+// away: its channels close and its locks are released.
+function createGroupHub() {
+  const channels = [];
+  const queue = [];
+  const locks = new Map(); // name -> { holder, waiters: [{ tab, callback }] }
+  const storageData = new Map();
+  let tabs = 0;
+
+  function lockState(name) {
+    if (!locks.has(name)) locks.set(name, { holder: null, waiters: [] });
+    return locks.get(name);
+  }
+
+  function tab() {
+    const id = ++tabs;
+    const mine = { id, closed: false };
+    class BroadcastChannel {
+      constructor(name) {
+        this.name = name;
+        this.onmessage = null;
+        this.closed = false;
+        this.tab = mine;
+        channels.push(this);
+      }
+      postMessage(data) {
+        if (this.closed) throw new Error("InvalidStateError: closed");
+        const copy = structuredClone(data);
+        for (const other of channels) {
+          if (other !== this && other.name === this.name && !other.closed) queue.push([other, copy]);
+        }
+      }
+      close() {
+        this.closed = true;
+      }
+    }
+    const lockApi = {
+      request(name, callback) {
+        lockState(name).waiters.push({ tab: mine, callback });
+        return new Promise(() => {});
+      },
+    };
+    mine.BroadcastChannel = BroadcastChannel;
+    mine.locks = lockApi;
+    mine.close = () => {
+      mine.closed = true;
+      for (const c of channels) if (c.tab === mine) c.closed = true;
+      for (const state of locks.values()) {
+        state.waiters = state.waiters.filter((w) => w.tab !== mine);
+        if (state.holder && state.holder.tab === mine) state.holder = null;
+      }
+    };
+    mine.holds = (name) => [...locks.values()].some((st) => st.holder && st.holder.tab === mine);
+    return mine;
+  }
+
+  function step() {
+    let moved = false;
+    for (const state of locks.values()) {
+      if (!state.holder && state.waiters.length) {
+        const waiter = state.waiters.shift();
+        state.holder = waiter;
+        moved = true;
+        Promise.resolve(waiter.callback()).then(() => {
+          if (state.holder === waiter) state.holder = null;
+        });
+      }
+    }
+    while (queue.length) {
+      const [channel, data] = queue.shift();
+      moved = true;
+      if (!channel.closed && channel.onmessage) channel.onmessage({ data });
+    }
+    return moved;
+  }
+
+  async function settle() {
+    for (let i = 0; i < 200; i++) {
+      const moved = step();
+      await new Promise((r) => setImmediate(r));
+      if (!moved && !step()) return;
+    }
+    throw new Error("the tabs never settled");
+  }
+
+  return { tab, settle, storageData };
 }
 
 function parseForm(body) {
@@ -249,4 +392,4 @@ function record(messages) {
   return JSON.stringify(messages) + SEP;
 }
 
-module.exports = { createEnv, parseForm, msg, status, record, SEP, CLIENT_SRC, ADAPTER_SRC, ASSETS };
+module.exports = { createEnv, createGroupHub, parseForm, msg, status, record, SEP, CLIENT_SRC, ADAPTER_SRC, ASSETS };

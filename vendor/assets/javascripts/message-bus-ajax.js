@@ -44,7 +44,8 @@
       if (abortedByClient) {
         if (options.error) options.error(xhr, "abort");
       } else if ((status >= 200 && status < 300) || status === 304) {
-        if (options.success) options.success(xhr.responseText);
+        // (data, textStatus, xhr), as jQuery.ajax calls it.
+        if (options.success) options.success(xhr.responseText, xhr.statusText, xhr);
       } else {
         if (options.error) options.error(xhr, xhr.statusText || "error");
       }
