@@ -88,6 +88,8 @@ end
 
 use RequestCounter
 use MessageBus::Rack::Middleware
+require "message_bus/rack/metrics"
+map("/metrics") { run MessageBus::Rack::Metrics.new }
 run lambda { |env|
   case env["PATH_INFO"]
   when "/publish"
