@@ -100,6 +100,27 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     slow&.close unless slow&.closed?
   end
 
+  it "counts gate jobs for client message filters and subscriber blocks run" do
+    server = start_server(env: { "MB_FILTERS" => "1", "MB_ECHO" => "1" })
+    socket = park_streaming(server, "metrics-f", "/filtered")
+    publish_via(server, "/filtered", "shown")
+    publish_via(server, "/filtered", "hidden")
+    publish_via(server, "/filtered", "shown again")
+    read_until(socket, /shown again/)
+    publish_via(server, "/echo", "e1")
+    publish_via(server, "/echo", "e2")
+    wait_for(message: "the echo subscription ran twice") do
+      value(scrape(server), "message_bus_subscriber_blocks_total") == 2
+    end
+    s = scrape(server)
+    expect(value(s, "message_bus_gate_jobs_total")).to eq(3)
+    expect(value(s, "message_bus_gate_jobs_waiting")).to eq(0)
+    expect(value(s, "message_bus_subscriber_errors_total")).to eq(0)
+    expect(value(s, "message_bus_web_messages_delivered_total", transport: "streaming")).to eq(2)
+  ensure
+    socket&.close
+  end
+
   it "answers HEAD without a body and refuses other methods" do
     server = start_server
     status, head, body = http(server.port, "HEAD", "/metrics")
@@ -113,7 +134,7 @@ RSpec.describe "Metrics scraped from a real server", :integration do
 
   it "counts a firehose reconnect after its Redis connection is killed", if: SpecHelpers.backend_name == :redis do
     redis = PrivateRedis.new.start
-    server = start_server(env: { "REDIS_URL" => redis.url })
+    server = start_server(env: { "REDIS_URL" => redis.url, "MB_LONG_POLLING_INTERVAL" => "60000" })
     # The subscriber thread listens once the first poll or subscription needs it.
     socket = park_streaming(server, "metrics-r", "/metrics-r")
     wait_for(message: "the firehose subscribed") do
@@ -133,6 +154,17 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     end
     publish_via(server, "/metrics-r", "after the reconnect")
     read_until(socket, /after the reconnect/)
+
+    # Redis gone: the publish is queued in memory, then flushed once it is back
+    # (into an empty Redis: ids restart, which the epoch of issue 16 is for).
+    redis.stop
+    expect(publish_via(server, "/metrics-r", "while down")).to be_nil
+    s = scrape(server)
+    expect(value(s, "message_bus_publishes_queued_total", backend: "redis")).to eq(1)
+    expect(value(s, "message_bus_publish_queue_depth")).to eq(1)
+    redis.start
+    wait_for(timeout: 15, message: "the queue flushed") { value(scrape(server), "message_bus_publish_queue_depth") == 0 }
+    expect(value(scrape(server), "message_bus_publishes_dropped_total")).to eq(0)
   ensure
     socket&.close
     redis&.stop
