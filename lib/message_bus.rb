@@ -17,6 +17,8 @@ require "message_bus/replaying_subscriber"
 require "message_bus/config_check"
 require "message_bus/client"
 require "message_bus/connection_manager"
+require "message_bus/metrics"
+require "message_bus/log_limiter"
 
 # A reliable, backlogged pub/sub bus for Ruby web apps, with a Rust core.
 # `MessageBus` itself is a bus; `MessageBus::Instance.new` makes independent ones.
@@ -25,6 +27,8 @@ module MessageBus
 
   # The bus API, shared by the MessageBus module and MessageBus::Instance.
   module Implementation
+    include Metrics
+
     ENCODE_SITE_TOKEN = "$|$"
     GLOBAL_PREFIX = "/global/"
     KEEPALIVE_CHANNEL = "/__mb_keepalive__/"
@@ -95,6 +99,18 @@ module MessageBus
       @mutex.synchronize do
         @config[:logger] ||= Logger.new($stdout).tap { |l| l.level = Logger::INFO }
       end
+    end
+
+    # Logs a warning as `MessageBus: <text>`, at most LogLimiter::BURST
+    # lines per category every LogLimiter::WINDOW seconds (the category
+    # defaults to the text with its numbers blanked).
+    def log_warning(text, category: nil)
+      category ||= text.gsub(/\d+/, "#")[0, 80]
+      log_limiter.lines(category, text, monotonic_now).each { |line| logger.warn(line) }
+    end
+
+    def log_limiter
+      @log_limiter || @mutex.synchronize { @log_limiter ||= LogLimiter.new }
     end
 
     def long_polling_enabled?
@@ -230,12 +246,12 @@ module MessageBus
     end
 
     def reliable_pub_sub
-      logger.warn("MessageBus.reliable_pub_sub is deprecated, use MessageBus.backend_instance instead.")
+      log_warning("reliable_pub_sub is deprecated, use MessageBus.backend_instance instead.")
       backend_instance
     end
 
     def reliable_pub_sub=(instance)
-      logger.warn("MessageBus.reliable_pub_sub= is deprecated, use MessageBus.backend_instance= instead.")
+      log_warning("reliable_pub_sub= is deprecated, use MessageBus.backend_instance= instead.")
       self.backend_instance = instance
     end
 
@@ -400,7 +416,9 @@ module MessageBus
     def timer
       @mutex.synchronize do
         @timer ||= MessageBus::TimerThread.new.tap do |t|
-          t.on_error { |e| logger.warn("Failed to process job: #{e.class}: #{e.message} #{e.backtrace&.first}") }
+          t.on_error do |e|
+            log_warning("failed to process job: #{e.class}: #{e.message} #{e.backtrace&.first}", category: :timer_job)
+          end
         end
       end
     end
@@ -468,7 +486,7 @@ module MessageBus
       @mutex.synchronize { start_subscriber_thread(open_in_thread: true) } unless @subscriptions.empty?
       @timer&.queue {}
     rescue StandardError => e
-      logger.warn("MessageBus could not restart in the forked process #{Process.pid}: #{e.class}: #{e.message}")
+      log_warning("could not restart in the forked process #{Process.pid}: #{e.class}: #{e.message}")
     end
 
     def native_backend?(backend)
@@ -602,7 +620,7 @@ module MessageBus
           backend.global_subscribe(from) { |msg| dispatch(msg) }
         end
       rescue Exception => e # rubocop:disable Lint/RescueException -- log why the thread ends
-        logger.warn("MessageBus subscriber thread stopped: #{e.class}: #{e.message}") unless e.is_a?(SignalException)
+        log_warning("subscriber thread stopped: #{e.class}: #{e.message}") unless e.is_a?(SignalException)
         raise
       ensure
         subscription&.close
@@ -626,14 +644,17 @@ module MessageBus
       begin
         decode_message!(msg)
       rescue StandardError => e
-        logger.warn("MessageBus failed to decode message #{msg.global_id} on #{msg.channel}: #{e.class}: #{e.message}")
+        log_warning("failed to decode message #{msg.global_id} on #{msg.channel}: #{e.class}: #{e.message}",
+                    category: :undecodable)
         return
       end
       subscribers_for(msg).each do |subscriber|
         subscriber.call(msg)
+        count_subscriber_block(false)
       rescue StandardError => e
-        logger.warn("MessageBus subscriber failed on #{msg.channel}: #{e.class}: #{e.message}\n" \
-                    "#{e.backtrace&.first(5)&.join("\n")}")
+        count_subscriber_block(true)
+        log_warning("subscriber failed on #{msg.channel}: #{e.class}: #{e.message}\n" \
+                    "#{e.backtrace&.first(5)&.join("\n")}", category: :subscriber_failed)
       end
       @position = msg.global_id
     end
@@ -656,7 +677,7 @@ module MessageBus
     end
 
     def drain_native_log
-      MessageBus::Native._drain_log.each { |line| logger.warn("MessageBus: #{line}") }
+      MessageBus::Native._drain_log.each { |line| log_warning(line.delete_prefix("message_bus: ")) }
     end
 
     def start_keepalive
@@ -677,7 +698,8 @@ module MessageBus
       publish(KEEPALIVE_CHANNEL, Process.pid, user_ids: [-1])
       return unless monotonic_now - @last_message_at > 3 * interval
 
-      logger.warn("Global messages on #{Process.pid} timed out, message bus is no longer functioning correctly")
+      log_warning("Global messages on #{Process.pid} timed out, message bus is no longer functioning correctly",
+                  category: :keepalive)
     end
   end
 

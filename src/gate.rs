@@ -96,6 +96,9 @@ impl Gate {
             list.len() == 1
         };
         if first {
+            let m = crate::metrics::gate();
+            m.jobs.fetch_add(1, Ordering::Relaxed);
+            m.waiting.fetch_add(1, Ordering::Relaxed);
             self.jobs.push(&Arc::new(message.clone()));
         }
         match tokio::time::timeout(VERDICT_TIMEOUT, rx).await {
@@ -105,7 +108,11 @@ impl Gate {
                     "no verdict from the client message filters for message {} on {} within {:?}: withheld",
                     message.global_id, message.channel, VERDICT_TIMEOUT
                 ));
-                self.waiting.lock().remove(&key);
+                if self.waiting.lock().remove(&key).is_some() {
+                    let m = crate::metrics::gate();
+                    m.waiting.fetch_sub(1, Ordering::Relaxed);
+                    m.timed_out.fetch_add(1, Ordering::Relaxed);
+                }
                 None
             }
         }
@@ -131,7 +138,13 @@ impl Gate {
             }
             cache.insert(key.clone(), verdict.clone());
         }
-        for tx in self.waiting.lock().remove(&key).unwrap_or_default() {
+        let Some(waiters) = self.waiting.lock().remove(&key) else {
+            return;
+        };
+        crate::metrics::gate()
+            .waiting
+            .fetch_sub(1, Ordering::Relaxed);
+        for tx in waiters {
             let _ = tx.send(verdict.clone());
         }
     }

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod http;
 pub mod log;
 pub mod message;
+pub mod metrics;
 pub mod runtime;
 pub mod subscription;
 

@@ -33,7 +33,7 @@ module MessageBus
       return if @bus.instance_variable_get(:@config_checked)
 
       @bus.instance_variable_set(:@config_checked, true)
-      warnings.each { |line| @bus.logger.warn(line) }
+      warnings.each { |line| @bus.log_warning(line) }
     end
 
     def warnings
@@ -59,7 +59,7 @@ module MessageBus
       return nil if given.empty?
 
       shown = given.map { |key| "#{key}: #{shown_value(key, @config[key])}" }.join(", ")
-      "MessageBus: #{shown} at the top level of the configuration is not used: only redis_config reaches Redis, " \
+      "#{shown} at the top level of the configuration is not used: only redis_config reaches Redis, " \
         "so the bus uses #{redis_in_use}. To use the given server, write " \
         "MessageBus.configure(backend: :redis, redis_config: { #{shown} })"
     end
@@ -82,15 +82,15 @@ module MessageBus
 
     def unread_warning(key)
       if key == :enable_redis_logger
-        "MessageBus: enable_redis_logger has no effect (since message_bus 4.4)"
+        "enable_redis_logger has no effect (since message_bus 4.4)"
       elsif postgres_backend? && POSTGRES_KEYS.include?(key.to_sym)
-        "MessageBus: configuration key #{key.inspect} is not read: PostgreSQL connection parameters go in " \
+        "configuration key #{key.inspect} is not read: PostgreSQL connection parameters go in " \
           "backend_options (MessageBus.configure(backend: :postgres, backend_options: { #{key}: ... }))"
       elsif BACKEND_ATTRIBUTES.include?(key.to_sym)
-        "MessageBus: configuration key #{key.inspect} is not read: it is a backend attribute, " \
+        "configuration key #{key.inspect} is not read: it is a backend attribute, " \
           "set it with MessageBus.backend_instance.#{key} = #{@config[key].inspect}"
       else
-        "MessageBus: configuration key #{key.inspect} is not read by message_bus (misspelt, or from another version?)"
+        "configuration key #{key.inspect} is not read by message_bus (misspelt, or from another version?)"
       end
     end
   end

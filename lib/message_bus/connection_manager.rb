@@ -125,7 +125,7 @@ module MessageBus
         remove_client(client) if client.closed?
       end
     rescue StandardError => e
-      @bus.logger.error("MessageBus failed to notify clients: #{e.class}: #{e.message}")
+      @bus.log_warning("failed to notify clients: #{e.class}: #{e.message}", category: :notify_clients)
     end
 
     # In a forked child: the parent's clients are the parent's (a no-op in

@@ -118,7 +118,7 @@ module MessageBus
         value = payload["value"]
         if payload["marshalled"]
           unless cache.marshal?
-            @message_bus.logger.warn("MessageBus::DistributedCache #{cache.key.inspect}: refused a marshalled value " \
+            @message_bus.log_warning("DistributedCache #{cache.key.inspect}: refused a marshalled value " \
                                      "for #{payload['key'].inspect} from #{payload['origin']} (marshal: false)")
             return
           end

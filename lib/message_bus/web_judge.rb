@@ -27,7 +27,7 @@ module MessageBus
       JSON.generate({ "data" => msg.data, "user_ids" => msg.user_ids, "group_ids" => msg.group_ids,
                       "client_ids" => msg.client_ids })
     rescue StandardError => e
-      bus.logger.warn("MessageBus withheld message #{msg.global_id} on #{msg.channel} from web clients: " \
+      bus.log_warning("withheld message #{msg.global_id} on #{msg.channel} from web clients: " \
                       "#{e.class}: #{e.message}")
       nil
     end

@@ -21,6 +21,8 @@ MessageBus.configure(
 # MB_DEFAULT_BROADCAST=1 leaves allow_broadcast unset (the computed default).
 MessageBus.configure(allow_broadcast: ENV["MB_ALLOW_BROADCAST"] == "1") unless ENV["MB_DEFAULT_BROADCAST"] == "1"
 MessageBus.reset! if ENV["MB_RESET"] == "1"
+# MB_LATENCY_METRICS=0: latency histograms off (bench/metrics_overhead compares).
+MessageBus.latency_metrics = false if ENV["MB_LATENCY_METRICS"] == "0" && MessageBus.respond_to?(:latency_metrics=)
 MessageBus.user_id_lookup { |env| env["HTTP_X_USER_ID"] && JSON.parse(env["HTTP_X_USER_ID"]) }
 MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"] && JSON.parse(env["HTTP_X_GROUP_IDS"]) }
 MessageBus.site_id_lookup { |env = nil| env && env["HTTP_X_SITE_ID"] } if ENV["MB_MULTISITE"] == "1"
@@ -88,6 +90,8 @@ end
 
 use RequestCounter
 use MessageBus::Rack::Middleware
+require "message_bus/rack/metrics"
+map("/metrics") { run MessageBus::Rack::Metrics.new }
 run lambda { |env|
   case env["PATH_INFO"]
   when "/publish"

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::log;
+use crate::metrics::{self, BackendKind, BackendMetrics};
 
 const MIN_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
-/// Runs until aborted. `listen` returns once its connection ends, with
+/// Runs until aborted; every lost connection counts as a reconnect of `kind`. `listen` returns once its connection ends, with
 /// whether the subscription had been confirmed (which resets the backoff);
 /// `describe` names the subscription in the log line.
 pub(super) async fn keep_listening<L, Fut>(
+    kind: BackendKind,
     subscribed: &AtomicBool,
     describe: impl Fn() -> String,
     mut listen: L,
@@ -30,6 +32,7 @@ pub(super) async fn keep_listening<L, Fut>(
             Err(e) => e,
         };
         subscribed.store(false, Ordering::SeqCst);
+        BackendMetrics::count(&metrics::backend(kind).firehose_reconnects);
         if confirmed {
             delay = MIN_DELAY;
         }

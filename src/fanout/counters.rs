@@ -71,17 +71,53 @@ impl CloseReason {
     }
 }
 
+/// How a hijacked connection answers (the `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One response per poll (`Dont-Chunk`, HTTP/1.0, or chunking off).
+    LongPoll,
+    /// A chunked response that stays open for the interval.
+    Streaming,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::LongPoll, Transport::Streaming];
+
+    pub fn of(chunked: bool) -> Self {
+        if chunked {
+            Transport::Streaming
+        } else {
+            Transport::LongPoll
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::LongPoll => "long_poll",
+            Transport::Streaming => "streaming",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const REASONS: usize = CloseReason::ALL.len();
+const TRANSPORTS: usize = Transport::ALL.len();
+
 #[derive(Default)]
 pub struct WebClientCounters {
-    delivered: AtomicU64,
+    delivered: [AtomicU64; TRANSPORTS],
     unreadable: AtomicU64,
-    closed: [AtomicU64; CloseReason::ALL.len()],
+    opened: [AtomicU64; TRANSPORTS],
+    closed: [[AtomicU64; REASONS]; TRANSPORTS],
 }
 
 impl WebClientCounters {
     /// A live message was handed to a connection (written or queued).
-    pub fn message_delivered(&self) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
+    pub fn message_delivered(&self, transport: Transport) {
+        self.delivered[transport.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A live message could not be parsed for web clients.
@@ -89,17 +125,48 @@ impl WebClientCounters {
         self.unreadable.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn connection_closed(&self, reason: CloseReason) {
-        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+    /// A hijacked connection's task started; it ends with one `connection_closed`.
+    pub fn connection_opened(&self, transport: Transport) {
+        self.opened[transport.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, transport: Transport, reason: CloseReason) {
+        self.closed[transport.index()][reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, parked: usize) -> WebClientStats {
+        let by_transport = Transport::ALL.map(|t| TransportStats {
+            delivered: self.delivered[t.index()].load(Ordering::Relaxed),
+            opened: self.opened[t.index()].load(Ordering::Relaxed),
+            closed: CloseReason::ALL
+                .map(|r| self.closed[t.index()][r.index()].load(Ordering::Relaxed)),
+        });
         WebClientStats {
             parked,
-            delivered: self.delivered.load(Ordering::Relaxed),
+            delivered: by_transport.iter().map(|t| t.delivered).sum(),
             unreadable: self.unreadable.load(Ordering::Relaxed),
-            closed: CloseReason::ALL.map(|r| self.closed[r.index()].load(Ordering::Relaxed)),
+            by_transport,
         }
+    }
+}
+
+/// The counters of one transport at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransportStats {
+    pub delivered: u64,
+    pub opened: u64,
+    /// Closes per reason, in the order of `CloseReason::ALL`.
+    closed: [u64; REASONS],
+}
+
+impl TransportStats {
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason.index()]
+    }
+
+    /// Connections opened and not yet closed.
+    pub fn open(&self) -> u64 {
+        self.opened.saturating_sub(self.closed.iter().sum())
     }
 }
 
@@ -107,21 +174,24 @@ impl WebClientCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WebClientStats {
     pub parked: usize,
-    /// Live messages handed to connections.
+    /// Live messages handed to connections, every transport.
     pub delivered: u64,
     pub unreadable: u64,
-    /// Closes per reason, in the order of `CloseReason::ALL`.
-    closed: [u64; CloseReason::ALL.len()],
+    by_transport: [TransportStats; TRANSPORTS],
 }
 
 impl WebClientStats {
     pub fn closed(&self, reason: CloseReason) -> u64 {
-        self.closed[reason.index()]
+        self.by_transport.iter().map(|t| t.closed(reason)).sum()
     }
 
-    /// Every reason with its count, in the order of `CloseReason::ALL`.
+    /// Every reason with its count over every transport, in the order of `CloseReason::ALL`.
     pub fn closes(&self) -> impl Iterator<Item = (CloseReason, u64)> + '_ {
         CloseReason::ALL.iter().map(|r| (*r, self.closed(*r)))
+    }
+
+    pub fn transport(&self, transport: Transport) -> &TransportStats {
+        &self.by_transport[transport.index()]
     }
 
     /// Connections cut because their client did not read fast enough.
@@ -130,6 +200,20 @@ impl WebClientStats {
             .filter(|(r, _)| r.is_slow_reader())
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Adds the counts of another fan-out (several middlewares in one process).
+    pub fn add(&mut self, other: &WebClientStats) {
+        self.parked += other.parked;
+        self.delivered += other.delivered;
+        self.unreadable += other.unreadable;
+        for (mine, theirs) in self.by_transport.iter_mut().zip(&other.by_transport) {
+            mine.delivered += theirs.delivered;
+            mine.opened += theirs.opened;
+            for (a, b) in mine.closed.iter_mut().zip(&theirs.closed) {
+                *a += b;
+            }
+        }
     }
 }
 
@@ -143,10 +227,10 @@ mod tests {
         for (n, reason) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), n);
             for _ in 0..=n {
-                counters.connection_closed(*reason);
+                counters.connection_closed(Transport::Streaming, *reason);
             }
         }
-        counters.message_delivered();
+        counters.message_delivered(Transport::LongPoll);
         let stats = counters.snapshot(3);
         for (n, (reason, count)) in stats.closes().enumerate() {
             assert_eq!(count, n as u64 + 1, "{}", reason.name());
@@ -156,5 +240,24 @@ mod tests {
         assert_eq!(names.len(), CloseReason::ALL.len());
         assert_eq!(stats.slow_closed(), 7 + 8);
         assert_eq!((stats.parked, stats.delivered, stats.unreadable), (3, 1, 0));
+        assert_eq!(stats.transport(Transport::LongPoll).delivered, 1);
+        assert_eq!(stats.transport(Transport::Streaming).delivered, 0);
+    }
+
+    #[test]
+    fn open_connections_are_those_opened_and_not_closed_per_transport() {
+        let counters = WebClientCounters::default();
+        for _ in 0..3 {
+            counters.connection_opened(Transport::Streaming);
+        }
+        counters.connection_opened(Transport::LongPoll);
+        counters.connection_closed(Transport::Streaming, CloseReason::Timeout);
+        let mut stats = counters.snapshot(0);
+        assert_eq!(stats.transport(Transport::Streaming).open(), 2);
+        assert_eq!(stats.transport(Transport::LongPoll).open(), 1);
+        let other = stats;
+        stats.add(&other);
+        assert_eq!(stats.transport(Transport::Streaming).opened, 6);
+        assert_eq!(stats.closed(CloseReason::Timeout), 2);
     }
 }

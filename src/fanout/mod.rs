@@ -25,7 +25,8 @@ use crate::http::frame;
 use crate::http::json::{payload, OutMessage};
 use crate::message::Message;
 
-pub use counters::{CloseReason, WebClientCounters, WebClientStats};
+use crate::metrics::{Histogram, HistogramValues};
+pub use counters::{CloseReason, Transport, TransportStats, WebClientCounters, WebClientStats};
 pub use outbox::{Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
 use timeouts::Timeouts;
 
@@ -36,6 +37,8 @@ pub struct Live {
     pub body: String,
     /// `body` framed as one chunk.
     pub chunk: Vec<u8>,
+    /// When it reached this process's fan-out (with latency metrics on).
+    pub arrived: Option<std::time::Instant>,
 }
 
 impl Live {
@@ -46,6 +49,7 @@ impl Live {
             message,
             body,
             chunk,
+            arrived: crate::metrics::latency_enabled().then(std::time::Instant::now),
         }
     }
 }
@@ -148,6 +152,9 @@ struct Job {
 struct Shard {
     registry: Mutex<Registry>,
     counters: Arc<WebClientCounters>,
+    /// Arrival → socket write of the messages this shard wrote at once
+    /// (one per shard: its thread is the only writer).
+    delivery_latency: Histogram,
 }
 
 pub struct Fanout {
@@ -184,6 +191,7 @@ impl Fanout {
             let shard = Arc::new(Shard {
                 registry: Mutex::default(),
                 counters: Arc::clone(&counters),
+                delivery_latency: Histogram::default(),
             });
             let (tx, rx) = channel::channel::<Arc<Job>>();
             let worker = Arc::clone(&shard);
@@ -342,6 +350,13 @@ impl Fanout {
         self.counters.snapshot(self.parked())
     }
 
+    /// Adds this fan-out's arrival → socket-write latencies to `into`.
+    pub fn add_delivery_latency(&self, into: &mut HistogramValues) {
+        for shard in &self.shards {
+            into.add(&shard.delivery_latency);
+        }
+    }
+
     fn watched(&self, channel: &str) -> bool {
         self.shards
             .iter()
@@ -379,7 +394,7 @@ impl Fanout {
         let live = Arc::new(Live::new(message));
         match parked.outbox.push(&parked.channels, &live) {
             Push::Written | Push::Queued => {
-                self.counters.message_delivered();
+                self.counters.message_delivered(parked.outbox.transport());
                 true
             }
             Push::Skipped => false,
@@ -488,7 +503,13 @@ impl Shard {
         let mut ended = Vec::new();
         for parked in targets {
             match parked.outbox.push(&parked.channels, &job.live) {
-                Push::Written | Push::Queued => self.counters.message_delivered(),
+                Push::Written => {
+                    self.counters.message_delivered(parked.outbox.transport());
+                    if let Some(arrived) = job.live.arrived {
+                        self.delivery_latency.observe(arrived.elapsed());
+                    }
+                }
+                Push::Queued => self.counters.message_delivered(parked.outbox.transport()),
                 Push::Skipped => {}
                 // The client reconnects with its last ids; the backlog has the
                 // rest. (Its task counts the close.)

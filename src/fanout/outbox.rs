@@ -6,12 +6,13 @@
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
 use parking_lot::Mutex;
 
-use super::{CloseReason, Live};
+use super::{CloseReason, Live, Transport};
 use crate::http::frame;
 use crate::http::socket::ClientSocket;
 
@@ -177,6 +178,8 @@ impl State {
 #[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// `State::chunked`, readable by the fan-out's counters without the lock.
+    streaming: AtomicBool,
 }
 
 /// Wakes the task (outside the lock).
@@ -202,6 +205,7 @@ impl Outbox {
         let mut s = self.state.lock();
         s.stream = Some(stream);
         s.chunked = chunked;
+        self.streaming.store(chunked, Ordering::Relaxed);
         s.head_prefix = Some(head_prefix);
         s.positions = channels
             .iter()
@@ -352,6 +356,12 @@ impl Outbox {
     }
 
     /// Whether the answer streams (known once the head is written).
+    /// The transport the counters file this connection's messages under
+    /// (long poll until the answer is opened).
+    pub fn transport(&self) -> Transport {
+        Transport::of(self.streaming.load(Ordering::Relaxed))
+    }
+
     pub fn is_chunked(&self) -> bool {
         self.state.lock().chunked
     }

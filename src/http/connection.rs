@@ -19,7 +19,7 @@ use crate::backend::Backend;
 use crate::client::{self, Requested};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::fanout::{Admission, CloseReason, Fanout, Next, Out, Outbox, Parked};
+use crate::fanout::{Admission, CloseReason, Fanout, Next, Out, Outbox, Parked, Transport};
 use crate::http::frame;
 use crate::http::json::payload;
 use crate::http::limits::{limits, INPUT_BOUND};
@@ -211,6 +211,9 @@ fn spawn(
     start: Start,
     fanout: Arc<Fanout>,
 ) {
+    fanout
+        .counters()
+        .connection_opened(Transport::of(view.chunked));
     let conn = Conn {
         stream: Arc::new(stream),
         parked,
@@ -249,6 +252,7 @@ impl Conn {
                 stream,
                 parked,
                 fanout,
+                view,
                 ..
             } = self;
             // A FIN after what was written.
@@ -256,7 +260,9 @@ impl Conn {
                 let _ = stream.shutdown(std::net::Shutdown::Write);
             }
             fanout.release(&parked.identity.client_id, parked.conn_id);
-            fanout.counters().connection_closed(outcome.reason());
+            fanout
+                .counters()
+                .connection_closed(Transport::of(view.chunked), outcome.reason());
         })
     }
 

@@ -9,6 +9,7 @@ use message_bus_core::backend::memory::MemoryBackend;
 use message_bus_core::backend::postgres::PostgresBackend;
 use message_bus_core::backend::redis::RedisBackend;
 use message_bus_core::backend::{Backend, PublishOptions, Settings};
+use message_bus_core::metrics::{BackendKind, Metered};
 use message_bus_core::{Error, Message};
 
 use crate::errors::to_ruby;
@@ -52,7 +53,10 @@ fn messages_to_ruby(ruby: &Ruby, messages: &[Message]) -> RbResult<RArray> {
 
 impl NativeBackend {
     fn memory() -> Self {
-        NativeBackend(Arc::new(MemoryBackend::new()))
+        NativeBackend(Metered::wrap(
+            BackendKind::Memory,
+            Arc::new(MemoryBackend::new()),
+        ))
     }
 
     /// Never connects: connections are made on first use.
@@ -60,7 +64,10 @@ impl NativeBackend {
         let url = rstring(ruby, url, "Redis URL")?;
         let pubsub_channel = rstring(ruby, pubsub_channel, "pub/sub channel")?;
         let backend = RedisBackend::new(&url, &pubsub_channel).map_err(|e| to_ruby(ruby, e))?;
-        Ok(NativeBackend(Arc::new(backend)))
+        Ok(NativeBackend(Metered::wrap(
+            BackendKind::Redis,
+            Arc::new(backend),
+        )))
     }
 
     /// Redis Sentinel: `node_url`'s host is the master name. Never connects.
@@ -80,7 +87,10 @@ impl NativeBackend {
         let pubsub_channel = rstring(ruby, pubsub_channel, "pub/sub channel")?;
         let backend = RedisBackend::sentinel(&node_url, &sentinel_urls, &pubsub_channel)
             .map_err(|e| to_ruby(ruby, e))?;
-        Ok(NativeBackend(Arc::new(backend)))
+        Ok(NativeBackend(Metered::wrap(
+            BackendKind::Redis,
+            Arc::new(backend),
+        )))
     }
 
     /// Never connects: connections are made on first use.
@@ -89,7 +99,10 @@ impl NativeBackend {
         let notify_channel = rstring(ruby, notify_channel, "NOTIFY channel")?;
         let backend =
             PostgresBackend::new(&conninfo, &notify_channel).map_err(|e| to_ruby(ruby, e))?;
-        Ok(NativeBackend(Arc::new(backend)))
+        Ok(NativeBackend(Metered::wrap(
+            BackendKind::Postgres,
+            Arc::new(backend),
+        )))
     }
 
     fn setting<'a>(&'a self, ruby: &Ruby, name: &str) -> RbResult<&'a AtomicI64> {

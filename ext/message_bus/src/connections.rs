@@ -15,6 +15,7 @@ use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Pending, Session, View};
 use message_bus_core::http::frame::head_prefix;
 use message_bus_core::http::json::{payload, OutMessage};
+use message_bus_core::metrics::Snapshot;
 use message_bus_core::runtime::runtime;
 use message_bus_core::{Error, Message};
 
@@ -371,6 +372,13 @@ impl NativeConnections {
         };
         rb_self.fanout.notify(&message, envelope);
         Ok(())
+    }
+
+    /// Adds this middleware's web clients to a scrape.
+    pub(crate) fn add_to(&self, snapshot: &mut Snapshot) {
+        snapshot.web.add(&self.fanout.stats());
+        self.fanout
+            .add_delivery_latency(&mut snapshot.delivery_latency);
     }
 
     fn stats(ruby: &Ruby, rb_self: &Self) -> RbResult<RHash> {

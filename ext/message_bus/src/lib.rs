@@ -6,6 +6,7 @@ mod connections;
 mod errors;
 mod gvl;
 mod http;
+mod metrics;
 mod subscription;
 
 use magnus::{prelude::*, Ruby};
@@ -72,5 +73,6 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     connections::define(ruby, native)?;
     client::define(native)?;
     http::define(native)?;
+    metrics::define(native)?;
     Ok(())
 }

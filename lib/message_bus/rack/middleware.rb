@@ -70,6 +70,12 @@ module MessageBus
         @connection_manager.stats
       end
 
+      # This process's registry of Rust-owned connections (nil before the
+      # first request, in a forked child, or with a backend written in Ruby).
+      def native_connections
+        @lock.synchronize { @connections if @pid == Process.pid }
+      end
+
       # In a forked child (called by the bus): the clients are the parent's.
       def after_fork
         @connection_manager.after_fork
@@ -129,7 +135,7 @@ module MessageBus
         return if @announced[key]
 
         @announced[key] = true
-        @bus.logger.warn("MessageBus: #{text}")
+        @bus.log_warning(text, category: key)
       end
 
       def handle(env)
@@ -337,7 +343,7 @@ module MessageBus
           ::ActiveRecord::Base.clear_active_connections!
         end
       rescue StandardError => e
-        @bus.logger.warn("MessageBus could not release ActiveRecord connections: #{e.message}")
+        @bus.log_warning("could not release ActiveRecord connections: #{e.message}", category: :active_record)
       end
     end
   end

@@ -53,6 +53,7 @@ struct Reader<'a> {
 pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
     let (inner, proc) = (&inner, &proc);
     keep_listening(
+        crate::metrics::BackendKind::Postgres,
         &proc.subscribed,
         || {
             format!(
@@ -277,6 +278,10 @@ async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -
         rows = read(inner, reader, highest).await?;
     }
     let mut last = highest;
+    if rows.iter().any(|m| m.global_id > last) {
+        let m = crate::metrics::backend(crate::metrics::BackendKind::Postgres);
+        crate::metrics::BackendMetrics::count(&m.gaps_caught_up);
+    }
     for message in rows {
         if message.global_id <= last {
             continue;

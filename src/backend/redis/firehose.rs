@@ -67,6 +67,7 @@ pub(super) fn select_catch_up(highest: i64, backlog: Vec<Message>) -> Vec<Messag
 pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
     let (inner, proc) = (&inner, &proc);
     keep_listening(
+        crate::metrics::BackendKind::Redis,
         &proc.subscribed,
         || {
             format!(

@@ -661,7 +661,12 @@ impl Inner {
             delivery.restart(&self.hub);
         }
         let backlog = self.global_backlog(highest).await?;
-        for message in firehose::select_catch_up(highest, backlog) {
+        let missed = firehose::select_catch_up(highest, backlog);
+        if !missed.is_empty() {
+            let m = crate::metrics::backend(crate::metrics::BackendKind::Redis);
+            crate::metrics::BackendMetrics::count(&m.gaps_caught_up);
+        }
+        for message in missed {
             delivery.hand_over(&self.hub, message);
         }
         if delivery.highest.is_none() {
