@@ -125,7 +125,7 @@ async fn serve(
     };
     {
         let mut delivery = proc.delivery.lock().await;
-        catch_up(inner, &reader, &mut delivery).await?;
+        catch_up(inner, &reader, &mut delivery, true).await?;
     }
     proc.subscribed.store(true, Ordering::SeqCst);
     *confirmed = true;
@@ -141,11 +141,11 @@ async fn serve(
             }
             _ = poll.tick() => {
                 let mut delivery = proc.delivery.lock().await;
-                catch_up(inner, &reader, &mut delivery).await?;
+                catch_up(inner, &reader, &mut delivery, true).await?;
             }
             _ = proc.poke.notified() => {
                 let mut delivery = proc.delivery.lock().await;
-                catch_up(inner, &reader, &mut delivery).await?;
+                catch_up(inner, &reader, &mut delivery, false).await?;
             }
         }
     }
@@ -189,7 +189,11 @@ async fn on_payload(
             inner.hub.deliver(message);
             Ok(())
         }
-        Step::CatchUp => catch_up(inner, reader, &mut delivery).await,
+        Step::CatchUp => catch_up(inner, reader, &mut delivery, false).await,
+        // Or the first ids of a recreated table (its epoch tells).
+        Step::Duplicate if epoch_changed(inner, reader).await? => {
+            catch_up(inner, reader, &mut delivery, true).await
+        }
         Step::Duplicate => Ok(()),
     }
 }
@@ -249,8 +253,27 @@ async fn read(inner: &Inner, reader: &Reader<'_>, after: i64) -> Result<Vec<Mess
         .collect()
 }
 
+/// Whether the table no longer carries the epoch this process knows: it was
+/// dropped and recreated (its ids may already have passed our position).
+async fn epoch_changed(inner: &Inner, reader: &Reader<'_>) -> Result<bool> {
+    let Some(known) = inner.epoch.get() else {
+        return Ok(false);
+    };
+    let stored = timeout(QUERY_TIMEOUT, inner.stored_epoch(reader.client))
+        .await
+        .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))??;
+    Ok(stored.as_deref() != Some(&*known))
+}
+
 /// Hands over, in order, every row after the delivery position.
-async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -> Result<()> {
+/// With `check_epoch` (on connection and every idle second), also compares
+/// the table's epoch with the known one.
+async fn catch_up(
+    inner: &Inner,
+    reader: &Reader<'_>,
+    delivery: &mut Delivery,
+    check_epoch: bool,
+) -> Result<()> {
     let current: i64 = timeout(QUERY_TIMEOUT, reader.client.query_one(&reader.last_id, &[]))
         .await
         .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))?
@@ -258,7 +281,7 @@ async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -
         .try_get(0)
         .map_err(|e| inner.to_error(e))?;
     let mut highest = delivery.highest.unwrap_or(current);
-    if highest > current {
+    if highest > current || (check_epoch && epoch_changed(inner, reader).await?) {
         // The table was recreated (by another process): ids restart.
         log::warn(format!(
             "message_bus: ids of {} restarted (table recreated); catching up from 0",
@@ -266,7 +289,7 @@ async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -
         ));
         highest = 0;
         delivery.skipped.clear();
-        inner.hub.storage_reset();
+        inner.storage_was_reset().await;
     }
     let mut rows = read(inner, reader, highest).await?;
     for wait in HOLE_WAITS {
