@@ -348,8 +348,8 @@ impl Conn {
         .await
         .map_err(|_| Closed::Gracefully(CloseReason::Error))?;
         // The epoch read after the backlog's ids (see `backend::epoch`).
-        if let Some(prefix) = frame::with_epoch(&self.view.head_prefix, backend.epoch().as_deref())
-        {
+        let epoch = backend.load_epoch().await.ok().flatten();
+        if let Some(prefix) = frame::with_epoch(&self.view.head_prefix, epoch.as_deref()) {
             self.view.head_prefix = prefix.into();
         }
         if self.view.chunked {

@@ -63,6 +63,9 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
         || async move {
             let mut confirmed = false;
             let outcome = listen(inner, proc, &mut confirmed).await;
+            // The table may be another one when we are back: the epoch is
+            // read again before the next answer.
+            inner.epoch.clear();
             (confirmed, outcome)
         },
     )

@@ -79,6 +79,9 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
             let outcome = listen(inner, proc, &mut confirmed).await;
             // Messages may be missed until the next subscription catches up.
             proc.cache.go_dark();
+            // And the storage may be another one (a restarted Redis): the
+            // epoch is read again before the next answer.
+            inner.epoch.clear();
             (confirmed, outcome)
         },
     )
