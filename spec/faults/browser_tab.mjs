@@ -6,7 +6,8 @@
 //   node spec/faults/browser_tab.mjs BASE /a,/b
 //
 // Prints {"ready":true} once started, then answers each line on stdin:
-// "state" -> {"got":{channel:[data...]},"resets":{channel:n},"errors":[...]};
+// "state" -> {"got":{channel:[data...]},"resets":{channel:n},"events":[[ms, channel
+// or "reset", data or channel]...],"errors":[...]};
 // "quit" (or the end of stdin) closes the browser and exits.
 import readline from "node:readline";
 import { launchBrowser } from "../browser/helpers.mjs";
@@ -22,12 +23,17 @@ try {
   await page.evaluate((channels) => {
     window.got = {};
     window.resets = {};
+    window.events = [];
     MessageBus.onReset = (channel) => {
       window.resets[channel] = (window.resets[channel] || 0) + 1;
+      window.events.push([Date.now(), "reset", channel]);
     };
     for (const channel of channels) {
       window.got[channel] = [];
-      MessageBus.subscribe(channel, (data) => window.got[channel].push(data), 0);
+      MessageBus.subscribe(channel, (data) => {
+        window.got[channel].push(data);
+        window.events.push([Date.now(), channel, data]);
+      }, 0);
     }
     MessageBus.start();
   }, channels);
@@ -36,10 +42,11 @@ try {
   for await (const line of lines) {
     if (line === "quit") break;
     if (line === "state") {
-      const state = await page.evaluate(() => ({ got: window.got, resets: window.resets }));
+      const state = await page.evaluate(() => ({ got: window.got, resets: window.resets, events: window.events }));
       console.log(JSON.stringify({ ...state, errors }));
     }
   }
 } finally {
   await browser.close();
 }
+process.exit(0); // stdin may still be open

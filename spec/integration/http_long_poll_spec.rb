@@ -16,8 +16,8 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     socket = open_request(server.port, poll_request(client_id, form([["/chat/room-1", chat.to_s], %w[__seq 8]])))
     buffer = read_until(socket, /7\r\n\[\]\r\n\|\r\n\r\n/)
-    expect(buffer).to eq("HTTP/1.1 200 OK\r\n#{head_of(buffer)}content-type: text/plain; charset=utf-8\r\ntransfer-encoding: chunked\r\n" \
-                         "x-content-type-options: nosniff\r\n\r\n7\r\n[]\r\n|\r\n\r\n")
+    expect(buffer).to eq("HTTP/1.1 200 OK\r\n#{head_of(buffer)}content-type: text/plain; charset=utf-8\r\n" \
+                         "transfer-encoding: chunked\r\nx-content-type-options: nosniff\r\n\r\n7\r\n[]\r\n|\r\n\r\n")
     publish_via(server, "/chat/room-1", { "from" => "bob", "body" => "see you | later ✓" })
     publish_via(server, "/notices", "private", user_ids: [42])
     rest = read_all(socket, timeout: 30)
@@ -63,7 +63,8 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     raw = read_all(open_request(server.port, poll_request(client_id, form([["/quiet", ""]]), version: "1.0")), timeout: 30)
     expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be >= 1.45
-    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head_of(raw)}content-type: application/json; charset=utf-8\r\ncontent-length: 2\r\n\r\n[]")
+    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head_of(raw)}content-type: application/json; charset=utf-8\r\n" \
+                      "content-length: 2\r\n\r\n[]")
   end
 
   it "holds more long polls than Puma has threads and still answers a normal request meanwhile" do
