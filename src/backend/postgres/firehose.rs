@@ -39,6 +39,9 @@ const HOLE_WAITS: [Duration; 3] = [
     Duration::from_millis(40),
     Duration::from_millis(150),
 ];
+/// A notified id at or below the position makes the listener compare the
+/// table's epoch at most this often.
+const DUPLICATE_EPOCH_CHECK: Duration = Duration::from_millis(100);
 /// Skipped ids remembered for late delivery.
 const MAX_SKIPPED: usize = 10_000;
 
@@ -193,8 +196,11 @@ async fn on_payload(
             Ok(())
         }
         Step::CatchUp => catch_up(inner, reader, &mut delivery, false).await,
-        // Or the first ids of a recreated table (its epoch tells).
-        Step::Duplicate if epoch_changed(inner, reader).await? => {
+        // Or the first ids of a recreated table (its epoch tells; checked
+        // at most every DUPLICATE_EPOCH_CHECK: duplicates are common).
+        Step::Duplicate
+            if due(&mut delivery.epoch_checked) && epoch_changed(inner, reader).await? =>
+        {
             catch_up(inner, reader, &mut delivery, true).await
         }
         Step::Duplicate => Ok(()),
@@ -254,6 +260,16 @@ async fn read(inner: &Inner, reader: &Reader<'_>, after: i64) -> Result<Vec<Mess
             Ok(Message::new(id, id, channel, value))
         })
         .collect()
+}
+
+/// Whether a check last made at `last` is due again (and records it).
+fn due(last: &mut Option<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < DUPLICATE_EPOCH_CHECK) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 /// Whether the table no longer carries the epoch this process knows: it was

@@ -111,6 +111,9 @@ struct Delivery {
     highest: Option<i64>,
     /// Ids a catch-up found missing (maybe still committing).
     skipped: std::collections::BTreeSet<i64>,
+    /// When a notified id already handed over last made the listener
+    /// compare the table's epoch (see `firehose::on_payload`).
+    epoch_checked: Option<std::time::Instant>,
 }
 
 struct Inner {
