@@ -783,7 +783,9 @@ impl Backend for PostgresBackend {
             delivery.highest = Some(0);
         }
         delivery.skipped.clear();
-        self.inner.storage_was_reset().await;
+        // The epoch went with the table: the next reader creates one.
+        self.inner.epoch.clear();
+        self.inner.hub.storage_reset();
         Ok(())
     }
 

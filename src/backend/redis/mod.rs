@@ -871,7 +871,9 @@ impl Backend for RedisBackend {
         proc.cache.clear();
         deleted?;
         let known = delivery.highest.is_some();
-        self.inner.storage_was_reset(&mut delivery).await;
+        // The epoch went with the other keys: the next reader creates one.
+        self.inner.epoch.clear();
+        delivery.restart(&self.inner.hub);
         if !known {
             delivery.highest = None;
         }
