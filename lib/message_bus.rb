@@ -409,6 +409,19 @@ module MessageBus
       backend_instance&.reset!
     end
 
+    # The storage epoch: a random id naming the current life of the backend's
+    # storage, created by the first process of this gem that finds none (a
+    # Redis key, a comment on the PostgreSQL table, per process in memory).
+    # It changes when the storage is reset or replaced (`reset!`, Redis
+    # flushed or restarted empty, the table recreated), which is when message
+    # ids restart. Web responses carry it in the X-MessageBus-Epoch header;
+    # clients that see it change start their subscriptions again from 0.
+    # Cached: no round trip but the first. nil for a Ruby backend without one.
+    def epoch
+      backend = backend_instance
+      backend.respond_to?(:epoch) ? backend.epoch : nil
+    end
+
     def listening?
       @subscriber_thread&.alive? ? true : false
     end

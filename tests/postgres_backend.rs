@@ -878,3 +878,45 @@ fn cancelled_callers_do_not_cancel_the_others() {
     // And publishing goes on.
     assert_eq!(block(b.publish("/c", "after", &opts())).unwrap(), Some(8));
 }
+
+#[test]
+fn the_epoch_is_the_tables_comment_and_a_recreated_table_gets_a_new_one() {
+    let db = Db::new();
+    let a = db.backend();
+    let first = block(a.load_epoch()).unwrap().unwrap();
+    assert_eq!(first.len(), 32);
+    let comment = db.rows("SELECT obj_description('message_bus'::regclass, 'pg_class')");
+    assert_eq!(comment, vec![s(&[&format!("message_bus epoch {first}")])]);
+    let b = db.backend();
+    assert_eq!(block(b.load_epoch()).unwrap().as_deref(), Some(&*first));
+
+    // The listener sees the table recreated (from another connection, as
+    // the reference's reset! does it), even once its ids passed ours.
+    let sub = block(a.subscribe(None)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.is_subscribed() {
+        assert!(Instant::now() < deadline, "the listener");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    block(b.publish("/e", "\"before\"", &opts())).unwrap();
+    assert_eq!(take(&sub, 1).len(), 1);
+    db.exec(
+        "BEGIN; DROP TABLE message_bus;
+         CREATE TABLE message_bus (id bigserial PRIMARY KEY, channel text NOT NULL,
+           value text NOT NULL CHECK (octet_length(value) >= 2), added_at timestamp DEFAULT CURRENT_TIMESTAMP NOT NULL);
+         COMMIT;",
+    );
+    for i in 0..3 {
+        block(b.publish("/e", &format!("\"after {i}\""), &opts())).unwrap();
+    }
+    let after = take(&sub, 3);
+    assert_eq!(ids(&after), vec![1, 2, 3]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.epoch().is_none_or(|e| e == first) {
+        assert!(Instant::now() < deadline, "a new epoch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let epoch = a.epoch().unwrap();
+    let comment = db.rows("SELECT obj_description('message_bus'::regclass, 'pg_class')");
+    assert_eq!(comment, vec![s(&[&format!("message_bus epoch {epoch}")])]);
+}

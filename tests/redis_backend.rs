@@ -859,3 +859,36 @@ fn without_a_firehose_every_poll_reads_redis() {
     assert_eq!(mget_calls(&mut con), mgets + 3);
     block(b.destroy());
 }
+
+#[test]
+fn the_epoch_is_a_key_of_its_own_shared_by_processes_and_new_after_a_flush() {
+    let mut db = Db::new(15);
+    let a = db.backend();
+    let first = block(a.load_epoch()).unwrap().unwrap();
+    assert_eq!(first.len(), 32);
+    let stored: String = db.con.get("__mb_epoch").unwrap();
+    assert_eq!(stored, &*first);
+    let b = db.backend();
+    assert_eq!(block(b.load_epoch()).unwrap().as_deref(), Some(&*first));
+
+    // The firehose sees the ids go back after a FLUSHDB and reads a new one.
+    let sub = block(a.subscribe(None)).unwrap();
+    wait_until("the firehose", || a.is_subscribed());
+    publish(&b, "/e", "before");
+    assert_eq!(receive(&sub, 1).len(), 1);
+    redis::cmd("FLUSHDB").exec(&mut db.con).unwrap();
+    publish(&b, "/e", "after");
+    wait_until("a new epoch", || a.epoch().is_some_and(|e| e != first));
+    let stored: String = db.con.get("__mb_epoch").unwrap();
+    assert_eq!(a.epoch().as_deref(), Some(stored.as_str()));
+
+    // Without a firehose, a poll from a client ahead of the bus reads it.
+    let stale = b.epoch();
+    redis::cmd("FLUSHDB").exec(&mut db.con).unwrap();
+    let ids = block(b.last_ids_for_poll(&["/e".to_string()], &[Some(5)])).unwrap();
+    assert_eq!(ids, vec![0]);
+    assert!(b.epoch().is_some());
+    assert_ne!(b.epoch(), stale);
+    let stored: String = db.con.get("__mb_epoch").unwrap();
+    assert_eq!(b.epoch().as_deref(), Some(stored.as_str()));
+}

@@ -15,6 +15,13 @@ module MessageBus
   # URL's path is honoured, `dlp=t` is sent when long polling is disabled,
   # `__seq` is sent, and streamed records split across network reads (or
   # several in one read) are reassembled and `||` escapes are undone.
+  #
+  # The storage epoch (X-MessageBus-Epoch, see MessageBus::Instance#epoch):
+  # the client remembers the first one it sees; a response with another one
+  # means the server's storage was reset (its ids restarted), so the
+  # response is dropped, every subscription that had a position restarts
+  # from 0 (every message still retained in the new storage comes again),
+  # and the `on_reset` block is called once per subscribed channel.
   class HTTPClient
     class InvalidChannel < StandardError; end
     class MissingBlock < StandardError; end
@@ -23,6 +30,7 @@ module MessageBus
     STOPPED = 0
     STARTED = 1
     STATUS_CHANNEL = "/__status"
+    EPOCH_HEADER = "x-messagebus-epoch"
     SEPARATOR = "\r\n|\r\n"
     ESCAPED_SEPARATOR = "\r\n||\r\n"
 
@@ -31,7 +39,7 @@ module MessageBus
 
     attr_accessor :enable_long_polling, :enable_chunked_encoding, :min_poll_interval, :max_poll_interval,
                   :background_callback_interval
-    attr_reader :channels, :stats, :status, :client_id
+    attr_reader :channels, :stats, :status, :client_id, :epoch
 
     def initialize(base_url, enable_long_polling: true, enable_chunked_encoding: true, min_poll_interval: 0.1,
                    max_poll_interval: 180, background_callback_interval: 60, headers: {})
@@ -51,6 +59,19 @@ module MessageBus
       @wake = ConditionVariable.new
       @thread = nil
       @http = nil
+      @epoch = nil
+      @on_reset = nil
+    end
+
+    # Registers the block called with each subscribed channel's name when
+    # the server's storage epoch changes (its backlog was reset: refetch
+    # what depends on it). Called on the polling thread, after positions
+    # were reset to 0 and before the messages of the new storage arrive.
+    def on_reset(&block)
+      raise MissingBlock unless block
+
+      @on_reset = block
+      self
     end
 
     # Starts the polling thread (idempotent).
@@ -210,6 +231,8 @@ module MessageBus
 
     def read_response(response)
       raise "unexpected HTTP status #{response.code}" unless response.code == "200"
+      # Dropped unread (a streamed answer may stay open): poll again at once.
+      raise Aborted if epoch_changed?(response[EPOCH_HEADER])
 
       if response["content-type"].to_s.start_with?("text/plain")
         buffer = +""
@@ -223,6 +246,28 @@ module MessageBus
       else
         handle_messages(JSON.parse(response.read_body))
       end
+    end
+
+    # Notes the response's epoch; true if it replaced another one: the
+    # response is dropped, positions restart at 0, `on_reset` is called.
+    def epoch_changed?(value)
+      return false if value.nil? || value.empty?
+
+      previous = @epoch
+      @epoch = value
+      return false if previous.nil? || previous == value
+
+      names = @lock.synchronize do
+        @channels.each_value { |entry| entry.last_message_id = 0 if entry.last_message_id >= 0 }
+        @skip_pause = true
+        @channels.keys
+      end
+      names.each do |name|
+        @on_reset&.call(name)
+      rescue StandardError => e
+        warn("MessageBus::HTTPClient: on_reset for #{name}: #{e.class}: #{e.message}")
+      end
+      true
     end
 
     def handle_messages(messages)

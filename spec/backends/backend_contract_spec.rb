@@ -66,6 +66,26 @@ RSpec.describe "The backend contract" do
     expect(thread.join(10)).to eq(thread)
   end
 
+  it "has a storage epoch: the same for every process on the store, a new one after reset!" do
+    next expect(bus.epoch).to be_nil if SpecHelpers.backend_name == :ruby_memory
+
+    epoch = bus.epoch
+    expect(epoch).to match(/\A\h{32}\z/)
+    expect(bus.epoch).to eq(epoch)
+    other = new_bus(store: 0) # resets the store: a new epoch, which this bus reads again when it looks
+    fresh = other.epoch
+    expect(fresh).to match(/\A\h{32}\z/)
+    expect(fresh).not_to eq(epoch)
+    next if SpecHelpers.backend_name == :memory # per process: nothing to share
+
+    expect(bus.backend_instance.native._refresh_epoch).to eq(fresh)
+    third = MessageBus::Instance.new
+    third.configure(SpecHelpers.backend_config.merge(logger: Logger.new(log_output)))
+    expect(third.epoch).to eq(fresh)
+  ensure
+    third&.destroy
+  end
+
   it "publish options, backlog, last_id(s) and get_message" do
     id1 = backend.publish("/c", "one")
     id2 = backend.publish("/c", "two", max_backlog_size: 1)

@@ -19,9 +19,18 @@ require "json"
 require "logger"
 
 # MB_BACKEND=redis: Redis database 12 (emptied when MB_RESET=1), so that a
-# restarted server finds its backlog again.
+# restarted server finds its backlog again. MB_BACKEND_CONFIG (JSON, e.g.
+# {"backend":"redis","redis_config":{"url":...}}) names any store instead.
+backend_config =
+  if ENV["MB_BACKEND_CONFIG"]
+    JSON.parse(ENV["MB_BACKEND_CONFIG"], symbolize_names: true).tap { |c| c[:backend] = c[:backend].to_sym }
+  elsif ENV["MB_BACKEND"] == "redis"
+    { backend: :redis, redis_config: { db: 12 } }
+  else
+    { backend: :memory }
+  end
 MessageBus.configure(
-  **(ENV["MB_BACKEND"] == "redis" ? { backend: :redis, redis_config: { db: 12 } } : { backend: :memory }),
+  **backend_config,
   logger: Logger.new($stderr, level: Logger::WARN),
   keepalive_interval: 0,
   long_polling_interval: Integer(ENV.fetch("MB_LONG_POLLING_INTERVAL", "1000")),

@@ -57,6 +57,43 @@ RSpec.describe MessageBus::HTTPClient do
     end
   end
 
+  describe "the storage epoch" do
+    let(:client) { described_class.new("http://127.0.0.1:1") }
+
+    after { client.stop }
+
+    # A non-streamed answer carrying `epoch` in X-MessageBus-Epoch.
+    def answer(epoch, messages)
+      body = JSON.generate(messages)
+      Struct.new(:code) do
+        define_method(:[]) { |name| { "content-type" => "application/json", "x-messagebus-epoch" => epoch }[name] }
+        define_method(:read_body) { body }
+      end.new("200")
+    end
+
+    it "drops an answer with a new epoch, restarts every position from 0 and calls on_reset once per channel" do
+      got = []
+      resets = []
+      client.on_reset { |channel| resets << channel }
+      client.channels["/a"] = MessageBus::HTTPClient::Channel.new(callbacks: [proc { |data| got << data }])
+      client.channels["/b"] = MessageBus::HTTPClient::Channel.new(last_message_id: -1)
+      client.send(:read_response, answer("e1", [{ global_id: 7, message_id: 7, channel: "/a", data: "old" }]))
+      expect([client.epoch, got, client.channels["/a"].last_message_id]).to eq(["e1", ["old"], 7])
+      expect do
+        client.send(:read_response, answer("e2", [{ global_id: 9, message_id: 9, channel: "/a", data: "dropped" }]))
+      end.to raise_error(described_class.const_get(:Aborted))
+      expect(client.epoch).to eq("e2")
+      expect(got).to eq(["old"])
+      expect(client.channels["/a"].last_message_id).to eq(0)
+      expect(client.channels["/b"].last_message_id).to eq(-1) # "from now" stays so
+      expect(resets).to eq(%w[/a /b])
+      client.send(:read_response, answer("e2", [{ global_id: 1, message_id: 1, channel: "/a", data: "new" }]))
+      expect(got).to eq(%w[old new])
+      expect(resets.length).to eq(2)
+      expect { client.on_reset }.to raise_error(described_class::MissingBlock)
+    end
+  end
+
   describe "against a real server", :integration do
     include ServerHelpers
 

@@ -6,16 +6,18 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
   let!(:server) { start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "1500" }) }
   let(:client_id) { "5f1c0e2a9b7d4c3e8a6f0b1d2c3e4f5a" }
 
-  head = "cache-control: must-revalidate, private, max-age=0\r\npragma: no-cache\r\nexpires: 0\r\nconnection: close\r\n"
-  let(:head) { head }
+  head = "cache-control: must-revalidate, private, max-age=0\r\npragma: no-cache\r\nexpires: 0\r\n" \
+         "x-messagebus-epoch: EPOCH\r\nconnection: close\r\n"
+  # The head, with the storage epoch (32 hex digits) this response carries.
+  define_method(:head_of) { |raw| head.sub("EPOCH", raw[/^x-messagebus-epoch: (\h{32})\r$/, 1].to_s) }
 
   it "streams: head, empty first chunk, one chunk per live message, final chunk at the timeout (example 2)" do
     chat = publish_via(server, "/chat/room-1", "old")
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     socket = open_request(server.port, poll_request(client_id, form([["/chat/room-1", chat.to_s], %w[__seq 8]])))
     buffer = read_until(socket, /7\r\n\[\]\r\n\|\r\n\r\n/)
-    expect(buffer).to eq("HTTP/1.1 200 OK\r\n#{head}content-type: text/plain; charset=utf-8\r\ntransfer-encoding: chunked\r\n" \
-                         "x-content-type-options: nosniff\r\n\r\n7\r\n[]\r\n|\r\n\r\n")
+    expect(buffer).to eq("HTTP/1.1 200 OK\r\n#{head_of(buffer)}content-type: text/plain; charset=utf-8\r\n" \
+                         "transfer-encoding: chunked\r\nx-content-type-options: nosniff\r\n\r\n7\r\n[]\r\n|\r\n\r\n")
     publish_via(server, "/chat/room-1", { "from" => "bob", "body" => "see you | later ✓" })
     publish_via(server, "/notices", "private", user_ids: [42])
     rest = read_all(socket, timeout: 30)
@@ -49,7 +51,7 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
     new_id = publish_via(server, "/chat/room-1", "bye")
     raw = read_all(socket, timeout: 5)
     body = %([{"global_id":#{new_id_global(new_id)},"message_id":#{new_id},"channel":"/chat/room-1","data":"bye"}])
-    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head}content-type: application/json; charset=utf-8\r\n" \
+    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head_of(raw)}content-type: application/json; charset=utf-8\r\n" \
                       "content-length: #{body.bytesize}\r\n\r\n#{body}")
   end
 
@@ -61,7 +63,8 @@ RSpec.describe "HTTP long polling through a real Puma", :integration do
     started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     raw = read_all(open_request(server.port, poll_request(client_id, form([["/quiet", ""]]), version: "1.0")), timeout: 30)
     expect(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).to be >= 1.45
-    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head}content-type: application/json; charset=utf-8\r\ncontent-length: 2\r\n\r\n[]")
+    expect(raw).to eq("HTTP/1.1 200 OK\r\n#{head_of(raw)}content-type: application/json; charset=utf-8\r\n" \
+                      "content-length: 2\r\n\r\n[]")
   end
 
   it "holds more long polls than Puma has threads and still answers a normal request meanwhile" do

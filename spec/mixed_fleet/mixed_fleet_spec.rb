@@ -81,6 +81,27 @@ RSpec.describe "A mixed fleet of reference-gem and message_bus (Rust) processes"
                 "in order, none lost", SpecHelpers.backend_name, MIXED_COUNT, got.length)
   end
 
+  it "a reference process works on a store that carries our epoch, and leaves it alone" do
+    b = new_bus
+    epoch = b.epoch # created in the store (Redis key __mb_epoch, comment on the message_bus table)
+    expect(epoch).to match(/\A\h{32}\z/)
+    got = Queue.new
+    b.subscribe("/mixed/epoch") { |m| got << m.data }
+    _, sub_out = reference_peer("subscribe", "/mixed/epoch", 40)
+    expect(line(sub_out)).to eq("ready\n")
+    _, out = reference_peer("publish", "/mixed/epoch", 20)
+    ids = Array.new(20) { Integer(line(out)) }
+    expect(line(out)).to eq("done\n")
+    20.times { |i| b.publish("/mixed/epoch", (20 + i).to_s) }
+    expected = Array.new(40, &:to_s)
+    expect(Array.new(40) { Timeout.timeout(20) { got.pop } }).to eq(expected)
+    expect(Array.new(40) { JSON.parse(line(sub_out))["data"] }).to eq(expected)
+    expect(ids).to eq(ids.sort)
+    expect(b.backend_instance.native._refresh_epoch).to eq(epoch) # read again from the store
+    puts format("mixed fleet (%s): with our epoch in the store, a reference publisher and subscriber: 40 messages " \
+                "each way, in order; the epoch unchanged", SpecHelpers.backend_name)
+  end
+
   it "DistributedCache values travel both ways" do
     b = new_bus
     stdin, out = reference_peer("cache", "mixed")

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Backend, PublishOptions, Settings};
+use super::{epoch, Backend, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::Result;
 use crate::message::Message;
 use crate::subscription::Subscription;
+
+fn new_epoch() -> (u32, Arc<str>) {
+    (std::process::id(), Arc::from(epoch::generate()))
+}
 
 /// Expired channels are swept at most this often (reads check expiry lazily).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -53,6 +57,10 @@ pub struct MemoryBackend {
     settings: Settings,
     hub: Arc<Hub>,
     store: Mutex<Store>,
+    /// The storage epoch and the process it belongs to: the store lives in
+    /// one process (a forked child's copy diverges from its parent's), and
+    /// `reset` starts a new one.
+    epoch: Mutex<(u32, Arc<str>)>,
 }
 
 impl Default for MemoryBackend {
@@ -72,6 +80,7 @@ impl MemoryBackend {
                 global: VecDeque::new(),
                 last_sweep: Instant::now(),
             }),
+            epoch: Mutex::new(new_epoch()),
         }
     }
 
@@ -257,8 +266,17 @@ impl Backend for MemoryBackend {
         store.counter = 0;
         store.channels.clear();
         store.global.clear();
+        *crate::fork::lock(&self.epoch) = new_epoch();
         self.hub.storage_reset();
         Ok(())
+    }
+
+    fn epoch(&self) -> Option<Arc<str>> {
+        let mut slot = crate::fork::lock(&self.epoch);
+        if slot.0 != std::process::id() {
+            *slot = new_epoch();
+        }
+        Some(Arc::clone(&slot.1))
     }
 
     async fn expire_all_backlogs(&self) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The storage backends. Every method works on *encoded* channel names and
 //! undecoded envelopes (COMPAT.md §1.12).
 
+pub mod epoch;
 pub mod last_id_cache;
 pub mod memory;
 mod per_process;
@@ -89,8 +90,27 @@ pub trait Backend: Send + Sync + 'static {
         channels: &[String],
         requested: &[Option<i64>],
     ) -> Result<Vec<i64>> {
-        let _ = requested;
-        self.last_ids(channels).await
+        let ids = self.last_ids(channels).await?;
+        if epoch::client_ahead(requested, &ids) {
+            // Its answer lowers the client's position: it must carry the
+            // epoch of the storage these ids came from.
+            self.refresh_epoch().await?;
+        }
+        Ok(ids)
+    }
+    /// The storage epoch this process knows (see [`epoch`]), without
+    /// waiting: `None` before it was first read (or after a detected reset).
+    fn epoch(&self) -> Option<Arc<str>> {
+        None
+    }
+    /// The storage epoch: the cached one, else read from the storage (and
+    /// created there if missing).
+    async fn load_epoch(&self) -> Result<Option<Arc<str>>> {
+        Ok(self.epoch())
+    }
+    /// Reads the storage epoch again (creating it if missing) into the cache.
+    async fn refresh_epoch(&self) -> Result<()> {
+        Ok(())
     }
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>>;
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>>;

@@ -453,6 +453,12 @@ impl Sink for Fanout {
         self.inherited()
     }
 
+    /// The storage was reset: the parked answers carry the old epoch, so
+    /// they end now (their clients come back and see the new one).
+    fn reset(&self) {
+        self.close_all();
+    }
+
     fn deliver(&self, message: &Arc<Message>) {
         if self.inherited() {
             return;

@@ -353,6 +353,11 @@ impl Conn {
         )
         .await
         .map_err(|_| Closed::Gracefully(CloseReason::Error))?;
+        // The epoch read after the backlog's ids (see `backend::epoch`).
+        let epoch = backend.load_epoch().await.ok().flatten();
+        if let Some(prefix) = frame::with_epoch(&self.view.head_prefix, epoch.as_deref()) {
+            self.view.head_prefix = prefix.into();
+        }
         if self.view.chunked {
             if backlog.is_empty() {
                 self.write_head(frame::EMPTY_CHUNK).await?;

@@ -40,6 +40,35 @@ pub fn head_prefix(headers: &[(String, String)]) -> Vec<u8> {
     out
 }
 
+/// The response header naming the storage epoch (see `backend::epoch`).
+pub const EPOCH_HEADER: &str = "x-messagebus-epoch";
+
+/// `prefix` (from `head_prefix`) carrying `epoch` in its epoch header;
+/// `None` when it already does (or there is no epoch).
+pub fn with_epoch(prefix: &[u8], epoch: Option<&str>) -> Option<Vec<u8>> {
+    let epoch = epoch?;
+    let wanted = format!("{EPOCH_HEADER}: {epoch}\r\n");
+    let mut out = Vec::with_capacity(prefix.len() + wanted.len());
+    let mut found = false;
+    for line in prefix.split_inclusive(|&b| b == b'\n') {
+        let is_epoch = line.len() > EPOCH_HEADER.len()
+            && line[..EPOCH_HEADER.len()].eq_ignore_ascii_case(EPOCH_HEADER.as_bytes())
+            && line[EPOCH_HEADER.len()] == b':';
+        if !is_epoch {
+            out.extend_from_slice(line);
+        } else if line == wanted.as_bytes() {
+            return None;
+        } else if !found {
+            found = true;
+            out.extend_from_slice(wanted.as_bytes());
+        }
+    }
+    if !found {
+        out.extend_from_slice(wanted.as_bytes());
+    }
+    Some(out)
+}
+
 /// The head of a streamed response.
 pub fn chunked_head(prefix: &[u8]) -> Vec<u8> {
     let mut out = prefix.to_vec();
@@ -106,6 +135,41 @@ mod tests {
             String::from_utf8(r).unwrap(),
             "HTTP/1.1 200 OK\r\ncache-control: must-revalidate, private, max-age=0\r\npragma: no-cache\r\nexpires: 0\r\n\
              connection: close\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: 2\r\n\r\n[]"
+        );
+    }
+
+    #[test]
+    fn the_epoch_header_is_replaced_or_added() {
+        let with = |headers: &[(&str, &str)]| {
+            head_prefix(
+                &headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let current = with(&[("pragma", "no-cache"), ("x-messagebus-epoch", "aa")]);
+        assert_eq!(with_epoch(&current, Some("aa")), None);
+        assert_eq!(with_epoch(&current, None), None);
+        assert_eq!(
+            with_epoch(&current, Some("bb")),
+            Some(with(&[
+                ("pragma", "no-cache"),
+                ("x-messagebus-epoch", "bb")
+            ]))
+        );
+        let none = with(&[("pragma", "no-cache")]);
+        let added = String::from_utf8(with_epoch(&none, Some("cc")).unwrap()).unwrap();
+        assert!(
+            added.starts_with("HTTP/1.1 200 OK\r\npragma: no-cache\r\n"),
+            "{added}"
+        );
+        assert!(added.ends_with("x-messagebus-epoch: cc\r\n"), "{added}");
+        let mixed = with(&[("X-MessageBus-Epoch", "aa")]);
+        let replaced = String::from_utf8(with_epoch(&mixed, Some("dd")).unwrap()).unwrap();
+        assert!(
+            replaced.contains("x-messagebus-epoch: dd\r\n") && !replaced.contains("aa"),
+            "{replaced}"
         );
     }
 }

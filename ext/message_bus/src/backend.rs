@@ -232,6 +232,21 @@ impl NativeBackend {
         self.0.after_fork();
     }
 
+    /// The storage epoch: the cached one, else read (created if missing).
+    fn epoch(ruby: &Ruby, rb_self: &Self) -> RbResult<Option<String>> {
+        if let Some(epoch) = rb_self.0.epoch() {
+            return Ok(Some(epoch.to_string()));
+        }
+        let epoch = block_on(ruby, || rb_self.0.load_epoch())?;
+        Ok(epoch.map(|e| e.to_string()))
+    }
+
+    /// Reads the storage epoch again (created if missing).
+    fn refresh_epoch(ruby: &Ruby, rb_self: &Self) -> RbResult<Option<String>> {
+        block_on(ruby, || rb_self.0.refresh_epoch())?;
+        Ok(rb_self.0.epoch().map(|e| e.to_string()))
+    }
+
     fn is_subscribed(&self) -> bool {
         self.0.is_subscribed()
     }
@@ -284,6 +299,11 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
     )?;
     class.define_method("_destroy", magnus::method!(NativeBackend::destroy, 0))?;
     class.define_method("_after_fork", magnus::method!(NativeBackend::after_fork, 0))?;
+    class.define_method("_epoch", magnus::method!(NativeBackend::epoch, 0))?;
+    class.define_method(
+        "_refresh_epoch",
+        magnus::method!(NativeBackend::refresh_epoch, 0),
+    )?;
     class.define_method(
         "_subscribed?",
         magnus::method!(NativeBackend::is_subscribed, 0),

@@ -136,6 +136,13 @@ fn client_backlog(
             )),
         ));
     }
+    if let Source::Native(b) = &source {
+        if message_bus_core::backend::epoch::client_ahead(&plan.requested(), &bus_ids) {
+            // The answer lowers the client's position: the response's epoch
+            // is read after these ids (see `backend::epoch`).
+            block_on(ruby, || b.0.refresh_epoch())?;
+        }
+    }
     for (index, after) in plan.reads(bus_ids) {
         let channel = plan.encoded()[index].clone();
         for m in source.backlog(ruby, &channel, after)? {

@@ -103,6 +103,13 @@ module MessageBus
         native!(:reset!)._reset
       end
 
+      # The storage epoch: a random id naming this life of the storage (see
+      # MessageBus::Instance#epoch). nil for a backend written in Ruby that
+      # does not define it.
+      def epoch
+        @native&._epoch
+      end
+
       def expire_all_backlogs!
         native!(:expire_all_backlogs!)._expire_all_backlogs
       end

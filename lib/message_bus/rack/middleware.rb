@@ -171,7 +171,7 @@ module MessageBus
 
         body, = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
                                   request.channels)
-        [200, headers, [body]]
+        [200, with_epoch(headers), [body]]
       end
 
       # How a long poll's socket can be handed over: Rack hijack (Puma,
@@ -196,6 +196,7 @@ module MessageBus
       def poll_then_park(env, connections, request, headers, takeover)
         body, pending = connections._poll_pending(request.client_id, request.site_id, request.user_json,
                                                   request.groups_json, request.channels, request.seq)
+        with_epoch(headers)
         return [200, headers, [body]] unless pending
 
         begin
@@ -257,12 +258,16 @@ module MessageBus
         start_ruby_listener
         client = ruby_client(request, headers)
         takeover = io ? :io : long_polling?(env) && socket_takeover(env)
-        return [200, headers, [self.class.backlog_to_json(client.backlog)]] unless takeover
+        unless takeover
+          body = self.class.backlog_to_json(client.backlog)
+          return [200, with_epoch(headers), [body]]
+        end
 
         client.use_chunked = request.allow_chunked?
         client.synchronize do
           registered = @connection_manager.add_client(client)
           backlog = client.backlog
+          with_epoch(headers)
           if !backlog.empty? && !client.use_chunked && io.nil?
             @connection_manager.remove_client(client)
             return [200, headers, [self.class.backlog_to_json(backlog)]]
@@ -321,11 +326,37 @@ module MessageBus
         "expires" => "0"
       }.freeze
 
+      EPOCH_HEADER = "x-messagebus-epoch"
+
       def response_headers(env)
         headers = DEFAULT_HEADERS.dup
         extra = @bus.extra_response_headers_lookup&.call(env)
         extra&.each { |name, value| headers[name.to_s] = value.to_s }
+        expose_epoch(headers)
+        with_epoch(headers)
+      end
+
+      # The storage epoch as known now (see MessageBus::Instance#epoch): set
+      # again once the answer's ids are read, which may have refreshed it.
+      def with_epoch(headers)
+        epoch = begin
+          @bus.epoch
+        rescue StandardError
+          nil # the storage is unreachable: the request itself says so
+        end
+        headers[EPOCH_HEADER] = epoch if epoch
         headers
+      end
+
+      # A cross-origin browser reads only the response headers it is told
+      # it may: the epoch is added to those of an app answering CORS.
+      def expose_epoch(headers)
+        return unless headers.any? { |name, _| name.casecmp?("access-control-allow-origin") }
+
+        name = headers.keys.find { |n| n.casecmp?("access-control-expose-headers") } || "access-control-expose-headers"
+        listed = headers[name].to_s.split(",").map(&:strip).reject(&:empty?)
+        listed << "X-MessageBus-Epoch" unless listed.any? { |h| h.casecmp?(EPOCH_HEADER) }
+        headers[name] = listed.join(", ")
       end
 
       # A parked long poll must not pin a database connection (§9 Q33: guarded).

@@ -39,6 +39,9 @@ const HOLE_WAITS: [Duration; 3] = [
     Duration::from_millis(40),
     Duration::from_millis(150),
 ];
+/// A notified id at or below the position makes the listener compare the
+/// table's epoch at most this often.
+const DUPLICATE_EPOCH_CHECK: Duration = Duration::from_millis(100);
 /// Skipped ids remembered for late delivery.
 const MAX_SKIPPED: usize = 10_000;
 
@@ -64,6 +67,9 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
         || async move {
             let mut confirmed = false;
             let outcome = listen(inner, proc, &mut confirmed).await;
+            // The table may be another one when we are back: the epoch is
+            // read again before the next answer.
+            inner.epoch.clear();
             (confirmed, outcome)
         },
     )
@@ -126,7 +132,7 @@ async fn serve(
     };
     {
         let mut delivery = proc.delivery.lock().await;
-        catch_up(inner, &reader, &mut delivery).await?;
+        catch_up(inner, &reader, &mut delivery, true).await?;
     }
     proc.subscribed.store(true, Ordering::SeqCst);
     *confirmed = true;
@@ -142,11 +148,11 @@ async fn serve(
             }
             _ = poll.tick() => {
                 let mut delivery = proc.delivery.lock().await;
-                catch_up(inner, &reader, &mut delivery).await?;
+                catch_up(inner, &reader, &mut delivery, true).await?;
             }
             _ = proc.poke.notified() => {
                 let mut delivery = proc.delivery.lock().await;
-                catch_up(inner, &reader, &mut delivery).await?;
+                catch_up(inner, &reader, &mut delivery, false).await?;
             }
         }
     }
@@ -190,7 +196,14 @@ async fn on_payload(
             inner.hub.deliver(message);
             Ok(())
         }
-        Step::CatchUp => catch_up(inner, reader, &mut delivery).await,
+        Step::CatchUp => catch_up(inner, reader, &mut delivery, false).await,
+        // Or the first ids of a recreated table (its epoch tells; checked
+        // at most every DUPLICATE_EPOCH_CHECK: duplicates are common).
+        Step::Duplicate
+            if due(&mut delivery.epoch_checked) && epoch_changed(inner, reader).await? =>
+        {
+            catch_up(inner, reader, &mut delivery, true).await
+        }
         Step::Duplicate => Ok(()),
     }
 }
@@ -250,8 +263,37 @@ async fn read(inner: &Inner, reader: &Reader<'_>, after: i64) -> Result<Vec<Mess
         .collect()
 }
 
+/// Whether a check last made at `last` is due again (and records it).
+fn due(last: &mut Option<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < DUPLICATE_EPOCH_CHECK) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+/// Whether the table no longer carries the epoch this process knows: it was
+/// dropped and recreated (its ids may already have passed our position).
+async fn epoch_changed(inner: &Inner, reader: &Reader<'_>) -> Result<bool> {
+    let Some(known) = inner.epoch.get() else {
+        return Ok(false);
+    };
+    let stored = timeout(QUERY_TIMEOUT, inner.stored_epoch(reader.client))
+        .await
+        .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))??;
+    Ok(stored.as_deref() != Some(&*known))
+}
+
 /// Hands over, in order, every row after the delivery position.
-async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -> Result<()> {
+/// With `check_epoch` (on connection and every idle second), also compares
+/// the table's epoch with the known one.
+async fn catch_up(
+    inner: &Inner,
+    reader: &Reader<'_>,
+    delivery: &mut Delivery,
+    check_epoch: bool,
+) -> Result<()> {
     let current: i64 = timeout(QUERY_TIMEOUT, reader.client.query_one(&reader.last_id, &[]))
         .await
         .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))?
@@ -259,7 +301,7 @@ async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -
         .try_get(0)
         .map_err(|e| inner.to_error(e))?;
     let mut highest = delivery.highest.unwrap_or(current);
-    if highest > current {
+    if highest > current || (check_epoch && epoch_changed(inner, reader).await?) {
         // The table was recreated (by another process): ids restart.
         log::warn(format!(
             "message_bus: ids of {} restarted (table recreated); catching up from 0",
@@ -267,7 +309,7 @@ async fn catch_up(inner: &Inner, reader: &Reader<'_>, delivery: &mut Delivery) -
         ));
         highest = 0;
         delivery.skipped.clear();
-        inner.hub.storage_reset();
+        inner.storage_was_reset().await;
     }
     let mut rows = read(inner, reader, highest).await?;
     for wait in HOLE_WAITS {

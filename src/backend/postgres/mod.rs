@@ -40,6 +40,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 use self::sql::{Statements, NOTIFY_PAYLOAD_LIMIT};
+use super::epoch::{self, EpochCache};
 use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, PublishOptions, Settings};
 use crate::bus::Hub;
@@ -110,6 +111,9 @@ struct Delivery {
     highest: Option<i64>,
     /// Ids a catch-up found missing (maybe still committing).
     skipped: std::collections::BTreeSet<i64>,
+    /// When a notified id already handed over last made the listener
+    /// compare the table's epoch (see `firehose::on_payload`).
+    epoch_checked: Option<std::time::Instant>,
 }
 
 struct Inner {
@@ -125,6 +129,8 @@ struct Inner {
     trimmed_to: AtomicI64,
     /// Publishes so far (the trim of every `FULL_TRIM_EVERY`-th is unbounded).
     trims: AtomicU64,
+    /// The storage epoch (the table's comment, `sql::READ_EPOCH`) as last read.
+    epoch: EpochCache,
 }
 
 /// Rows committed late (ids taken before a trim, committed after it) are
@@ -300,6 +306,7 @@ impl PostgresBackend {
         }
         config.application_name("message_bus");
         let target = describe(&config);
+        let epoch = EpochCache::new(format!("PostgreSQL at {target}"));
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 settings: Settings::default(),
@@ -310,6 +317,7 @@ impl PostgresBackend {
                 state: PerProcess::default(),
                 trimmed_to: AtomicI64::new(0),
                 trims: AtomicU64::new(0),
+                epoch,
             }),
         })
     }
@@ -500,6 +508,47 @@ impl Inner {
                 Ok(Message::new(id, id, channel, value))
             })
             .collect()
+    }
+
+    /// The epoch recorded on the table, if any (on `client`).
+    async fn stored_epoch(&self, client: &Client) -> Result<Option<String>> {
+        let row = client
+            .query_one(sql::READ_EPOCH, &[])
+            .await
+            .map_err(|e| self.to_error(e))?;
+        let comment: Option<String> = row.try_get(0).map_err(|e| self.to_error(e))?;
+        Ok(sql::parse_epoch(comment.as_deref()).map(str::to_string))
+    }
+
+    /// Reads the epoch from the table (creating it if missing) into the cache.
+    async fn read_epoch(&self) -> Result<Arc<str>> {
+        let conn = self.conn().await?;
+        if let Some(stored) = self.stored_epoch(&conn.client).await? {
+            return Ok(self.epoch.set(&stored));
+        }
+        conn.client
+            .batch_execute(&sql::create_epoch_sql(&epoch::generate()))
+            .await
+            .map_err(|e| self.to_error(e))?;
+        match self.stored_epoch(&conn.client).await? {
+            Some(stored) => Ok(self.epoch.set(&stored)),
+            None => Err(Error::Backend(format!(
+                "PostgreSQL at {}: the storage epoch could not be recorded on the message_bus table",
+                self.target
+            ))),
+        }
+    }
+
+    /// The storage was found reset or replaced: forget the epoch, tell the
+    /// hub, and read the new epoch.
+    async fn storage_was_reset(&self) {
+        self.epoch.clear();
+        self.hub.storage_reset();
+        if let Err(e) = self.read_epoch().await {
+            crate::log::warn(format!(
+                "message_bus: cannot read the storage epoch after a reset: {e}"
+            ));
+        }
     }
 
     async fn recreate_table(&self) -> Result<()> {
@@ -734,6 +783,8 @@ impl Backend for PostgresBackend {
             delivery.highest = Some(0);
         }
         delivery.skipped.clear();
+        // The epoch went with the table: the next reader creates one.
+        self.inner.epoch.clear();
         self.inner.hub.storage_reset();
         Ok(())
     }
@@ -763,6 +814,21 @@ impl Backend for PostgresBackend {
     async fn ensure_listening(&self) -> Result<()> {
         let proc = self.inner.proc();
         self.inner.ensure_firehose(&proc).await
+    }
+
+    fn epoch(&self) -> Option<Arc<str>> {
+        self.inner.epoch.get()
+    }
+
+    async fn load_epoch(&self) -> Result<Option<Arc<str>>> {
+        match self.inner.epoch.get() {
+            Some(epoch) => Ok(Some(epoch)),
+            None => self.inner.read_epoch().await.map(Some),
+        }
+    }
+
+    async fn refresh_epoch(&self) -> Result<()> {
+        self.inner.read_epoch().await.map(|_| ())
     }
 
     async fn destroy(&self) {

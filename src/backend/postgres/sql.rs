@@ -42,6 +42,37 @@ COMMIT;
 
 pub const TABLE_EXISTS: &str = "SELECT to_regclass('message_bus') IS NOT NULL";
 
+/// Key of the advisory lock serialising the creation of the epoch.
+const EPOCH_LOCK: i64 = 0x6d62_5f65_706f;
+/// The storage epoch is the comment of the `message_bus` table, so that it
+/// lives and dies with the table: a table dropped and recreated (by `reset!`
+/// of either gem, or by hand) has none, and the first of our processes to
+/// look creates a new one. Reference processes never read it.
+pub const EPOCH_PREFIX: &str = "message_bus epoch ";
+pub const READ_EPOCH: &str = "SELECT obj_description('message_bus'::regclass, 'pg_class')";
+
+/// Records `epoch` (hex) as the table's epoch unless it has one already.
+pub fn create_epoch_sql(epoch: &str) -> String {
+    let hex: String = epoch
+        .chars()
+        .filter(|c| c.is_ascii_digit() || ('a'..='f').contains(c))
+        .collect();
+    format!(
+        "DO $$ BEGIN
+PERFORM pg_advisory_xact_lock({EPOCH_LOCK});
+IF coalesce(obj_description('message_bus'::regclass, 'pg_class'), '') !~ '^{EPOCH_PREFIX}[0-9a-f]+$' THEN
+  COMMENT ON TABLE message_bus IS '{EPOCH_PREFIX}{hex}';
+END IF;
+END $$"
+    )
+}
+
+/// The epoch in a table comment, if it is one of ours.
+pub fn parse_epoch(comment: Option<&str>) -> Option<&str> {
+    let epoch = comment?.strip_prefix(EPOCH_PREFIX)?;
+    crate::backend::epoch::is_valid(epoch).then_some(epoch)
+}
+
 /// The prepared statements of one pooled connection.
 pub struct Statements {
     pub insert_message: Statement,
@@ -228,6 +259,16 @@ pub fn listen_sql(channel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_are_table_comments() {
+        assert_eq!(parse_epoch(Some("message_bus epoch 0af3")), Some("0af3"));
+        assert_eq!(parse_epoch(Some("message_bus epoch ")), None);
+        assert_eq!(parse_epoch(Some("the bus table")), None);
+        assert_eq!(parse_epoch(None), None);
+        let sql = create_epoch_sql("ab'; DROP TABLE x; --12");
+        assert!(sql.contains("IS 'message_bus epoch ab12'"), "{sql}");
+    }
 
     #[test]
     fn listen_quotes_the_channel() {

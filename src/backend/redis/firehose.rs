@@ -80,6 +80,9 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
             let outcome = listen(inner, proc, &mut confirmed).await;
             // Messages may be missed until the next subscription catches up.
             proc.cache.go_dark();
+            // And the storage may be another one (a restarted Redis): the
+            // epoch is read again before the next answer.
+            inner.epoch.clear();
             (confirmed, outcome)
         },
     )
@@ -117,7 +120,7 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
                 inner.url,
                 delivery.highest.unwrap_or(0)
             ));
-            delivery.restart(&inner.hub);
+            inner.storage_was_reset(&mut delivery).await;
         }
         // Whatever this connection carries comes after this position.
         delivery.stream_pos = delivery.highest.unwrap_or(0);
@@ -127,6 +130,9 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
     // From here on every message reaches the hub (and the cache) in order.
     proc.cache.go_live();
     *confirmed = true;
+    // A storage replaced while no message was delivered shows only as a
+    // missing epoch: check it on every connection, and with every PING.
+    check_epoch(inner).await;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     loop {
         tokio::select! {
@@ -141,8 +147,25 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
                     .await
                     .map_err(|_| timed_out("PING"))?
                     .map_err(|e| inner.to_error(e))?;
+                check_epoch(inner).await;
             }
         }
+    }
+}
+
+/// Reads the epoch again (on the command connection; a failure is only
+/// logged: the subscription itself is fine).
+async fn check_epoch(inner: &Inner) {
+    match timeout(PING_TIMEOUT, inner.read_epoch()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => log::warn(format!(
+            "message_bus: cannot read the storage epoch of {}: {e}",
+            inner.url
+        )),
+        Err(_) => log::warn(format!(
+            "message_bus: reading the storage epoch of {} timed out",
+            inner.url
+        )),
     }
 }
 
@@ -203,7 +226,7 @@ async fn deliver_or_catch_up(
                     "message_bus: global ids on {} restarted at or below {} (storage reset or failover); catching up from 0",
                     inner.url, message.global_id
                 ));
-                delivery.restart(&inner.hub);
+                inner.storage_was_reset(delivery).await;
                 delivery.stream_pos = message.global_id;
                 inner.catch_up(delivery).await
             } else {

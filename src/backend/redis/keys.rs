@@ -6,6 +6,9 @@ pub const GLOBAL_BACKLOG_KEY: &str = "__mb_global_backlog_n";
 pub const BACKLOG_ID_PREFIX: &str = "__mb_backlog_id_n_";
 pub const BACKLOG_PREFIX: &str = "__mb_backlog_n_";
 pub const READONLY_PROBE_KEY: &str = "__mb_is_readonly";
+/// The storage epoch (ours only: reference processes never read it; their
+/// `reset!` deletes it with every other `__mb_*` key, which is a new epoch).
+pub const EPOCH_KEY: &str = "__mb_epoch";
 /// Every key of the bus (SCAN pattern of `reset!`).
 pub const ALL_KEYS_PATTERN: &str = "__mb_*";
 /// Every channel backlog set (SCAN pattern of `expire_all_backlogs!`).
@@ -52,6 +55,16 @@ if global_id > max_global_backlog_size and global_id % clear_every == 0 then
 end
 
 return backlog_id
+"#;
+
+/// Reads the epoch, creating it with ARGV[1] if missing (KEYS[1]: the key).
+pub const EPOCH_SCRIPT: &str = r#"
+local epoch = redis.call("GET", KEYS[1])
+if epoch then
+  return epoch
+end
+redis.call("SET", KEYS[1], ARGV[1])
+return ARGV[1]
 "#;
 
 /// Splits a global backlog member `<message id>|<encoded channel>` at the

@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use self::keys::*;
 use self::queue::PublishQueue;
+use super::epoch::{self, EpochCache};
 use super::last_id_cache::{self, LastIdCache};
 use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, PublishOptions, Settings};
@@ -169,6 +170,9 @@ struct Inner {
     script: Script,
     dropped: AtomicU64,
     state: PerProcess<ProcState>,
+    /// The storage epoch (`EPOCH_KEY`) as last read.
+    epoch: EpochCache,
+    epoch_script: Script,
 }
 
 pub struct RedisBackend {
@@ -277,6 +281,7 @@ impl RedisBackend {
     }
 
     fn with_target(target: Target, url: String, pubsub_channel: &str) -> Self {
+        let epoch = EpochCache::new(format!("Redis at {url}"));
         RedisBackend {
             inner: Arc::new(Inner {
                 settings: Settings::default(),
@@ -287,6 +292,8 @@ impl RedisBackend {
                 script: Script::new(PUBLISH_SCRIPT),
                 dropped: AtomicU64::new(0),
                 state: PerProcess::default(),
+                epoch,
+                epoch_script: Script::new(EPOCH_SCRIPT),
             }),
         }
     }
@@ -475,6 +482,43 @@ impl Inner {
         }
     }
 
+    /// Reads the epoch from Redis (creating it if missing) into the cache.
+    async fn read_epoch(&self) -> Result<Arc<str>> {
+        let proc = self.proc();
+        let mut conn = self.conn(&proc).await?;
+        let value: String = self
+            .epoch_script
+            .key(EPOCH_KEY)
+            .arg(epoch::generate())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                self.after_error(&proc, &e);
+                self.to_error(e)
+            })?;
+        if !epoch::is_valid(&value) {
+            // Not one of ours (written by hand?): replace it.
+            let fresh = epoch::generate();
+            self.query::<()>(cmd("SET").arg(EPOCH_KEY).arg(&fresh))
+                .await?;
+            return Ok(self.epoch.set(&fresh));
+        }
+        Ok(self.epoch.set(&value))
+    }
+
+    /// The firehose found the storage reset or replaced: positions restart
+    /// at 0, and the epoch is read again (the reset deleted it: the first
+    /// process to read it creates the new one).
+    async fn storage_was_reset(&self, delivery: &mut Delivery) {
+        self.epoch.clear();
+        delivery.restart(&self.hub);
+        if let Err(e) = self.read_epoch().await {
+            log::warn(format!(
+                "message_bus: cannot read the storage epoch after a reset: {e}"
+            ));
+        }
+    }
+
     async fn global_id(&self) -> Result<i64> {
         let value: Option<Vec<u8>> = self.query(cmd("GET").arg(GLOBAL_ID_KEY)).await?;
         Ok(parse_int(value))
@@ -658,7 +702,7 @@ impl Inner {
         if highest > current {
             // Storage was reset (by another process): ids restart.
             highest = 0;
-            delivery.restart(&self.hub);
+            self.storage_was_reset(delivery).await;
         }
         let backlog = self.global_backlog(highest).await?;
         let missed = firehose::select_catch_up(highest, backlog);
@@ -804,6 +848,11 @@ impl Backend for RedisBackend {
         if let Some(ticket) = ticket {
             cache.fill(ticket, channels, &ids);
         }
+        if epoch::client_ahead(requested, &ids) {
+            // Its answer lowers the client's position: it carries the epoch
+            // of the storage these ids came from (read after them).
+            self.inner.read_epoch().await?;
+        }
         Ok(ids)
     }
 
@@ -827,6 +876,8 @@ impl Backend for RedisBackend {
         proc.cache.clear();
         deleted?;
         let known = delivery.highest.is_some();
+        // The epoch went with the other keys: the next reader creates one.
+        self.inner.epoch.clear();
         delivery.restart(&self.inner.hub);
         if !known {
             delivery.highest = None;
@@ -862,6 +913,21 @@ impl Backend for RedisBackend {
     async fn ensure_listening(&self) -> Result<()> {
         let proc = self.inner.proc();
         self.inner.ensure_firehose(&proc).await
+    }
+
+    fn epoch(&self) -> Option<Arc<str>> {
+        self.inner.epoch.get()
+    }
+
+    async fn load_epoch(&self) -> Result<Option<Arc<str>>> {
+        match self.inner.epoch.get() {
+            Some(epoch) => Ok(Some(epoch)),
+            None => self.inner.read_epoch().await.map(Some),
+        }
+    }
+
+    async fn refresh_epoch(&self) -> Result<()> {
+        self.inner.read_epoch().await.map(|_| ())
     }
 
     async fn destroy(&self) {
