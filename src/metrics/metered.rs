@@ -80,6 +80,18 @@ impl Backend for Metered {
         self.inner.last_ids_for_poll(channels, requested).await
     }
 
+    fn epoch(&self) -> Option<Arc<str>> {
+        self.inner.epoch()
+    }
+
+    async fn load_epoch(&self) -> Result<Option<Arc<str>>> {
+        self.inner.load_epoch().await
+    }
+
+    async fn refresh_epoch(&self) -> Result<()> {
+        self.inner.refresh_epoch().await
+    }
+
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
         self.read(self.inner.backlog(channel, last_id).await)
     }
