@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a hijacked long-poll connection ended. Each connection ends once,
+/// Why a hijacked connection (long poll, WebSocket, SSE) ended. Each connection ends once,
 /// under exactly one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -29,10 +29,17 @@ pub enum CloseReason {
     UnexpectedInput,
     /// Its backlog could not be read (the close output was written).
     Error,
+    /// A WebSocket client closed (its close frame was answered).
+    ClientClosed,
+    /// A WebSocket client broke the protocol or sent a message it may not
+    /// (closed with 1002, 1003, 1007, 1008 or 1009 and a reason).
+    ProtocolError,
+    /// A WebSocket peer stopped answering pings.
+    PingTimeout,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Timeout,
         CloseReason::Delivered,
         CloseReason::Replaced,
@@ -43,6 +50,9 @@ impl CloseReason {
         CloseReason::WriteTimeout,
         CloseReason::UnexpectedInput,
         CloseReason::Error,
+        CloseReason::ClientClosed,
+        CloseReason::ProtocolError,
+        CloseReason::PingTimeout,
     ];
 
     /// The reason's name in diagnostics and metrics labels.
@@ -58,6 +68,9 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::UnexpectedInput => "unexpected_input",
             CloseReason::Error => "error",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::PingTimeout => "ping_timeout",
         }
     }
 
