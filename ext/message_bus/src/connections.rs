@@ -15,6 +15,8 @@ use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Pending, Session, View};
 use message_bus_core::http::frame::head_prefix;
 use message_bus_core::http::json::{payload, OutMessage};
+use message_bus_core::http::stream::{self, StreamSession, Transport};
+use message_bus_core::http::{sse, ws_codec};
 use message_bus_core::runtime::runtime;
 use message_bus_core::{Error, Message};
 
@@ -225,6 +227,53 @@ impl NativeConnections {
         .map_err(|e| to_ruby(ruby, e))
     }
 
+    /// Takes over a duplicate of `fd` for a WebSocket (after checking its
+    /// upgrade with `_websocket_accept`) or an event stream: the request's
+    /// `park_params` plus `transport` ("websocket" or "sse"), `accept` (the
+    /// `Sec-WebSocket-Accept` value), `keepalive_ms` and `max_channels`.
+    fn stream(ruby: &Ruby, rb_self: &Self, fd: i32, request: RHash) -> RbResult<()> {
+        let who = identity(
+            ruby,
+            request.fetch("client_id")?,
+            request.fetch("site_id")?,
+            request.fetch("user_json")?,
+            request.fetch("groups_json")?,
+        )?;
+        let headers = headers(request.fetch("headers")?)?;
+        let transport: String = request.fetch("transport")?;
+        let (transport, head) = match transport.as_str() {
+            "websocket" => {
+                let accept: String = request.fetch("accept")?;
+                (Transport::WebSocket, ws_codec::upgrade_head(&accept, &headers))
+            }
+            "sse" => (Transport::Sse, sse::head(&headers)),
+            other => {
+                return Err(to_ruby(
+                    ruby,
+                    Error::Argument(format!("unknown transport {other:?}")),
+                ))
+            }
+        };
+        let session = StreamSession {
+            identity: who,
+            transport,
+            head,
+            subscriptions: subscriptions(ruby, request.fetch("channels")?)?,
+            keepalive: Duration::from_millis(request.fetch::<_, u64>("keepalive_ms")?),
+            max_channels: request.fetch("max_channels")?,
+        };
+        let owned = dup_fd(ruby, fd)?;
+        let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
+        let _guard = rt.enter();
+        stream::open(
+            owned,
+            session,
+            Arc::clone(&rb_self.fanout),
+            Arc::clone(&rb_self.backend),
+        )
+        .map_err(|e| to_ruby(ruby, e))
+    }
+
     /// How a parked poll answers: the `park_params` of the request.
     fn view(&self, request: RHash) -> RbResult<View> {
         Ok(View {
@@ -395,6 +444,18 @@ impl NativeConnections {
     }
 }
 
+/// Checks a WebSocket upgrade's version and key: `[accept, nil]`, or
+/// `[nil, [status, message]]` for the refusal to answer before the upgrade.
+fn websocket_accept(
+    version: Option<String>,
+    key: Option<String>,
+) -> (Option<String>, Option<(u16, &'static str)>) {
+    match ws_codec::accept_key(version.as_deref(), key.as_deref()) {
+        Ok(accept) => (Some(accept), None),
+        Err(refusal) => (None, Some((refusal.status, refusal.message))),
+    }
+}
+
 /// `{parked:, delivered:, slow_closed:, unreadable:, closed: {reason => count}}`.
 fn stats_hash(ruby: &Ruby, s: &WebClientStats) -> RbResult<RHash> {
     let h = ruby.hash_new();
@@ -431,6 +492,8 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
         magnus::method!(NativeConnections::poll_pending, -1),
     )?;
     class.define_method("_attach", magnus::method!(NativeConnections::attach, 3))?;
+    class.define_method("_stream", magnus::method!(NativeConnections::stream, 2))?;
+    class.define_singleton_method("_websocket_accept", magnus::function!(websocket_accept, 2))?;
     let pending = native.define_class("PendingPoll", ruby.class_object())?;
     pending.undef_default_alloc_func();
     pending.define_method("_cancel", magnus::method!(PendingPoll::cancel, 0))?;

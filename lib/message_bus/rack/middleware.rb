@@ -6,6 +6,7 @@ require "rack"
 require "socket"
 require "message_bus/rack/poll_request"
 require "message_bus/rack/ruby_gate"
+require "message_bus/rack/streaming"
 
 module MessageBus
   module Rack
@@ -14,8 +15,11 @@ module MessageBus
     # handed to Rust, which writes the response, streams live messages and
     # closes it: a waiting client holds no Ruby thread.
     class Middleware
+      include Streaming
+
       TEAPOT = [418, {}, ["I'm a teapot, undefined in spec"]].freeze
       NOT_FOUND = [404, {}, ["not found"]].freeze
+      STREAMS = { "ws" => "websocket", "sse" => "sse" }.freeze
 
       attr_reader :started_listener, :connection_manager
 
@@ -137,11 +141,12 @@ module MessageBus
         rest = env["PATH_INFO"][@prefix.length..]
         return broadcast(env) if rest == "broadcast" && @bus.allow_broadcast?
 
-        client_id = rest.split("/").first
+        client_id, action = rest.split("/", 3)
         return NOT_FOUND unless client_id
 
         headers = response_headers(env)
         return [200, headers, ["OK"]] if env["REQUEST_METHOD"] == "OPTIONS"
+        return stream(env, client_id, STREAMS[action], headers) if STREAMS.key?(action)
 
         request = PollRequest.new(env, @bus, client_id)
         release_active_record_connections
