@@ -86,6 +86,8 @@ impl CloseReason {
 
 #[derive(Default)]
 pub struct WebClientCounters {
+    /// Connections whose task runs (opened, not yet closed).
+    open: AtomicU64,
     delivered: AtomicU64,
     unreadable: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
@@ -102,8 +104,26 @@ impl WebClientCounters {
         self.unreadable.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection's task started (it ends with `connection_closed`).
+    pub fn connection_opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connection_closed(&self, reason: CloseReason) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection's task ended (after counting its close).
+    pub fn connection_ended(&self) {
+        // Saturating: never below zero whatever the order of calls.
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Connections whose task still runs.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self, parked: usize) -> WebClientStats {

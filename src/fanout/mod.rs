@@ -251,6 +251,10 @@ impl Fanout {
         &self.counters
     }
 
+    pub fn counters_arc(&self) -> &Arc<WebClientCounters> {
+        &self.counters
+    }
+
     async fn judge_in_order(
         fanout: std::sync::Weak<Fanout>,
         mut queue: mpsc::UnboundedReceiver<Arc<Message>>,
@@ -390,6 +394,19 @@ impl Fanout {
             }
             reg.index.clear();
         }
+    }
+
+    /// Waits until every connection's task has ended (their close output
+    /// written), up to `timeout`; true if they all did.
+    pub async fn wait_closed(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.counters.open_connections() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     pub fn stats(&self) -> WebClientStats {

@@ -222,6 +222,7 @@ fn spawn(
     };
     // Everything the task keeps is in `conn`: arguments copied into the
     // future would be kept by every idle connection.
+    conn.fanout.counters().connection_opened();
     tokio::spawn(conn.run(admission));
 }
 
@@ -258,6 +259,7 @@ impl Conn {
             }
             fanout.release(&parked.identity.client_id, parked.conn_id);
             fanout.counters().connection_closed(outcome.reason());
+            fanout.counters().connection_ended();
         })
     }
 

@@ -33,7 +33,7 @@ use crate::http::ws_codec::{self as ws, Decoder, Event};
 use crate::http::{sse, writer, ws_command};
 
 /// How long a close frame (and the unwritten end before it) may take.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closed WebSocket waits for the client's close frame (and its
 /// FIN) before dropping the socket: unread input would make it a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -106,6 +106,9 @@ struct StreamConn {
     awaiting_pong: bool,
     /// SSE: bytes the client sent (they mean nothing).
     discarded: usize,
+    /// The end of a frame whose write the fan-out cut (killing the
+    /// connection): written before the close frame.
+    unfinished: Option<Vec<u8>>,
 }
 
 fn registration(fanout: &Fanout, identity: Identity, channels: Vec<String>) -> Arc<Parked> {
@@ -144,7 +147,9 @@ pub fn open(
         max_channels: session.max_channels,
         awaiting_pong: false,
         discarded: 0,
+        unfinished: None,
     };
+    conn.fanout.counters().connection_opened();
     tokio::spawn(conn.run(session.head, session.subscriptions));
     Ok(())
 }
@@ -179,7 +184,7 @@ impl StreamConn {
 
     async fn serve(&mut self, head: Vec<u8>, subscriptions: Vec<Requested>) -> End {
         let deadline = Instant::now() + limits().write_timeout;
-        if let Err(reason) = writer::write_by(&self.stream, Some(&self.parked.outbox), &head, deadline).await {
+        if let Err(reason) = writer::write_by(&self.stream, None, &head, deadline).await {
             return End::Drop(reason);
         }
         drop(head);
@@ -382,10 +387,11 @@ impl StreamConn {
         let rest = old.outbox.finish();
         let covered = old.outbox.positions();
         let deadline = Instant::now() + limits().write_timeout;
+        // A write cut in the middle of a frame leaves no room for a close frame.
         if let Some((rest, _)) = rest {
-            writer::write_by(&self.stream, Some(&new.outbox), rest.as_ref(), deadline)
+            writer::write_by(&self.stream, None, rest.as_ref(), deadline)
                 .await
-                .map_err(End::from_reason)?;
+                .map_err(End::Drop)?;
         }
         let mut requested: Vec<Requested> = kept
             .iter()
@@ -406,9 +412,9 @@ impl StreamConn {
         .map_err(|_| End::from_reason(CloseReason::Error))?;
         if !backlog.is_empty() {
             let bytes = self.backlog_frame(&new.channels, &backlog);
-            writer::write_by(&self.stream, Some(&new.outbox), &bytes, deadline)
+            writer::write_by(&self.stream, None, &bytes, deadline)
                 .await
-                .map_err(End::from_reason)?;
+                .map_err(End::Drop)?;
         }
         new.outbox.open(
             Arc::clone(&self.stream),
@@ -443,7 +449,7 @@ impl StreamConn {
     }
 
     /// Writes what the fan-out queued; `Some` once the connection must end.
-    async fn drain(&self) -> Option<End> {
+    async fn drain(&mut self) -> Option<End> {
         loop {
             match self.parked.outbox.next(&self.parked.channels) {
                 Next::Idle => return None,
@@ -452,10 +458,17 @@ impl StreamConn {
                 Next::Done => return Some(End::Drop(CloseReason::Delivered)),
                 Next::Write(out, _) => {
                     let deadline = Instant::now() + limits().write_timeout;
+                    let bytes = out.as_ref();
                     let written =
-                        writer::write_by(&self.stream, Some(&self.parked.outbox), out.as_ref(), deadline)
+                        writer::write_tracked(&self.stream, Some(&self.parked.outbox), bytes, deadline)
                             .await;
-                    if let Err(reason) = written {
+                    if let Err((reason, left)) = written {
+                        // The close frame must not land inside a frame: this
+                        // may be the end of one a direct write cut, so all
+                        // that is left goes first.
+                        if left > 0 {
+                            self.unfinished = Some(bytes[bytes.len() - left..].to_vec());
+                        }
                         return Some(End::from_reason(reason));
                     }
                 }
@@ -465,33 +478,41 @@ impl StreamConn {
 
     /// Writes the close frame (after the unwritten end of a direct write),
     /// waits a little for the client's, unregisters and counts the close.
-    async fn end(self, end: End) {
+    async fn end(mut self, end: End) {
         let rest = self.parked.outbox.finish();
-        let reason = match end {
-            End::Drop(reason) => reason,
-            End::Close(reason, code, text) => {
-                let deadline = Instant::now() + CLOSE_WRITE_TIMEOUT;
-                let mut ok = true;
+        self.fanout
+            .release(&self.parked.identity.client_id, self.parked.conn_id);
+        // Counted now: the close output may wait on a slow reader.
+        let counters = Arc::clone(self.fanout.counters_arc());
+        match &end {
+            End::Drop(reason) | End::Close(reason, ..) => counters.connection_closed(*reason),
+        }
+        if let End::Close(_, code, text) = end {
+            let deadline = Instant::now() + CLOSE_WRITE_TIMEOUT;
+            let mut ok = true;
+            if let Some(unfinished) = self.unfinished.take() {
+                ok = writer::write_by(&self.stream, None, &unfinished, deadline)
+                    .await
+                    .is_ok();
+            }
+            if ok {
                 if let Some((rest, _)) = rest {
                     ok = writer::write_by(&self.stream, None, rest.as_ref(), deadline)
                         .await
                         .is_ok();
                 }
-                if ok && self.transport == Transport::WebSocket {
-                    let frame = ws::close_frame(code, &text);
-                    ok = writer::write_by(&self.stream, None, &frame, deadline)
-                        .await
-                        .is_ok();
-                }
-                if ok {
-                    self.linger().await;
-                }
-                reason
             }
-        };
-        self.fanout
-            .release(&self.parked.identity.client_id, self.parked.conn_id);
-        self.fanout.counters().connection_closed(reason);
+            if ok && self.transport == Transport::WebSocket {
+                let frame = ws::close_frame(code, &text);
+                ok = writer::write_by(&self.stream, None, &frame, deadline)
+                    .await
+                    .is_ok();
+            }
+            if ok {
+                self.linger().await;
+            }
+        }
+        counters.connection_ended();
     }
 
     /// Half-closes, then reads (and drops) what the client still sends, up

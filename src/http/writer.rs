@@ -30,11 +30,24 @@ pub fn try_write_all(stream: &ClientSocket, mut bytes: &[u8]) -> Result<usize, C
 pub async fn write_by(
     stream: &ClientSocket,
     outbox: Option<&Outbox>,
-    mut bytes: &[u8],
+    bytes: &[u8],
     deadline: Instant,
 ) -> Result<(), CloseReason> {
+    write_tracked(stream, outbox, bytes, deadline)
+        .await
+        .map_err(|(reason, _)| reason)
+}
+
+/// Like `write_by`; a failure tells how many bytes were left unwritten
+/// (a frame cut in the middle must be finished before any other).
+pub async fn write_tracked(
+    stream: &ClientSocket,
+    outbox: Option<&Outbox>,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> Result<(), (CloseReason, usize)> {
     loop {
-        let left = try_write_all(stream, bytes)?;
+        let left = try_write_all(stream, bytes).map_err(|r| (r, bytes.len()))?;
         bytes = &bytes[bytes.len() - left..];
         if bytes.is_empty() {
             return Ok(());
@@ -48,8 +61,8 @@ pub async fn write_by(
                 .map_err(|_| CloseReason::PeerClosed)
         });
         tokio::select! {
-            ready = writable => ready?,
-            _ = sleep_until(deadline) => return Err(CloseReason::WriteTimeout),
+            ready = writable => ready.map_err(|r| (r, bytes.len()))?,
+            _ = sleep_until(deadline) => return Err((CloseReason::WriteTimeout, bytes.len())),
         }
     }
 }

@@ -437,6 +437,22 @@ impl NativeConnections {
         if self.fanout.is_inherited() {
             return;
         }
+        self.stop_feeding();
+    }
+
+    /// Like `_stop`, then waits up to `seconds` for the connections to have
+    /// written their close output (a WebSocket's 1001): at process exit.
+    fn stop_and_wait(ruby: &Ruby, rb_self: &Self, seconds: f64) -> RbResult<bool> {
+        if rb_self.fanout.is_inherited() {
+            return Ok(true);
+        }
+        rb_self.stop_feeding();
+        let fanout = Arc::clone(&rb_self.fanout);
+        let timeout = Duration::from_secs_f64(seconds.clamp(0.0, 60.0));
+        block_on(ruby, || async move { Ok(fanout.wait_closed(timeout).await) })
+    }
+
+    fn stop_feeding(&self) {
         let sink: Arc<dyn Sink> = Arc::clone(&self.fanout) as Arc<dyn Sink>;
         self.backend.hub().remove_sink(&sink);
         self.fanout.close_all();
@@ -524,5 +540,9 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
         magnus::function!(NativeConnections::empty_stats, 0),
     )?;
     class.define_method("_stop", magnus::method!(NativeConnections::stop, 0))?;
+    class.define_method(
+        "_stop_and_wait",
+        magnus::method!(NativeConnections::stop_and_wait, 1),
+    )?;
     Ok(())
 }

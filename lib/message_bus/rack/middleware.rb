@@ -20,6 +20,11 @@ module MessageBus
       TEAPOT = [418, {}, ["I'm a teapot, undefined in spec"]].freeze
       NOT_FOUND = [404, {}, ["not found"]].freeze
       STREAMS = { "ws" => "websocket", "sse" => "sse" }.freeze
+      # The middlewares of this process: at exit, their connections get their
+      # close output (a WebSocket's 1001 "server stopping") before the
+      # process goes, not a bare FIN.
+      LIVE = ObjectSpace::WeakMap.new
+      at_exit { LIVE.keys.each(&:close_at_exit) }
 
       attr_reader :started_listener, :connection_manager
 
@@ -36,6 +41,7 @@ module MessageBus
         @gate = RubyGate.new(@bus)
         start_listener unless @bus.off?
         @bus.register_middleware(self) if @bus.respond_to?(:register_middleware)
+        LIVE[self] = true
       end
 
       def call(env)
@@ -65,6 +71,15 @@ module MessageBus
           @ruby_listener = nil
           @started_listener = false
         end
+      end
+
+      # At process exit: closes this process's connections and waits (a
+      # second at most) for their close output to be written.
+      def close_at_exit
+        connections = @lock.synchronize { @connections if @pid == Process.pid }
+        connections&._stop_and_wait(1.0)
+      rescue StandardError
+        nil
       end
 
       # Parked connections, live messages pushed, slow readers cut, messages

@@ -106,11 +106,11 @@ module MessageBus
                  "long poll instead"
           io.write("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n" \
                    "content-length: #{body.bytesize}\r\nconnection: close\r\n\r\n#{body}")
-          return TEAPOT
+          return Middleware::TEAPOT
         end
 
         yield fd
-        TEAPOT
+        Middleware::TEAPOT
       ensure
         begin
           io&.close
