@@ -12,8 +12,8 @@ use std::task::{Context, Waker};
 use parking_lot::Mutex;
 
 use super::{CloseReason, Live, Shared};
-use crate::http::{frame, sse};
 use crate::http::socket::ClientSocket;
+use crate::http::{frame, sse};
 
 /// Live messages a connection may have waiting before it counts as a slow
 /// reader and is closed (the client reconnects with its last ids).
@@ -195,7 +195,11 @@ impl State {
 
     /// Writes `out` straight to the socket (the connection is idle); what
     /// the socket does not take is queued for the task.
-    fn write_direct(mut s: parking_lot::MutexGuard<'_, State>, out: Out, ends_response: bool) -> Push {
+    fn write_direct(
+        mut s: parking_lot::MutexGuard<'_, State>,
+        out: Out,
+        ends_response: bool,
+    ) -> Push {
         let bytes = out.as_ref();
         let Some(stream) = s.stream.as_ref() else {
             return Push::Gone;

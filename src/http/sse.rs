@@ -11,9 +11,14 @@ pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 pub fn head(headers: &[(String, String)]) -> Vec<u8> {
     let mut out = b"HTTP/1.1 200 OK\r\n".to_vec();
     for (name, value) in headers {
-        if ["content-type", "content-length", "transfer-encoding", "connection"]
-            .iter()
-            .any(|skip| name.eq_ignore_ascii_case(skip))
+        if [
+            "content-type",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+        ]
+        .iter()
+        .any(|skip| name.eq_ignore_ascii_case(skip))
         {
             continue;
         }
@@ -77,7 +82,9 @@ mod tests {
             ("x-extra".into(), "1".into()),
         ]))
         .unwrap();
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\nx-extra: 1\r\ncontent-type: text/event-stream"));
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\nx-extra: 1\r\ncontent-type: text/event-stream")
+        );
         assert!(head.ends_with("connection: close\r\n\r\n"));
         assert!(!head.contains("application/json"));
     }

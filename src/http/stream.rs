@@ -72,7 +72,10 @@ impl End {
     fn from_reason(reason: CloseReason) -> End {
         let (code, text) = match reason {
             CloseReason::PeerClosed => return End::Drop(reason),
-            CloseReason::Replaced => (ws::NORMAL, "replaced by a newer connection of this client id"),
+            CloseReason::Replaced => (
+                ws::NORMAL,
+                "replaced by a newer connection of this client id",
+            ),
             CloseReason::Stopped => (ws::GOING_AWAY, "server stopping"),
             CloseReason::SlowConsumer => (
                 ws::POLICY,
@@ -459,9 +462,13 @@ impl StreamConn {
                 Next::Write(out, _) => {
                     let deadline = Instant::now() + limits().write_timeout;
                     let bytes = out.as_ref();
-                    let written =
-                        writer::write_tracked(&self.stream, Some(&self.parked.outbox), bytes, deadline)
-                            .await;
+                    let written = writer::write_tracked(
+                        &self.stream,
+                        Some(&self.parked.outbox),
+                        bytes,
+                        deadline,
+                    )
+                    .await;
                     if let Err((reason, left)) = written {
                         // The close frame must not land inside a frame: this
                         // may be the end of one a direct write cut, so all

@@ -57,7 +57,9 @@ pub fn accept_key(version: Option<&str>, key: Option<&str>) -> Result<String, Re
 /// The `101 Switching Protocols` response, with the middleware's extra
 /// headers (not those about a body or the connection).
 pub fn upgrade_head(accept: &str, headers: &[(String, String)]) -> Vec<u8> {
-    let mut out = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n".to_vec();
+    let mut out =
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            .to_vec();
     out.extend_from_slice(format!("sec-websocket-accept: {accept}\r\n").as_bytes());
     for (name, value) in headers {
         let skipped = [
@@ -205,7 +207,10 @@ impl Decoder {
     /// The checks a header allows before its payload arrives.
     fn check(&self, header: &FrameHeader, length: u64) -> Result<(), Violation> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
-            return Err(violation(PROTOCOL_ERROR, "reserved bits set: no extension was negotiated"));
+            return Err(violation(
+                PROTOCOL_ERROR,
+                "reserved bits set: no extension was negotiated",
+            ));
         }
         if header.mask.is_none() {
             return Err(violation(PROTOCOL_ERROR, "client frames must be masked"));
@@ -220,13 +225,22 @@ impl Decoder {
                 }
             }
             OpCode::Data(Data::Binary) => {
-                return Err(violation(UNSUPPORTED_DATA, "binary frames are not accepted: send JSON text"));
+                return Err(violation(
+                    UNSUPPORTED_DATA,
+                    "binary frames are not accepted: send JSON text",
+                ));
             }
             OpCode::Data(Data::Text) if self.message.is_some() => {
-                return Err(violation(PROTOCOL_ERROR, "a new message started inside a fragmented one"));
+                return Err(violation(
+                    PROTOCOL_ERROR,
+                    "a new message started inside a fragmented one",
+                ));
             }
             OpCode::Data(Data::Continue) if self.message.is_none() => {
-                return Err(violation(PROTOCOL_ERROR, "a continuation frame without a message"));
+                return Err(violation(
+                    PROTOCOL_ERROR,
+                    "a continuation frame without a message",
+                ));
             }
             OpCode::Data(_) => {
                 let so_far = self.message.as_ref().map_or(0, Vec::len) as u64;
@@ -267,7 +281,10 @@ fn close_event(payload: &[u8]) -> Result<Event, Violation> {
         [_] => Err(violation(PROTOCOL_ERROR, "a close frame of one byte")),
         [high, low, reason @ ..] => {
             if std::str::from_utf8(reason).is_err() {
-                return Err(violation(INVALID_PAYLOAD, "close reason must be valid UTF-8"));
+                return Err(violation(
+                    INVALID_PAYLOAD,
+                    "close reason must be valid UTF-8",
+                ));
             }
             let code = u16::from_be_bytes([*high, *low]);
             let allowed = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
@@ -317,9 +334,17 @@ mod tests {
             accept_key(Some("13"), Some("dGhlIHNhbXBsZSBub25jZQ==")).unwrap(),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        assert_eq!(accept_key(Some("8"), Some("dGhlIHNhbXBsZSBub25jZQ==")).unwrap_err().status, 426);
+        assert_eq!(
+            accept_key(Some("8"), Some("dGhlIHNhbXBsZSBub25jZQ=="))
+                .unwrap_err()
+                .status,
+            426
+        );
         assert_eq!(accept_key(Some("13"), None).unwrap_err().status, 400);
-        assert_eq!(accept_key(Some("13"), Some("c2hvcnQ=")).unwrap_err().status, 400);
+        assert_eq!(
+            accept_key(Some("13"), Some("c2hvcnQ=")).unwrap_err().status,
+            400
+        );
         let head = String::from_utf8(upgrade_head("abc", &[("x-a".into(), "1".into())])).unwrap();
         assert!(head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(head.ends_with("sec-websocket-accept: abc\r\nx-a: 1\r\n\r\n"));
@@ -333,7 +358,10 @@ mod tests {
         bytes.extend(client_frame(0x80, b"{}}"));
         assert_eq!(
             decode(&bytes).unwrap(),
-            vec![Event::Ping(b"hi".to_vec()), Event::Text("{\"subscribe\":{}}".into())]
+            vec![
+                Event::Ping(b"hi".to_vec()),
+                Event::Text("{\"subscribe\":{}}".into())
+            ]
         );
     }
 
@@ -345,7 +373,10 @@ mod tests {
             decoder.feed(&bytes[..cut]);
             assert_eq!(decoder.next_event().unwrap(), None);
             decoder.feed(&bytes[cut..]);
-            assert_eq!(decoder.next_event().unwrap(), Some(Event::Text("é ✓".into())));
+            assert_eq!(
+                decoder.next_event().unwrap(),
+                Some(Event::Text("é ✓".into()))
+            );
         }
     }
 
@@ -354,7 +385,10 @@ mod tests {
         let code = |bytes: Vec<u8>| decode(&bytes).unwrap_err().code;
         assert_eq!(code(client_frame(0x82, b"\x00")), UNSUPPORTED_DATA);
         assert_eq!(code(client_frame(0x81, b"\xff\xfe")), INVALID_PAYLOAD);
-        assert_eq!(code(client_frame(0x81, &vec![b'a'; MAX_MESSAGE_BYTES + 1])), TOO_BIG);
+        assert_eq!(
+            code(client_frame(0x81, &vec![b'a'; MAX_MESSAGE_BYTES + 1])),
+            TOO_BIG
+        );
         assert_eq!(code(vec![0x81, 0x01, b'a']), PROTOCOL_ERROR); // unmasked
         assert_eq!(code(client_frame(0x83, b"")), PROTOCOL_ERROR); // reserved opcode
         assert_eq!(code(client_frame(0xC1, b"a")), PROTOCOL_ERROR); // rsv1
@@ -373,8 +407,14 @@ mod tests {
 
     #[test]
     fn close_and_server_frames() {
-        assert_eq!(decode(&client_frame(0x88, b"\x03\xe8bye")).unwrap(), vec![Event::Close(Some(1000))]);
-        assert_eq!(decode(&client_frame(0x88, b"")).unwrap(), vec![Event::Close(None)]);
+        assert_eq!(
+            decode(&client_frame(0x88, b"\x03\xe8bye")).unwrap(),
+            vec![Event::Close(Some(1000))]
+        );
+        assert_eq!(
+            decode(&client_frame(0x88, b"")).unwrap(),
+            vec![Event::Close(None)]
+        );
         assert_eq!(text_frame("[]"), b"\x81\x02[]".to_vec());
         let long = "x".repeat(300);
         assert_eq!(&text_frame(&long)[..4], &[0x81, 126, 1, 44]);

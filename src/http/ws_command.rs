@@ -37,11 +37,15 @@ pub fn parse(text: &str) -> Result<Command, String> {
                     }
                 }
             }
-            ("subscribe", _) => return Err("subscribe takes an object of channel => last id".into()),
+            ("subscribe", _) => {
+                return Err("subscribe takes an object of channel => last id".into())
+            }
             ("unsubscribe", _) => return Err("unsubscribe takes an array of channel names".into()),
             (other, _) => {
                 let shown: String = other.chars().take(40).collect();
-                return Err(format!("unknown command {shown:?}: use subscribe or unsubscribe"));
+                return Err(format!(
+                    "unknown command {shown:?}: use subscribe or unsubscribe"
+                ));
             }
         }
     }

@@ -244,7 +244,10 @@ impl NativeConnections {
         let (transport, head) = match transport.as_str() {
             "websocket" => {
                 let accept: String = request.fetch("accept")?;
-                (Transport::WebSocket, ws_codec::upgrade_head(&accept, &headers))
+                (
+                    Transport::WebSocket,
+                    ws_codec::upgrade_head(&accept, &headers),
+                )
             }
             "sse" => (Transport::Sse, sse::head(&headers)),
             other => {
@@ -449,7 +452,10 @@ impl NativeConnections {
         rb_self.stop_feeding();
         let fanout = Arc::clone(&rb_self.fanout);
         let timeout = Duration::from_secs_f64(seconds.clamp(0.0, 60.0));
-        block_on(ruby, || async move { Ok(fanout.wait_closed(timeout).await) })
+        block_on(
+            ruby,
+            || async move { Ok(fanout.wait_closed(timeout).await) },
+        )
     }
 
     fn stop_feeding(&self) {

@@ -24,7 +24,7 @@ module MessageBus
       # close output (a WebSocket's 1001 "server stopping") before the
       # process goes, not a bare FIN.
       LIVE = ObjectSpace::WeakMap.new
-      at_exit { LIVE.keys.each(&:close_at_exit) }
+      at_exit { LIVE.each_key(&:close_at_exit) }
 
       attr_reader :started_listener, :connection_manager
 

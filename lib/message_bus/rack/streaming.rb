@@ -23,8 +23,9 @@ module MessageBus
 
         accept = nil
         if transport == "websocket"
-          accept, problem = MessageBus::Native::Connections._websocket_accept(env["HTTP_SEC_WEBSOCKET_VERSION"],
-                                                                               env["HTTP_SEC_WEBSOCKET_KEY"])
+          accept, problem = MessageBus::Native::Connections._websocket_accept(
+            env["HTTP_SEC_WEBSOCKET_VERSION"], env["HTTP_SEC_WEBSOCKET_KEY"]
+          )
           return refuse(problem[0], problem[1], problem[0] == 426 ? { "sec-websocket-version" => "13" } : {}) if problem
         end
 
@@ -42,20 +43,27 @@ module MessageBus
       end
 
       def stream_refusal(env, transport)
-        name = name_of(transport)
-        if transport == "websocket"
-          return refuse(404, "WebSocket is off on this server (websocket_enabled = false): long poll instead") \
-            unless @bus.websocket_enabled?
-          return refuse(400, "a WebSocket opens with GET and Upgrade: websocket") unless websocket_upgrade?(env)
-          return refuse(403, "origin #{env['HTTP_ORIGIN'].to_s[0, 200].inspect} may not open a WebSocket here " \
-                             "(allowed_origins)") unless origin_allowed?(env)
-        else
-          return refuse(404, "Server-Sent Events are off on this server (sse_enabled = false)") unless @bus.sse_enabled?
-          return refuse(405, "an event stream opens with GET") unless env["REQUEST_METHOD"] == "GET"
-        end
+        refusal = transport == "websocket" ? websocket_refusal(env) : sse_refusal(env)
+        return refusal if refusal
         return nil if env["rack.hijack"] && @bus.rack_hijack_enabled?
 
-        refuse(400, "#{name} needs a server that can hand its socket over (Rack hijack): long poll instead")
+        refuse(400, "#{name_of(transport)} needs a server that can hand its socket over (Rack hijack): long poll instead")
+      end
+
+      def websocket_refusal(env)
+        unless @bus.websocket_enabled?
+          return refuse(404, "WebSocket is off on this server (websocket_enabled = false): long poll instead")
+        end
+        return refuse(400, "a WebSocket opens with GET and Upgrade: websocket") unless websocket_upgrade?(env)
+        return if origin_allowed?(env)
+
+        refuse(403, "origin #{env['HTTP_ORIGIN'].to_s[0, 200].inspect} may not open a WebSocket here (allowed_origins)")
+      end
+
+      def sse_refusal(env)
+        return refuse(404, "Server-Sent Events are off on this server (sse_enabled = false)") unless @bus.sse_enabled?
+
+        refuse(405, "an event stream opens with GET") unless env["REQUEST_METHOD"] == "GET"
       end
 
       def name_of(transport)
