@@ -175,7 +175,8 @@ enum Input {
 impl StreamConn {
     async fn run(mut self, head: Vec<u8>, subscriptions: Vec<Requested>) {
         let end = self.serve(head, subscriptions).await;
-        self.end(end).await;
+        // Boxed: the close's state is not kept while the connection waits.
+        Box::pin(self.end(end)).await;
     }
 
     fn framing(&self) -> Framing {
@@ -187,7 +188,7 @@ impl StreamConn {
 
     async fn serve(&mut self, head: Vec<u8>, subscriptions: Vec<Requested>) -> End {
         let deadline = Instant::now() + limits().write_timeout;
-        if let Err(reason) = writer::write_by(&self.stream, None, &head, deadline).await {
+        if let Err(reason) = Box::pin(writer::write_by(&self.stream, None, &head, deadline)).await {
             return End::Drop(reason);
         }
         drop(head);
@@ -199,7 +200,7 @@ impl StreamConn {
             Vec::new(),
         );
         if !subscriptions.is_empty() {
-            if let Err(end) = self.resubscribe(subscriptions, Vec::new()).await {
+            if let Err(end) = Box::pin(self.resubscribe(subscriptions, Vec::new())).await {
                 return end;
             }
         }
@@ -209,7 +210,7 @@ impl StreamConn {
     async fn wait(&mut self) -> End {
         let mut keepalive_at = Instant::now() + self.keepalive;
         loop {
-            if let Some(end) = self.drain().await {
+            if let Some(end) = Box::pin(self.drain()).await {
                 return end;
             }
             let woke = {
@@ -233,7 +234,7 @@ impl StreamConn {
                 Woke::Outbox => {}
                 Woke::Gone => return End::Drop(CloseReason::PeerClosed),
                 Woke::Readable => {
-                    if let Some(end) = self.on_readable().await {
+                    if let Some(end) = Box::pin(self.on_readable()).await {
                         return end;
                     }
                 }
@@ -339,9 +340,10 @@ impl StreamConn {
                 code.unwrap_or(ws::NORMAL),
                 Cow::Borrowed(""),
             )),
+            // Boxed: what a subscription change takes (a backlog read) is
+            // not kept by every idle connection's task.
             Event::Text(text) => match ws_command::parse(&text) {
-                Ok(command) => self
-                    .resubscribe(command.subscribe, command.unsubscribe)
+                Ok(command) => Box::pin(self.resubscribe(command.subscribe, command.unsubscribe))
                     .await
                     .err(),
                 Err(reason) => Some(End::policy(reason)),
@@ -546,5 +548,45 @@ impl StreamConn {
                 Err(_) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every idle connection's task keeps: its state and the waiting
+    /// future (everything else is boxed while it runs).
+    #[test]
+    fn an_idle_connection_keeps_a_small_task() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = OwnedFd::from(client);
+        let fanout = Fanout::new(crate::gate::Gate::new()).unwrap();
+        let conn = StreamConn {
+            stream: Arc::new(ClientSocket::take_over(fd).unwrap()),
+            transport: Transport::WebSocket,
+            parked: registration(&fanout, Identity::default(), Vec::new()),
+            fanout: Arc::clone(&fanout),
+            backend: Arc::new(crate::backend::memory::MemoryBackend::default()),
+            decoder: Decoder::default(),
+            keepalive: Duration::from_secs(25),
+            max_channels: 1000,
+            awaiting_pong: false,
+            discarded: 0,
+            unfinished: None,
+        };
+        let task = conn.run(Vec::new(), Vec::new());
+        let bytes = size(&task);
+        eprintln!("stream task future: {bytes} bytes");
+        assert!(bytes < 1024, "the task future is {bytes} bytes");
     }
 }
