@@ -248,6 +248,15 @@ RSpec.describe "WebSocket through a real Puma", :integration do
       wait_for(message: "the close counted") { closes("client_closed") == 1 }
     end
 
+    it "answers a flood of pings, then still serves the client" do
+      client = ws("flood")
+      client.socket.write(Array.new(2000) { |i| client.frame_bytes(9, "p#{i}") }.join)
+      pongs = Array.new(2000) { client.read_frame(pongs: false) }
+      expect(pongs.map(&:opcode).uniq).to eq([10])
+      expect(pongs.last.payload).to eq("p1999")
+      subscribed(client, "/after-flood" => -1)
+    end
+
     it "1001 when the server stops" do
       client = ws("s1")
       subscribed(client, "/s" => -1)
