@@ -135,6 +135,8 @@ struct Stats {
     errors: AtomicU64,
     ready: AtomicUsize,
     latencies: std::sync::Mutex<Vec<u64>>,
+    /// Per message number, the latencies (MB_BENCH_BY_MESSAGE=1 reports them).
+    by_message: std::sync::Mutex<Vec<Vec<u64>>>,
     /// Set at the drain deadline: clients stop after their current poll.
     stopping: std::sync::atomic::AtomicBool,
     /// Per message number, how many clients never received it.
@@ -196,6 +198,12 @@ async fn handle_payload(json: &[u8], state: &mut ClientState, stats: &Stats) -> 
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut latencies) = stats.latencies.lock() {
                     latencies.push(arrived.saturating_sub(sent));
+                }
+                if let Ok(mut by) = stats.by_message.lock() {
+                    if by.len() <= n {
+                        by.resize(n + 1, Vec::new());
+                    }
+                    by[n].push(arrived.saturating_sub(sent));
                 }
             }
         }
@@ -385,8 +393,18 @@ async fn websocket_once(
                     if !handle_payload(&payload, state, stats).await {
                         stats.errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Done: held until every client is (a long poll's FIN
+                    // costs the server nothing until its timeout, a WebSocket's
+                    // ends the connection: thousands of those at once would
+                    // load the server while others still wait for the last
+                    // message), then dropped.
                     if state.count >= opts.messages || stats.stopping.load(Ordering::Relaxed) {
-                        let _ = stream.write_all(&client_frame(8, &1000u16.to_be_bytes())).await;
+                        let expected = (opts.clients * opts.messages) as u64;
+                        while stats.received.load(Ordering::Relaxed) < expected
+                            && !stats.stopping.load(Ordering::Relaxed)
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         return Ok(());
                     }
                 }
@@ -773,6 +791,18 @@ async fn main() {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    if std::env::var("MB_BENCH_BY_MESSAGE").is_ok_and(|v| v == "1") {
+        let mut by = std::mem::take(&mut *stats.by_message.lock().unwrap_or_else(|e| e.into_inner()));
+        let line: Vec<String> = by
+            .iter_mut()
+            .enumerate()
+            .map(|(n, l)| {
+                l.sort_unstable();
+                format!("#{n} {:.0}/{:.0}", percentile(l, 0.5), percentile(l, 0.99))
+            })
+            .collect();
+        println!("p50/p99 ms by message: {}", line.join(", "));
+    }
     let missing = std::mem::take(&mut *stats.missing.lock().unwrap_or_else(|e| e.into_inner()));
     let holes: Vec<String> = missing
         .iter()
