@@ -157,7 +157,8 @@ RSpec.describe "Hijacked IOs without a socket descriptor" do
 
   it "refuses a WebSocket with a 400 when the server cannot hijack, never a 500" do
     status, _, body = middleware.call(stream_env("/message-bus/nohijack/ws", io: nil, hijack: false))
-    expect([status, body.join]).to eq([400, "WebSocket needs a server that can hand its socket over (Rack hijack): long poll instead"])
+    expect([status, body.join])
+      .to eq([400, "WebSocket needs a server that can hand its socket over (Rack hijack): long poll instead"])
     b.rack_hijack_enabled = false
     status, = middleware.call(stream_env("/message-bus/nohijack/sse?%2Fa=-1", io: FdlessIO.new))
     expect(status).to eq(400)

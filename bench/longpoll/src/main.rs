@@ -792,7 +792,8 @@ async fn main() {
         percentile(&latencies, 1.0)
     );
     if std::env::var("MB_BENCH_BY_MESSAGE").is_ok_and(|v| v == "1") {
-        let mut by = std::mem::take(&mut *stats.by_message.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut by =
+            std::mem::take(&mut *stats.by_message.lock().unwrap_or_else(|e| e.into_inner()));
         let line: Vec<String> = by
             .iter_mut()
             .enumerate()
