@@ -360,6 +360,11 @@ impl StreamConn {
         added: Vec<Requested>,
         removed: Vec<String>,
     ) -> std::result::Result<(), End> {
+        // Applied in the order subscribe, unsubscribe: a channel in both ends unsubscribed.
+        let added: Vec<Requested> = added
+            .into_iter()
+            .filter(|(channel, _)| !removed.contains(channel))
+            .collect();
         let old = Arc::clone(&self.parked);
         let kept: Vec<&String> = old
             .channels
