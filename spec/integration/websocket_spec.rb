@@ -70,6 +70,17 @@ RSpec.describe "WebSocket through a real Puma", :integration do
     expect(seen.count { |m| m["data"] == "probe" }).to eq(0)
   end
 
+  it "applies subscribe before unsubscribe in one message: a channel in both ends unsubscribed" do
+    client = ws
+    subscribed(client, "/both" => -1)
+    client.send_json("subscribe" => { "/both" => -1, "/kept" => -1 }, "unsubscribe" => ["/both"])
+    client.messages_until { |m| m.any? { |x| x["channel"] == "/__status" && x["data"].key?("/kept") } }
+    publish_via(server, "/both", "gone")
+    publish_via(server, "/kept", "here")
+    seen = client.messages_until { |m| m.any? { |x| x["data"] == "here" } }
+    expect(seen.map { |m| m["data"] }).to eq(["here"])
+  end
+
   it "follows a poll's last-id rules: -1, -N, N, ahead of the bus; a moved position reads from there" do
     ids = Array.new(5) { |i| publish_via(server, "/p", "m#{i}") }
     client = ws
