@@ -365,3 +365,53 @@ RSpec.describe "WebSocket through a real Puma", :integration do
     File.delete(report) if report && File.exist?(report)
   end
 end
+
+RSpec.describe "WebSocket clients of a Puma worker killed with SIGKILL", :integration do
+  include ServerHelpers
+  include ForkHelpers
+
+  after { (@clients || []).each(&:close_socket) }
+
+  def publisher
+    @publisher ||= begin
+      b = MessageBus::Instance.new
+      b.configure(SpecHelpers.backend_config.merge(logger: Logger.new(log_output), keepalive_interval: 0))
+      (@buses ||= []) << b
+      b
+    end
+  end
+
+  it "reconnect with their last ids to the respawned worker and lose nothing" do
+    skip "needs a backend shared by processes (Redis, PostgreSQL)" if SpecHelpers.backend_name == :memory
+    new_bus # empties the store; the workers do not
+    server = start_server(workers: 1, threads: 2, env: { "MB_RESET" => "0" })
+    worker = wait_for(timeout: 20, message: "the worker") { puma_workers(server.pid)[0] }
+    clients = Array.new(5) { |i| WebSocketClient.open(server.port, "killed#{i}") }
+    @clients = clients
+    clients.each { |c| c.subscribe("/k" => 0) }
+    first = publisher.publish("/k", "before")
+    last_ids = clients.map do |c|
+      c.messages_until { |m| m.any? { |x| x["data"] == "before" } }.map { |x| x["message_id"] }.max
+    end
+    expect(last_ids).to all(eq(first))
+    Process.kill(:KILL, worker)
+    clients.each { |c| expect(c.eof?(timeout: 10)).to be(true) }
+    during = Array.new(3) { |i| publisher.publish("/k", "during #{i}") }
+    wait_for(timeout: 30, message: "a new worker") { (w = puma_workers(server.pid)[0]) && w != worker }
+    resumed = Array.new(5) do |i|
+      c = wait_for(timeout: 20, message: "the new worker accepting") do
+        WebSocketClient.open(server.port, "killed#{i}")
+      rescue RuntimeError, SystemCallError, EOFError
+        nil
+      end
+      @clients << c
+      c.subscribe("/k" => last_ids[i])
+      c
+    end
+    after = publisher.publish("/k", "after")
+    resumed.each do |c|
+      got = c.messages_until { |m| m.any? { |x| x["message_id"] == after } }
+      expect(got.map { |x| x["message_id"] }).to eq(during + [after])
+    end
+  end
+end
