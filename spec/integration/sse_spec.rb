@@ -52,6 +52,20 @@ RSpec.describe "Server-Sent Events through a real Puma", :integration do
     expect(JSON.parse(id)).to eq("/news" => second, "/quiet" => 0)
   end
 
+  it "targets by user and client id as polls do" do
+    mine = open_stream("sse-u1", form([["/t", "-1"]]), "X-User-Id" => "1")
+    other = open_stream("sse-u2", form([["/t", "-1"]]), "X-User-Id" => "2")
+    buffers = [mine, other].to_h { |s| [s, read_until(s, /\n\n/)] }
+    publish_via(server, "/t", "for user 1", user_ids: [1])
+    publish_via(server, "/t", "for client sse-u2", client_ids: ["sse-u2"])
+    publish_via(server, "/t", "everyone")
+    got = lambda do |s|
+      events(read_until(s, /"everyone".*\n\n/m, buffers[s])).drop(1).flat_map { |_, d| d.map { |m| m["data"] } }
+    end
+    expect(got.call(mine)).to eq(["for user 1", "everyone"])
+    expect(got.call(other)).to eq(["for client sse-u2", "everyone"])
+  end
+
   it "resumes with Last-Event-ID exactly: no gap, no duplicate" do
     socket = open_stream("sse2", form([["/r", "-1"]]))
     buffer = read_until(socket, /\n\n/)
