@@ -165,6 +165,56 @@ module MessageBus
       configure(max_active_clients: count)
     end
 
+    # WebSocket at `<base_route>message-bus/<client_id>/ws` (default on);
+    # off, the route answers 404 and browser clients long poll.
+    def websocket_enabled?
+      @config[:websocket_enabled] != false
+    end
+
+    def websocket_enabled=(value)
+      configure(websocket_enabled: value)
+    end
+
+    # Server-Sent Events at `<base_route>message-bus/<client_id>/sse` (default on).
+    def sse_enabled?
+      @config[:sse_enabled] != false
+    end
+
+    def sse_enabled=(value)
+      configure(sse_enabled: value)
+    end
+
+    # Origins, other than the request's own host, whose pages may open a
+    # WebSocket: a list of origins (`"https://app.example.com"`) or a proc
+    # over the Rack env returning truthy to allow.
+    def allowed_origins
+      @config[:allowed_origins]
+    end
+
+    def allowed_origins=(origins)
+      configure(allowed_origins: origins)
+    end
+
+    # Seconds between the server's pings on a WebSocket (a peer that has
+    # not answered the last one by the next is closed); well under common
+    # proxy idle timeouts (nginx's proxy_read_timeout is 60 s).
+    def websocket_ping_interval
+      @config[:websocket_ping_interval] || 25
+    end
+
+    def websocket_ping_interval=(seconds)
+      configure(websocket_ping_interval: seconds)
+    end
+
+    # Seconds between keepalive comments on an idle event stream.
+    def sse_keepalive_interval
+      @config[:sse_keepalive_interval] || 25
+    end
+
+    def sse_keepalive_interval=(seconds)
+      configure(sse_keepalive_interval: seconds)
+    end
+
     def base_route
       @config[:base_route] || "/"
     end

@@ -16,6 +16,7 @@ module MessageBus
       max_active_clients base_route allow_broadcast transport_codec keepalive_interval
       site_id_lookup user_id_lookup group_ids_lookup is_admin_lookup extra_response_headers_lookup
       on_middleware_error on_connect on_disconnect client_message_filters
+      websocket_enabled sse_enabled allowed_origins websocket_ping_interval sse_keepalive_interval
     ].freeze
 
     POSTGRES_KEYS = %i[url host port dbname database user username password].freeze

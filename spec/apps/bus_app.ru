@@ -28,6 +28,15 @@ MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"] && JSON.parse(env["H
 MessageBus.site_id_lookup { |env = nil| env && env["HTTP_X_SITE_ID"] } if ENV["MB_MULTISITE"] == "1"
 MessageBus.extra_response_headers_lookup { |env| { "x-extra" => "yes" } if env["HTTP_X_WANT_EXTRA"] }
 
+MessageBus.websocket_enabled = false if ENV["MB_WEBSOCKET"] == "off"
+MessageBus.sse_enabled = false if ENV["MB_SSE"] == "off"
+MessageBus.websocket_ping_interval = Float(ENV["MB_WS_PING"]) if ENV["MB_WS_PING"]
+MessageBus.sse_keepalive_interval = Float(ENV["MB_SSE_KEEPALIVE"]) if ENV["MB_SSE_KEEPALIVE"]
+case ENV.fetch("MB_ALLOWED_ORIGINS", nil)
+when "proc" then MessageBus.allowed_origins = ->(env) { env["HTTP_ORIGIN"].to_s.end_with?(".trusted.test") }
+when String then MessageBus.allowed_origins = ENV["MB_ALLOWED_ORIGINS"].split(",")
+end
+
 if ENV["MB_FILTERS"] == "1"
   MessageBus.register_client_message_filter("/filtered") { |msg| msg.data != "hidden" }
   MessageBus.register_client_message_filter(%r{/rx\d}) { |msg| !msg.data.to_s.start_with?("secret") }

@@ -37,6 +37,8 @@ MessageBus.configure(
   base_route: ENV.fetch("MB_BASE_ROUTE", "/")
 )
 MessageBus.reset! if ENV["MB_RESET"] == "1"
+# MB_WEBSOCKET=off: the WebSocket route answers 404 (the client long polls).
+MessageBus.websocket_enabled = false if ENV["MB_WEBSOCKET"] == "off"
 # Identities from request headers, which the page sets through MessageBus.headers.
 MessageBus.user_id_lookup { |env| env["HTTP_X_USER_ID"]&.to_i }
 MessageBus.group_ids_lookup { |env| env["HTTP_X_GROUP_IDS"].to_s.split(",").map(&:to_i) }

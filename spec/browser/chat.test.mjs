@@ -74,6 +74,8 @@ test("bin/demo: users chat, private messages reach only their addressee, history
     assert.deepEqual(await texts(page, "messages"), ["alice: hello from alice", "bob: hi alice ✓ <b>not bold</b>", "carol: hey both"]);
   }
   assert.equal(await bob.locator("#messages b").count(), 0, "rendered as text, not HTML");
+  // The demo runs over WebSocket (the default transport), identity by cookie.
+  for (const page of everyone) assert.equal(await page.evaluate(() => MessageBus.diagnostics().transport), "websocket");
 
   // bob → alice in private; then bob → carol; then bob → alice again
   await target(bob, "alice");

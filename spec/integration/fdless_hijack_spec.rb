@@ -130,6 +130,40 @@ RSpec.describe "Hijacked IOs without a socket descriptor" do
     end
   end
 
+  def stream_env(path, io:, hijack: true)
+    env = Rack::MockRequest.env_for(path, method: "GET", "HTTP_HOST" => "example.org",
+                                          "HTTP_UPGRADE" => "websocket", "HTTP_CONNECTION" => "Upgrade",
+                                          "HTTP_SEC_WEBSOCKET_VERSION" => "13",
+                                          "HTTP_SEC_WEBSOCKET_KEY" => "dGhlIHNhbXBsZSBub25jZQ==")
+    if hijack
+      env["rack.hijack?"] = true
+      env["rack.hijack"] = -> { env["rack.hijack_io"] = io }
+    end
+    env
+  end
+
+  %i[fdless pipe].each do |kind|
+    it "refuses a WebSocket or an event stream on a hijacked IO without a socket (#{kind}) with a 400 written on it" do
+      %w[ws sse].each do |route|
+        io = io_of(kind)
+        status, = middleware.call(stream_env("/message-bus/#{SecureRandom.hex(4)}/#{route}?%2Fa=-1", io: target(io)))
+        expect(status).to eq(418)
+        wait_for(message: "the refusal") { io.written.include?("long poll instead") }
+        expect(io.written).to start_with("HTTP/1.1 400 Bad Request\r\n")
+        wait_for(message: "the io closed") { io.closed? }
+      end
+    end
+  end
+
+  it "refuses a WebSocket with a 400 when the server cannot hijack, never a 500" do
+    status, _, body = middleware.call(stream_env("/message-bus/nohijack/ws", io: nil, hijack: false))
+    expect([status, body.join])
+      .to eq([400, "WebSocket needs a server that can hand its socket over (Rack hijack): long poll instead"])
+    b.rack_hijack_enabled = false
+    status, = middleware.call(stream_env("/message-bus/nohijack/sse?%2Fa=-1", io: FdlessIO.new))
+    expect(status).to eq(400)
+  end
+
   it "announces the Ruby path once" do
     2.times { middleware.call(env_for("%2Fa=", io: FdlessIO.new)) }
     expect(log_output.string.scan("has no socket descriptor").length).to eq(1)

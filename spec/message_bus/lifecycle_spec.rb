@@ -200,7 +200,8 @@ RSpec.describe "MessageBus lifecycle" do
     b = new_bus
     b.subscribe("/x") { nil }
     expect(b.diagnostics).to include(listening: true, subscriptions: 1, queued_publishes: 0, dropped_publishes: 0)
-    closed = %i[timeout delivered replaced refused stopped peer_closed slow_consumer write_timeout unexpected_input error]
+    closed = %i[timeout delivered replaced refused stopped peer_closed slow_consumer write_timeout unexpected_input error
+                client_closed protocol_error ping_timeout]
     expect(b.diagnostics[:web_clients]).to eq(parked: 0, delivered: 0, slow_closed: 0, unreadable: 0,
                                               closed: closed.to_h { |reason| [reason, 0] })
   end

@@ -176,7 +176,8 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
 
     expect(read_all(timed_out, timeout: 20)).to end_with("7\r\n[]\r\n|\r\n\r\n0\r\n\r\n")
     expected = { "timeout" => 1, "delivered" => 1, "replaced" => 1, "refused" => 1, "peer_closed" => 2,
-                 "unexpected_input" => 1, "slow_consumer" => 1, "write_timeout" => 0, "stopped" => 0, "error" => 0 }
+                 "unexpected_input" => 1, "slow_consumer" => 1, "write_timeout" => 0, "stopped" => 0, "error" => 0,
+                 "client_closed" => 0, "protocol_error" => 0, "ping_timeout" => 0 }
     wait_for(message: "every close counted") { closes(counted).values.sum == expected.values.sum }
     stats = web_clients(counted)
     expect(stats["closed"]).to eq(expected)

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a hijacked long-poll connection ended. Each connection ends once,
+/// Why a hijacked connection (long poll, WebSocket, SSE) ended. Each connection ends once,
 /// under exactly one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -29,10 +29,17 @@ pub enum CloseReason {
     UnexpectedInput,
     /// Its backlog could not be read (the close output was written).
     Error,
+    /// A WebSocket client closed (its close frame was answered).
+    ClientClosed,
+    /// A WebSocket client broke the protocol or sent a message it may not
+    /// (closed with 1002, 1003, 1007, 1008 or 1009 and a reason).
+    ProtocolError,
+    /// A WebSocket peer stopped answering pings.
+    PingTimeout,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Timeout,
         CloseReason::Delivered,
         CloseReason::Replaced,
@@ -43,6 +50,9 @@ impl CloseReason {
         CloseReason::WriteTimeout,
         CloseReason::UnexpectedInput,
         CloseReason::Error,
+        CloseReason::ClientClosed,
+        CloseReason::ProtocolError,
+        CloseReason::PingTimeout,
     ];
 
     /// The reason's name in diagnostics and metrics labels.
@@ -58,6 +68,9 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::UnexpectedInput => "unexpected_input",
             CloseReason::Error => "error",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::PingTimeout => "ping_timeout",
         }
     }
 
@@ -78,10 +91,18 @@ pub enum Transport {
     LongPoll,
     /// A chunked response that stays open for the interval.
     Streaming,
+    WebSocket,
+    /// Server-Sent Events.
+    Sse,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::LongPoll, Transport::Streaming];
+    pub const ALL: [Transport; 4] = [
+        Transport::LongPoll,
+        Transport::Streaming,
+        Transport::WebSocket,
+        Transport::Sse,
+    ];
 
     pub fn of(chunked: bool) -> Self {
         if chunked {
@@ -95,11 +116,21 @@ impl Transport {
         match self {
             Transport::LongPoll => "long_poll",
             Transport::Streaming => "streaming",
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
         }
     }
 
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The inverse of `index` (a transport kept in an atomic).
+    pub fn from_index(index: usize) -> Self {
+        Transport::ALL
+            .get(index)
+            .copied()
+            .unwrap_or(Transport::LongPoll)
     }
 }
 
@@ -108,6 +139,8 @@ const TRANSPORTS: usize = Transport::ALL.len();
 
 #[derive(Default)]
 pub struct WebClientCounters {
+    /// Connections whose task runs (opened, not yet ended).
+    open: AtomicU64,
     delivered: [AtomicU64; TRANSPORTS],
     unreadable: AtomicU64,
     opened: [AtomicU64; TRANSPORTS],
@@ -125,13 +158,28 @@ impl WebClientCounters {
         self.unreadable.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A hijacked connection's task started; it ends with one `connection_closed`.
+    /// A hijacked connection's task started; it counts one `connection_closed`
+    /// and then `connection_ended`.
     pub fn connection_opened(&self, transport: Transport) {
+        self.open.fetch_add(1, Ordering::Relaxed);
         self.opened[transport.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self, transport: Transport, reason: CloseReason) {
         self.closed[transport.index()][reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection's task ended (after counting its close).
+    pub fn connection_ended(&self) {
+        // Saturating: never below zero whatever the order of calls.
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Connections whose task still runs.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self, parked: usize) -> WebClientStats {

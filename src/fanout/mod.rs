@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as channel;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -27,16 +27,19 @@ use crate::message::Message;
 
 use crate::metrics::{Histogram, HistogramValues};
 pub use counters::{CloseReason, Transport, TransportStats, WebClientCounters, WebClientStats};
-pub use outbox::{Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
+pub use outbox::{Framing, Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
 use timeouts::Timeouts;
 
-/// A live message, encoded once for all clients.
+/// A live message, encoded once for all clients: its JSON once, and once
+/// per shared framing in use (on first use), never once per connection.
 pub struct Live {
     pub message: OutMessage,
     /// `[message]` as JSON.
     pub body: String,
-    /// `body` framed as one chunk.
-    pub chunk: Vec<u8>,
+    /// `body` framed as one HTTP chunk.
+    chunk: OnceLock<Vec<u8>>,
+    /// `body` as one unmasked WebSocket text frame.
+    ws_frame: OnceLock<Vec<u8>>,
     /// When it reached this process's fan-out (with latency metrics on).
     pub arrived: Option<std::time::Instant>,
 }
@@ -44,14 +47,40 @@ pub struct Live {
 impl Live {
     pub fn new(message: OutMessage) -> Self {
         let body = payload(std::slice::from_ref(&message), &[]);
-        let chunk = frame::chunk(&body);
         Live {
             message,
             body,
-            chunk,
+            chunk: OnceLock::new(),
+            ws_frame: OnceLock::new(),
             arrived: crate::metrics::latency_enabled().then(std::time::Instant::now),
         }
     }
+
+    /// The message as one HTTP chunk of a streamed long poll.
+    pub fn chunk(&self) -> &[u8] {
+        self.chunk.get_or_init(|| frame::chunk(&self.body))
+    }
+
+    /// The message as one WebSocket text frame.
+    pub fn ws_frame(&self) -> &[u8] {
+        self.ws_frame
+            .get_or_init(|| crate::http::ws_codec::text_frame(&self.body))
+    }
+
+    /// The bytes every connection of this framing writes for the message.
+    pub fn shared(&self, framing: Shared) -> &[u8] {
+        match framing {
+            Shared::Chunk => self.chunk(),
+            Shared::WebSocket => self.ws_frame(),
+        }
+    }
+}
+
+/// The framings whose bytes are the same for every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    Chunk,
+    WebSocket,
 }
 
 /// What the registry keeps of one parked connection.
@@ -230,6 +259,10 @@ impl Fanout {
         &self.counters
     }
 
+    pub fn counters_arc(&self) -> &Arc<WebClientCounters> {
+        &self.counters
+    }
+
     async fn judge_in_order(
         fanout: std::sync::Weak<Fanout>,
         mut queue: mpsc::UnboundedReceiver<Arc<Message>>,
@@ -279,6 +312,31 @@ impl Fanout {
         }
         reg.insert(client_id.to_string(), parked);
         Admission::Parked
+    }
+
+    /// Registers a streaming connection (WebSocket, SSE): it replaces any
+    /// connection of its client id, whatever its seq (a browser's tabs share
+    /// one client id: the newest connection wins).
+    pub fn admit_newest(&self, parked: Arc<Parked>) {
+        let client_id = parked.identity.client_id.clone();
+        let mut reg = self.shard(&client_id).registry.lock();
+        if let Some(old) = reg.remove(&client_id) {
+            old.outbox.request_close(CloseReason::Replaced);
+        }
+        reg.insert(client_id, parked);
+    }
+
+    /// Puts `new` (other subscriptions of the same connection) in the place
+    /// of `old`, in one step; false if `old` is no longer registered
+    /// (replaced, stopped, closed as too slow).
+    pub fn swap(&self, old: &Parked, new: Arc<Parked>) -> bool {
+        let client_id = &old.identity.client_id;
+        let mut reg = self.shard(client_id).registry.lock();
+        if !reg.remove_conn(client_id, old.conn_id) {
+            return false;
+        }
+        reg.insert(client_id.clone(), new);
+        true
     }
 
     /// Removes a connection, only if it is still the registered one (§9 Q36).
@@ -344,6 +402,19 @@ impl Fanout {
             }
             reg.index.clear();
         }
+    }
+
+    /// Waits until every connection's task has ended (their close output
+    /// written), up to `timeout`; true if they all did.
+    pub async fn wait_closed(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.counters.open_connections() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     pub fn stats(&self) -> WebClientStats {

@@ -6,15 +6,15 @@
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
 use parking_lot::Mutex;
 
-use super::{CloseReason, Live, Transport};
-use crate::http::frame;
+use super::{CloseReason, Live, Shared, Transport};
 use crate::http::socket::ClientSocket;
+use crate::http::{frame, sse};
 
 /// Live messages a connection may have waiting before it counts as a slow
 /// reader and is closed (the client reconnects with its last ids).
@@ -35,17 +35,16 @@ enum Item {
 
 /// Bytes the task must write.
 pub enum Out {
-    Chunk(Arc<Live>),
-    /// The end of a live chunk, from this offset (shared, not copied).
-    ChunkFrom(Arc<Live>, usize),
+    /// A live message's bytes shared by every connection of a framing,
+    /// from this offset (the end of a direct write: shared, not copied).
+    Shared(Arc<Live>, Shared, usize),
     Owned(Vec<u8>),
 }
 
 impl AsRef<[u8]> for Out {
     fn as_ref(&self) -> &[u8] {
         match self {
-            Out::Chunk(live) => &live.chunk,
-            Out::ChunkFrom(live, from) => &live.chunk[*from..],
+            Out::Shared(live, framing, from) => &live.shared(*framing)[*from..],
             Out::Owned(bytes) => bytes,
         }
     }
@@ -55,12 +54,37 @@ impl Out {
     /// What is left once the first `written` bytes went out.
     fn after(self, written: usize) -> Out {
         match self {
-            Out::Chunk(live) => Out::ChunkFrom(live, written),
-            Out::ChunkFrom(live, from) => Out::ChunkFrom(live, from + written),
+            Out::Shared(live, framing, from) => Out::Shared(live, framing, from + written),
             Out::Owned(mut bytes) => {
                 bytes.drain(..written);
                 Out::Owned(bytes)
             }
+        }
+    }
+}
+
+/// How a connection frames what it writes: the transport seam's bottom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// A long poll answered once (`content-length`), ending the response.
+    #[default]
+    Full,
+    /// A streamed long poll: one HTTP chunk per payload.
+    Chunked,
+    /// One WebSocket text frame per payload.
+    WebSocket,
+    /// One Server-Sent Event per payload, its `id` the positions it covers
+    /// (so encoded per connection).
+    Sse,
+}
+
+impl From<Framing> for Transport {
+    fn from(framing: Framing) -> Self {
+        match framing {
+            Framing::Full => Transport::LongPoll,
+            Framing::Chunked => Transport::Streaming,
+            Framing::WebSocket => Transport::WebSocket,
+            Framing::Sse => Transport::Sse,
         }
     }
 }
@@ -98,7 +122,7 @@ struct State {
     /// Set once the head is written; direct writes need it.
     stream: Option<Arc<ClientSocket>>,
     direct: bool,
-    chunked: bool,
+    framing: Framing,
     head_prefix: Option<Arc<[u8]>>,
     /// Per subscribed channel (in the order of `Parked::channels`), the id
     /// the client is up to: live messages at or below it were already
@@ -141,7 +165,7 @@ impl State {
     /// The bytes a live message costs a connection, streamed or not (about
     /// the same: whether it streams is only known once it is open).
     fn size_of(live: &Live) -> usize {
-        live.chunk.len()
+        live.body.len() + 16
     }
 
     fn enqueue(&mut self, item: Item, bytes: usize) {
@@ -165,21 +189,72 @@ impl State {
             || (!self.queue.is_empty() && self.queued_bytes + bytes > QUEUE_BYTES_BOUND)
     }
 
-    fn response(&self, live: &Arc<Live>) -> Out {
-        if self.chunked {
-            Out::Chunk(Arc::clone(live))
-        } else {
-            let prefix = self.head_prefix.as_deref().unwrap_or_default();
-            Out::Owned(frame::full_response(prefix, &live.body))
+    /// What the connection writes for a live message (after `advance`).
+    fn response(&self, channels: &[String], live: &Arc<Live>) -> Out {
+        match self.framing {
+            Framing::Chunked => Out::Shared(Arc::clone(live), Shared::Chunk, 0),
+            Framing::WebSocket => Out::Shared(Arc::clone(live), Shared::WebSocket, 0),
+            Framing::Sse => Out::Owned(sse::event(
+                &sse::positions_id(channels, &self.positions),
+                &live.body,
+            )),
+            Framing::Full => {
+                let prefix = self.head_prefix.as_deref().unwrap_or_default();
+                Out::Owned(frame::full_response(prefix, &live.body))
+            }
         }
+    }
+
+    /// Writes `out` straight to the socket (the connection is idle); what
+    /// the socket does not take is queued for the task.
+    fn write_direct(
+        mut s: parking_lot::MutexGuard<'_, State>,
+        out: Out,
+        ends_response: bool,
+    ) -> Push {
+        let bytes = out.as_ref();
+        let Some(stream) = s.stream.as_ref() else {
+            return Push::Gone;
+        };
+        let mut written = 0;
+        while written < bytes.len() {
+            match stream.try_write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // The peer is gone; the task sees it too and ends.
+                    s.killed = Some(CloseReason::PeerClosed);
+                    wake(s);
+                    return Push::Gone;
+                }
+            }
+        }
+        let left = bytes.len() - written;
+        if left == 0 {
+            if ends_response {
+                s.finished = true;
+                wake(s);
+            }
+            return Push::Written;
+        }
+        let rest = Item::Rest {
+            out: out.after(written),
+            ends_response,
+        };
+        s.enqueue(rest, left);
+        s.direct = false;
+        wake(s);
+        Push::Queued
     }
 }
 
 #[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
-    /// `State::chunked`, readable by the fan-out's counters without the lock.
-    streaming: AtomicBool,
+    /// The `Transport` of `State::framing`, readable by the fan-out's
+    /// counters without the lock.
+    transport: AtomicU8,
 }
 
 /// Wakes the task (outside the lock).
@@ -197,15 +272,17 @@ impl Outbox {
     pub fn open(
         &self,
         stream: Arc<ClientSocket>,
-        chunked: bool,
+        framing: Framing,
         head_prefix: Arc<[u8]>,
         channels: &[String],
         covered: Vec<(String, i64)>,
     ) {
         let mut s = self.state.lock();
         s.stream = Some(stream);
-        s.chunked = chunked;
-        self.streaming.store(chunked, Ordering::Relaxed);
+        s.framing = framing;
+        let transport = Transport::from(framing);
+        self.transport
+            .store(transport.index() as u8, Ordering::Relaxed);
         s.head_prefix = Some(head_prefix);
         s.positions = channels
             .iter()
@@ -272,42 +349,36 @@ impl Outbox {
         if !s.advance(channels, live) {
             return Push::Skipped;
         }
-        let out = s.response(live);
-        let bytes = out.as_ref();
-        let ends_response = !s.chunked;
-        let Some(stream) = s.stream.as_ref() else {
+        let out = s.response(channels, live);
+        let ends_response = s.framing == Framing::Full;
+        State::write_direct(s, out, ends_response)
+    }
+
+    /// Hands over bytes of the connection's own (a WebSocket pong or ping,
+    /// an SSE keepalive comment), in order with the live messages: written
+    /// at once when idle, queued otherwise. A peer that lets them pile up
+    /// past the bounds (a ping flood it does not read) is killed.
+    pub fn push_owned(&self, bytes: Vec<u8>) -> Push {
+        let mut s = self.state.lock();
+        if s.finished || s.killed.is_some() {
             return Push::Gone;
-        };
-        let mut written = 0;
-        while written < bytes.len() {
-            match stream.try_write(&bytes[written..]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    // The peer is gone; the task sees it too and ends.
-                    s.killed = Some(CloseReason::PeerClosed);
-                    wake(s);
-                    return Push::Gone;
-                }
-            }
         }
-        let left = bytes.len() - written;
-        if left == 0 {
-            if ends_response {
-                s.finished = true;
+        if !s.direct {
+            let len = bytes.len();
+            if s.over_bounds(len) {
+                s.killed = Some(CloseReason::SlowConsumer);
                 wake(s);
+                return Push::TooSlow;
             }
-            return Push::Written;
+            let rest = Item::Rest {
+                out: Out::Owned(bytes),
+                ends_response: false,
+            };
+            s.enqueue(rest, len);
+            wake(s);
+            return Push::Queued;
         }
-        let rest = Item::Rest {
-            out: out.after(written),
-            ends_response,
-        };
-        s.enqueue(rest, left);
-        s.direct = false;
-        wake(s);
-        Push::Queued
+        State::write_direct(s, Out::Owned(bytes), false)
     }
 
     /// The task's next step (see `Next`).
@@ -329,9 +400,9 @@ impl Outbox {
                     if !s.advance(channels, &live) {
                         continue;
                     }
-                    let ends_response = !s.chunked;
+                    let ends_response = s.framing == Framing::Full;
                     s.finished |= ends_response;
-                    return Next::Write(s.response(&live), ends_response);
+                    return Next::Write(s.response(channels, &live), ends_response);
                 }
             }
         }
@@ -355,15 +426,15 @@ impl Outbox {
         }
     }
 
-    /// Whether the answer streams (known once the head is written).
     /// The transport the counters file this connection's messages under
     /// (long poll until the answer is opened).
     pub fn transport(&self) -> Transport {
-        Transport::of(self.streaming.load(Ordering::Relaxed))
+        Transport::from_index(usize::from(self.transport.load(Ordering::Relaxed)))
     }
 
+    /// Whether the answer streams (known once the head is written).
     pub fn is_chunked(&self) -> bool {
-        self.state.lock().chunked
+        self.state.lock().framing != Framing::Full
     }
 
     /// Per subscribed channel, the id the client is up to (`None` until
@@ -423,9 +494,9 @@ mod tests {
         assert_eq!(outbox.push(&ab(), &live("/b", 1)), Push::Queued);
         // The backlog answer covered /a up to 3.
         outbox.state.lock().positions = vec![3, i64::MIN];
-        outbox.state.lock().chunked = true;
-        assert_eq!(written(outbox.next(&ab())), live("/a", 4).chunk);
-        assert_eq!(written(outbox.next(&ab())), live("/b", 1).chunk);
+        outbox.state.lock().framing = Framing::Chunked;
+        assert_eq!(written(outbox.next(&ab())), live("/a", 4).chunk());
+        assert_eq!(written(outbox.next(&ab())), live("/b", 1).chunk());
         // No socket yet: stays queued mode.
         assert!(matches!(outbox.next(&ab()), Next::Idle));
         assert_eq!(outbox.push(&ab(), &live("/a", 4)), Push::Queued);
@@ -446,7 +517,7 @@ mod tests {
         assert_eq!(outbox.push(&ab(), &live("/a", 1000)), Push::Gone);
 
         let closing = Outbox::default();
-        closing.state.lock().chunked = true;
+        closing.state.lock().framing = Framing::Chunked;
         assert_eq!(closing.push(&ab(), &live("/a", 1)), Push::Queued);
         closing.request_close(CloseReason::Timeout);
         closing.request_close(CloseReason::Replaced);
@@ -467,7 +538,7 @@ mod tests {
     #[test]
     fn big_messages_make_a_slow_reader_by_their_bytes() {
         let outbox = Outbox::default();
-        outbox.state.lock().chunked = true;
+        outbox.state.lock().framing = Framing::Chunked;
         // The first item is taken whatever its size.
         assert_eq!(
             outbox.push(&ab(), &big_live(1, 2 * QUEUE_BYTES_BOUND)),
@@ -488,9 +559,13 @@ mod tests {
     #[test]
     fn the_rest_of_a_direct_write_shares_the_message() {
         let live = big_live(1, 100);
-        let rest = Out::Chunk(Arc::clone(&live)).after(10).after(5);
-        assert_eq!(rest.as_ref(), &live.chunk[15..]);
-        assert!(matches!(rest, Out::ChunkFrom(ref shared, 15) if Arc::ptr_eq(shared, &live)));
+        let rest = Out::Shared(Arc::clone(&live), Shared::Chunk, 0)
+            .after(10)
+            .after(5);
+        assert_eq!(rest.as_ref(), &live.chunk()[15..]);
+        assert!(
+            matches!(rest, Out::Shared(ref shared, Shared::Chunk, 15) if Arc::ptr_eq(shared, &live))
+        );
         let owned = Out::Owned(b"abcdef".to_vec()).after(2);
         assert_eq!(owned.as_ref(), b"cdef");
     }

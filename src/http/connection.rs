@@ -13,17 +13,20 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::client::{self, Requested};
 use crate::envelope::Identity;
 use crate::error::{Error, Result};
-use crate::fanout::{Admission, CloseReason, Fanout, Next, Out, Outbox, Parked, Transport};
+use crate::fanout::{
+    Admission, CloseReason, Fanout, Framing, Next, Out, Outbox, Parked, Transport,
+};
 use crate::http::frame;
 use crate::http::json::payload;
 use crate::http::limits::{limits, INPUT_BOUND};
 use crate::http::socket::ClientSocket;
+use crate::http::writer;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -263,6 +266,7 @@ impl Conn {
             fanout
                 .counters()
                 .connection_closed(Transport::of(view.chunked), outcome.reason());
+            fanout.counters().connection_ended();
         })
     }
 
@@ -304,37 +308,13 @@ impl Conn {
     }
 
     /// Writes what the socket takes now; returns how many bytes are left.
-    fn try_write_all(&self, mut bytes: &[u8]) -> std::result::Result<usize, CloseReason> {
-        while !bytes.is_empty() {
-            match self.stream.try_write(bytes) {
-                Ok(0) => return Err(CloseReason::PeerClosed),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => return Err(CloseReason::PeerClosed),
-            }
-        }
-        Ok(bytes.len())
+    fn try_write_all(&self, bytes: &[u8]) -> std::result::Result<usize, CloseReason> {
+        writer::try_write_all(&self.stream, bytes)
     }
 
-    async fn write_slowly(&self, mut bytes: &[u8]) -> std::result::Result<(), CloseReason> {
+    async fn write_slowly(&self, bytes: &[u8]) -> std::result::Result<(), CloseReason> {
         let deadline = Instant::now() + limits().write_timeout;
-        while !bytes.is_empty() {
-            let writable = poll_fn(|cx| {
-                if let Some(reason) = self.outbox().poll_killed(cx) {
-                    return Poll::Ready(Err(reason));
-                }
-                self.stream
-                    .poll_write_ready(cx)
-                    .map_err(|_| CloseReason::PeerClosed)
-            });
-            tokio::select! {
-                ready = writable => ready?,
-                _ = sleep_until(deadline) => return Err(CloseReason::WriteTimeout),
-            }
-            let left = self.try_write_all(bytes)?;
-            bytes = &bytes[bytes.len() - left..];
-        }
-        Ok(())
+        writer::write_by(&self.stream, Some(self.outbox()), bytes, deadline).await
     }
 
     /// Reads the backlog after registration (every message is either in it
@@ -383,9 +363,14 @@ impl Conn {
             Ok(positions) => positions,
             Err(closed) => return closed,
         };
+        let framing = if self.view.chunked {
+            Framing::Chunked
+        } else {
+            Framing::Full
+        };
         self.outbox().open(
             Arc::clone(&self.stream),
-            self.view.chunked,
+            framing,
             Arc::clone(&self.view.head_prefix),
             &self.parked.channels,
             positions,

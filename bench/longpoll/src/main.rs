@@ -8,7 +8,12 @@
 //! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
 //!          [--server-pid PID] [--deadline S] [--callback-interval-ms C]
 //!          [--publishers K] [--duration S] [--external-publishers]
-//!          [--slow-readers R] [--fill B]
+//!          [--slow-readers R] [--fill B] [--websocket]
+//!
+//! `--websocket`: each client holds a WebSocket
+//! (`/message-bus/ws<N>/ws`) instead of polling: it subscribes with its
+//! last id on open, answers pings, and reconnects with its last id if the
+//! connection ends.
 //!
 //! `--callback-interval-ms C`: after a poll that brought nothing, a client
 //! waits until C ms after that poll started, as the browser client does.
@@ -56,6 +61,8 @@ struct Options {
     slow_readers: usize,
     /// Padding bytes in every message.
     fill: usize,
+    /// Clients hold WebSockets instead of polling.
+    websocket: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -88,6 +95,7 @@ fn options() -> Result<Options, String> {
         external: args.iter().any(|a| a == "--external-publishers"),
         slow_readers: number("--slow-readers", 0)? as usize,
         fill: number("--fill", 0)? as usize,
+        websocket: args.iter().any(|a| a == "--websocket"),
     })
 }
 
@@ -127,6 +135,8 @@ struct Stats {
     errors: AtomicU64,
     ready: AtomicUsize,
     latencies: std::sync::Mutex<Vec<u64>>,
+    /// Per message number, the latencies (MB_BENCH_BY_MESSAGE=1 reports them).
+    by_message: std::sync::Mutex<Vec<Vec<u64>>>,
     /// Set at the drain deadline: clients stop after their current poll.
     stopping: std::sync::atomic::AtomicBool,
     /// Per message number, how many clients never received it.
@@ -188,6 +198,12 @@ async fn handle_payload(json: &[u8], state: &mut ClientState, stats: &Stats) -> 
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut latencies) = stats.latencies.lock() {
                     latencies.push(arrived.saturating_sub(sent));
+                }
+                if let Ok(mut by) = stats.by_message.lock() {
+                    if by.len() <= n {
+                        by.resize(n + 1, Vec::new());
+                    }
+                    by[n].push(arrived.saturating_sub(sent));
                 }
             }
         }
@@ -294,6 +310,112 @@ async fn poll_once(
     Ok(())
 }
 
+/// A masked client frame (the mask is fixed: the bench is not a browser).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut out = vec![0x80 | opcode];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// One WebSocket connection: returns when the server closes it.
+/// `permit` (the ramp-up slot) is released once the first frame arrived.
+async fn websocket_once(
+    opts: &Options,
+    client: usize,
+    state: &mut ClientState,
+    stats: &Stats,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", opts.port)).await?;
+    let upgrade = format!(
+        "GET /message-bus/ws{client}/ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        opts.port
+    );
+    stream.write_all(upgrade.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut scratch = vec![0u8; 8192];
+    let mut upgraded = false;
+    loop {
+        let n = stream.read(&mut scratch).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&scratch[..n]);
+        if !upgraded {
+            let Some(end) = find(&buf, b"\r\n\r\n") else {
+                continue;
+            };
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Err(std::io::Error::other("upgrade refused"));
+            }
+            buf.drain(..end + 4);
+            upgraded = true;
+            let subscribe = format!(r#"{{"subscribe":{{"{CHANNEL}":{}}}}}"#, state.last_id);
+            stream
+                .write_all(&client_frame(1, subscribe.as_bytes()))
+                .await?;
+        }
+        // Whole frames at the start of the buffer.
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (head, len) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+                127 if buf.len() >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&buf[2..10]);
+                    (10, u64::from_be_bytes(b) as usize)
+                }
+                126 | 127 => break,
+                n => (2, n as usize),
+            };
+            if buf.len() < head + len {
+                break;
+            }
+            let opcode = buf[0] & 0x0f;
+            let payload: Vec<u8> = buf[head..head + len].to_vec();
+            buf.drain(..head + len);
+            match opcode {
+                1 => {
+                    if permit.take().is_some() {
+                        stats.ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !handle_payload(&payload, state, stats).await {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Done: held until every client is (a long poll's FIN
+                    // costs the server nothing until its timeout, a WebSocket's
+                    // ends the connection: thousands of those at once would
+                    // load the server while others still wait for the last
+                    // message), then dropped.
+                    if state.count >= opts.messages || stats.stopping.load(Ordering::Relaxed) {
+                        let expected = (opts.clients * opts.messages) as u64;
+                        while stats.received.load(Ordering::Relaxed) < expected
+                            && !stats.stopping.load(Ordering::Relaxed)
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        return Ok(());
+                    }
+                }
+                9 => stream.write_all(&client_frame(10, &payload)).await?,
+                8 => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
 async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: Arc<Semaphore>) {
     let mut state = ClientState {
         last_id: -1,
@@ -305,7 +427,11 @@ async fn run_client(opts: Arc<Options>, client: usize, stats: Arc<Stats>, gate: 
     while state.count < opts.messages && !stats.stopping.load(Ordering::Relaxed) {
         let started = Instant::now();
         let before = state.count;
-        let result = poll_once(&opts, client, &mut state, &stats, &mut permit).await;
+        let result = if opts.websocket {
+            websocket_once(&opts, client, &mut state, &stats, &mut permit).await
+        } else {
+            poll_once(&opts, client, &mut state, &stats, &mut permit).await
+        };
         if result.is_err() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -524,7 +650,7 @@ async fn main() {
             }
             Arc::new(o)
         }
-        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID] [--deadline S] [--callback-interval-ms C] [--publishers K] [--duration S] [--external-publishers] [--slow-readers R] [--fill B] (see the source's header)"),
+        Ok(_) => return eprintln!("usage: longpoll --port P [--clients N] [--messages M] [--interval-ms I] [--no-chunk] [--server-pid PID] [--deadline S] [--callback-interval-ms C] [--publishers K] [--duration S] [--external-publishers] [--slow-readers R] [--fill B] [--websocket] (see the source's header)"),
         Err(e) => return eprintln!("{e}"),
     };
     let stats = Arc::new(Stats::default());
@@ -642,7 +768,9 @@ async fn main() {
     println!(
         "clients {} ({}), messages {}, all connected after {:.1} s",
         opts.clients,
-        if opts.chunked {
+        if opts.websocket {
+            "websocket"
+        } else if opts.chunked {
             "chunked"
         } else {
             "not chunked"
@@ -663,6 +791,19 @@ async fn main() {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    if std::env::var("MB_BENCH_BY_MESSAGE").is_ok_and(|v| v == "1") {
+        let mut by =
+            std::mem::take(&mut *stats.by_message.lock().unwrap_or_else(|e| e.into_inner()));
+        let line: Vec<String> = by
+            .iter_mut()
+            .enumerate()
+            .map(|(n, l)| {
+                l.sort_unstable();
+                format!("#{n} {:.0}/{:.0}", percentile(l, 0.5), percentile(l, 0.99))
+            })
+            .collect();
+        println!("p50/p99 ms by message: {}", line.join(", "));
+    }
     let missing = std::mem::take(&mut *stats.missing.lock().unwrap_or_else(|e| e.into_inner()));
     let holes: Vec<String> = missing
         .iter()

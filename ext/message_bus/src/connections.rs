@@ -15,6 +15,8 @@ use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Pending, Session, View};
 use message_bus_core::http::frame::head_prefix;
 use message_bus_core::http::json::{payload, OutMessage};
+use message_bus_core::http::stream::{self, StreamSession, Transport};
+use message_bus_core::http::{sse, ws_codec};
 use message_bus_core::metrics::Snapshot;
 use message_bus_core::runtime::runtime;
 use message_bus_core::{Error, Message};
@@ -226,6 +228,56 @@ impl NativeConnections {
         .map_err(|e| to_ruby(ruby, e))
     }
 
+    /// Takes over a duplicate of `fd` for a WebSocket (after checking its
+    /// upgrade with `_websocket_accept`) or an event stream: the request's
+    /// `park_params` plus `transport` ("websocket" or "sse"), `accept` (the
+    /// `Sec-WebSocket-Accept` value), `keepalive_ms` and `max_channels`.
+    fn stream(ruby: &Ruby, rb_self: &Self, fd: i32, request: RHash) -> RbResult<()> {
+        let who = identity(
+            ruby,
+            request.fetch("client_id")?,
+            request.fetch("site_id")?,
+            request.fetch("user_json")?,
+            request.fetch("groups_json")?,
+        )?;
+        let headers = headers(request.fetch("headers")?)?;
+        let transport: String = request.fetch("transport")?;
+        let (transport, head) = match transport.as_str() {
+            "websocket" => {
+                let accept: String = request.fetch("accept")?;
+                (
+                    Transport::WebSocket,
+                    ws_codec::upgrade_head(&accept, &headers),
+                )
+            }
+            "sse" => (Transport::Sse, sse::head(&headers)),
+            other => {
+                return Err(to_ruby(
+                    ruby,
+                    Error::Argument(format!("unknown transport {other:?}")),
+                ))
+            }
+        };
+        let session = StreamSession {
+            identity: who,
+            transport,
+            head,
+            subscriptions: subscriptions(ruby, request.fetch("channels")?)?,
+            keepalive: Duration::from_millis(request.fetch::<_, u64>("keepalive_ms")?),
+            max_channels: request.fetch("max_channels")?,
+        };
+        let owned = dup_fd(ruby, fd)?;
+        let rt = runtime().map_err(|e| to_ruby(ruby, e))?;
+        let _guard = rt.enter();
+        stream::open(
+            owned,
+            session,
+            Arc::clone(&rb_self.fanout),
+            Arc::clone(&rb_self.backend),
+        )
+        .map_err(|e| to_ruby(ruby, e))
+    }
+
     /// How a parked poll answers: the `park_params` of the request.
     fn view(&self, request: RHash) -> RbResult<View> {
         Ok(View {
@@ -396,10 +448,41 @@ impl NativeConnections {
         if self.fanout.is_inherited() {
             return;
         }
+        self.stop_feeding();
+    }
+
+    /// Like `_stop`, then waits up to `seconds` for the connections to have
+    /// written their close output (a WebSocket's 1001): at process exit.
+    fn stop_and_wait(ruby: &Ruby, rb_self: &Self, seconds: f64) -> RbResult<bool> {
+        if rb_self.fanout.is_inherited() {
+            return Ok(true);
+        }
+        rb_self.stop_feeding();
+        let fanout = Arc::clone(&rb_self.fanout);
+        let timeout = Duration::from_secs_f64(seconds.clamp(0.0, 60.0));
+        block_on(
+            ruby,
+            || async move { Ok(fanout.wait_closed(timeout).await) },
+        )
+    }
+
+    fn stop_feeding(&self) {
         let sink: Arc<dyn Sink> = Arc::clone(&self.fanout) as Arc<dyn Sink>;
         self.backend.hub().remove_sink(&sink);
         self.fanout.close_all();
         self.fanout.gate().close();
+    }
+}
+
+/// Checks a WebSocket upgrade's version and key: `[accept, nil]`, or
+/// `[nil, [status, message]]` for the refusal to answer before the upgrade.
+fn websocket_accept(
+    version: Option<String>,
+    key: Option<String>,
+) -> (Option<String>, Option<(u16, &'static str)>) {
+    match ws_codec::accept_key(version.as_deref(), key.as_deref()) {
+        Ok(accept) => (Some(accept), None),
+        Err(refusal) => (None, Some((refusal.status, refusal.message))),
     }
 }
 
@@ -439,6 +522,8 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
         magnus::method!(NativeConnections::poll_pending, -1),
     )?;
     class.define_method("_attach", magnus::method!(NativeConnections::attach, 3))?;
+    class.define_method("_stream", magnus::method!(NativeConnections::stream, 2))?;
+    class.define_singleton_method("_websocket_accept", magnus::function!(websocket_accept, 2))?;
     let pending = native.define_class("PendingPoll", ruby.class_object())?;
     pending.undef_default_alloc_func();
     pending.define_method("_cancel", magnus::method!(PendingPoll::cancel, 0))?;
@@ -469,5 +554,9 @@ pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
         magnus::function!(NativeConnections::empty_stats, 0),
     )?;
     class.define_method("_stop", magnus::method!(NativeConnections::stop, 0))?;
+    class.define_method(
+        "_stop_and_wait",
+        magnus::method!(NativeConnections::stop_and_wait, 1),
+    )?;
     Ok(())
 }

@@ -6,6 +6,7 @@ require "rack"
 require "socket"
 require "message_bus/rack/poll_request"
 require "message_bus/rack/ruby_gate"
+require "message_bus/rack/streaming"
 
 module MessageBus
   module Rack
@@ -14,8 +15,16 @@ module MessageBus
     # handed to Rust, which writes the response, streams live messages and
     # closes it: a waiting client holds no Ruby thread.
     class Middleware
+      include Streaming
+
       TEAPOT = [418, {}, ["I'm a teapot, undefined in spec"]].freeze
       NOT_FOUND = [404, {}, ["not found"]].freeze
+      STREAMS = { "ws" => "websocket", "sse" => "sse" }.freeze
+      # The middlewares of this process: at exit, their connections get their
+      # close output (a WebSocket's 1001 "server stopping") before the
+      # process goes, not a bare FIN.
+      LIVE = ObjectSpace::WeakMap.new
+      at_exit { LIVE.each_key(&:close_at_exit) }
 
       attr_reader :started_listener, :connection_manager
 
@@ -32,6 +41,7 @@ module MessageBus
         @gate = RubyGate.new(@bus)
         start_listener unless @bus.off?
         @bus.register_middleware(self) if @bus.respond_to?(:register_middleware)
+        LIVE[self] = true
       end
 
       def call(env)
@@ -61,6 +71,15 @@ module MessageBus
           @ruby_listener = nil
           @started_listener = false
         end
+      end
+
+      # At process exit: closes this process's connections and waits (a
+      # second at most) for their close output to be written.
+      def close_at_exit
+        connections = @lock.synchronize { @connections if @pid == Process.pid }
+        connections&._stop_and_wait(1.0)
+      rescue StandardError
+        nil
       end
 
       # Parked connections, live messages pushed, slow readers cut, messages
@@ -143,11 +162,12 @@ module MessageBus
         rest = env["PATH_INFO"][@prefix.length..]
         return broadcast(env) if rest == "broadcast" && @bus.allow_broadcast?
 
-        client_id = rest.split("/").first
+        client_id, action = rest.split("/", 3)
         return NOT_FOUND unless client_id
 
         headers = response_headers(env)
         return [200, headers, ["OK"]] if env["REQUEST_METHOD"] == "OPTIONS"
+        return stream(env, client_id, STREAMS[action], headers) if STREAMS.key?(action)
 
         request = PollRequest.new(env, @bus, client_id)
         release_active_record_connections

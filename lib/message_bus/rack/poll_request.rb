@@ -33,8 +33,11 @@ module MessageBus
 
       attr_reader :client_id, :site_id, :seq, :channels, :user_json, :groups_json, :user_id, :group_ids
 
-      def initialize(env, bus, client_id)
+      # `source: :query` reads the subscriptions from the query string (an
+      # event stream's), positions in a `Last-Event-ID` header winning.
+      def initialize(env, bus, client_id, source: :body)
         @env = env
+        @source = source
         @bus = bus
         @client_id = check_client_id(client_id)
         @user_id = user_id = bus.user_id_lookup&.call(env)
@@ -52,6 +55,14 @@ module MessageBus
       def allow_chunked?
         (@env["HTTP_VERSION"] || @env["SERVER_PROTOCOL"]) == "HTTP/1.1" &&
           !@env.key?("HTTP_DONT_CHUNK") && @bus.chunked_encoding_enabled?
+      end
+
+      # What a WebSocket or an event stream crosses the native line with.
+      def stream_params(headers, transport, keepalive_seconds, accept: nil)
+        park_params(headers, true, 0).merge(
+          "transport" => transport, "accept" => accept, "max_channels" => MAX_CHANNELS,
+          "keepalive_ms" => (Float(keepalive_seconds) * 1000).round.clamp(10, 2**40)
+        )
       end
 
       def park_params(headers, chunked, timeout_ms)
@@ -98,7 +109,7 @@ module MessageBus
           return forced.map { |channel, id| [check_channel(channel.to_s), to_last_id(channel, id)] }
         end
 
-        pairs = body_pairs
+        pairs = @source == :query ? query_pairs : body_pairs
         if pairs.count { |key, _| key != "__seq" } > MAX_CHANNELS
           raise BadRequest.new("too many channels in one poll (at most #{MAX_CHANNELS})", 413)
         end
@@ -112,6 +123,28 @@ module MessageBus
           end
         end
         channels.to_a
+      end
+
+      # `?<channel>=<last id>&...`, resumed from an EventSource's
+      # `Last-Event-ID` (the JSON object of positions its events carry).
+      def query_pairs
+        pairs = decode_form(@env["QUERY_STRING"].to_s)
+        resume = last_event_positions
+        return pairs unless resume
+
+        pairs.map { |key, value| resume.key?(key) ? [key, resume[key]] : [key, value] }
+      end
+
+      def last_event_positions
+        text = @env["HTTP_LAST_EVENT_ID"].to_s
+        return nil if text.empty?
+
+        parsed = JSON.parse(text)
+        raise BadRequest, "Last-Event-ID must be the JSON object of positions an event carried" unless parsed.is_a?(Hash)
+
+        parsed
+      rescue JSON::ParserError
+        raise BadRequest, "Last-Event-ID must be the JSON object of positions an event carried"
       end
 
       def body_pairs
