@@ -70,6 +70,18 @@ RSpec.describe "WebSocket through a real Puma", :integration do
     expect(seen.count { |m| m["data"] == "probe" }).to eq(0)
   end
 
+  it "opens with the storage epoch, the one poll responses carry in X-MessageBus-Epoch" do
+    _, head, = http(server.port, "POST", "/message-bus/e1/poll?dlp=t", "/e=-1",
+                    "Content-Type" => "application/x-www-form-urlencoded")
+    header = head[/^x-messagebus-epoch: (\S+)/i, 1]
+    expect(header).to match(/\A\h{32}\z/)
+    client = ws
+    frame = client.read_frame(epoch_frame: true)
+    expect(frame.json).to eq([{ "global_id" => -1, "message_id" => -1, "channel" => "/__epoch", "data" => header }])
+    client.subscribe("/e" => -1)
+    expect(client.read_frame.json.map { |m| m["channel"] }).to eq(["/__status"])
+  end
+
   it "applies subscribe before unsubscribe in one message: a channel in both ends unsubscribed" do
     client = ws
     subscribed(client, "/both" => -1)

@@ -111,7 +111,9 @@ class WebSocketClient
 
   # The next frame, or raises after the deadline. `pongs: true` answers the
   # server's pings (as a browser does) and skips them.
-  def read_frame(timeout: 10, pongs: true)
+  # The frame `[{"channel": "/__epoch", ...}]` the server opens with is
+  # recorded (`epoch`) and skipped unless `epoch_frame: true`.
+  def read_frame(timeout: 10, pongs: true, epoch_frame: false)
     loop do
       frame = parse_frame
       unless frame
@@ -122,8 +124,25 @@ class WebSocketClient
         pong(frame.payload)
         next
       end
+      next if !epoch_frame && epoch_frame?(frame)
+
       return frame
     end
+  end
+
+  # The storage epoch the server named in its first frame (issue 16), if any.
+  attr_reader :epoch
+
+  def epoch_frame?(frame)
+    return false unless frame.text?
+
+    batch = frame.json
+    return false unless batch.is_a?(Array) && batch.length == 1 && batch[0].is_a?(Hash) && batch[0]["channel"] == "/__epoch"
+
+    @epoch = batch[0]["data"]
+    true
+  rescue JSON::ParserError
+    false
   end
 
   # The messages of text frames until `block` is true of all so far.

@@ -38,6 +38,9 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// FIN) before dropping the socket: unread input would make it a reset.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The channel of the entry that opens a WebSocket's first frame.
+const EPOCH_CHANNEL: &str = "/__epoch";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     WebSocket,
@@ -204,6 +207,11 @@ impl StreamConn {
             return End::Drop(reason);
         }
         drop(head);
+        if self.transport == Transport::WebSocket {
+            if let Err(reason) = Box::pin(self.write_epoch(deadline)).await {
+                return End::Drop(reason);
+            }
+        }
         self.parked.outbox.open(
             Arc::clone(&self.stream),
             self.framing(),
@@ -217,6 +225,23 @@ impl StreamConn {
             }
         }
         self.wait().await
+    }
+
+    /// A WebSocket's first frame names the storage epoch (issue 16), as
+    /// the `X-MessageBus-Epoch` header does on HTTP: `[{"channel":
+    /// "/__epoch", "data": <epoch>, ...}]`. Nothing when the backend has none.
+    async fn write_epoch(&self, deadline: Instant) -> std::result::Result<(), CloseReason> {
+        let Ok(Some(epoch)) = self.backend.load_epoch().await else {
+            return Ok(());
+        };
+        let entry = serde_json::json!([{
+            "global_id": -1,
+            "message_id": -1,
+            "channel": EPOCH_CHANNEL,
+            "data": &*epoch,
+        }]);
+        let frame = ws::text_frame(&entry.to_string());
+        writer::write_by(&self.stream, None, &frame, deadline).await
     }
 
     async fn wait(&mut self) -> End {
