@@ -1152,8 +1152,12 @@ var define, module; // eslint-disable-line no-unused-vars
       var first = parsed[0];
       if (first && first.channel === EPOCH_CHANNEL) {
         if (noteEpoch(first.data)) {
-          // Resubscribe from the new storage's start, on the same socket.
-          sendOnSocket({ subscribe: requestPositions() });
+          // Start again from the new storage's first message, on a fresh
+          // socket: this one may still carry answers to positions of the old
+          // storage (sent before this frame arrived), which would move the
+          // positions past what the new storage holds.
+          closeSocket(1000, "storage reset");
+          poll();
           return;
         }
         parsed = parsed.slice(1);

@@ -55,18 +55,26 @@ test("a stream that opens under a new epoch is given up at once and asked again 
   assert.deepEqual(asked(env), { "/a": 0 });
 });
 
-test("over a WebSocket the epoch opens the first frame; a new one resubscribes from 0 on the same socket", () => {
+test("over a WebSocket the epoch opens the first frame; a new one starts again from 0 on a fresh socket", () => {
   const env = createEnv({ webSocket: true });
   const got = [];
   let resets = 0;
   env.MB.onReset = () => resets++;
   env.MB.subscribe("/a", (d) => got.push(d), 0);
-  env.socket().open();
-  env.socket().receive([{ global_id: -1, message_id: -1, channel: "/__epoch", data: "e1" }, msg("/a", 1, "x")]);
-  env.socket().receive([{ global_id: -1, message_id: -1, channel: "/__epoch", data: "e2" }, status({ "/a": 0 })]);
+  const old = env.socket();
+  old.open();
+  old.receive([{ global_id: -1, message_id: -1, channel: "/__epoch", data: "e1" }, msg("/a", 1, "x")]);
+  old.receive([{ global_id: -1, message_id: -1, channel: "/__epoch", data: "e2" }]);
   assert.equal(resets, 1);
-  assert.deepEqual(env.socket().sent.at(-1), { subscribe: { "/a": 0 } });
-  env.socket().receive([msg("/a", 1, "y")]);
+  assert.equal(old.closedWith.code, 1000);
+  const fresh = env.socket();
+  assert.notEqual(fresh, old);
+  // What the old socket still brings (an answer to the old positions) is dropped.
+  old.receive([msg("/a", 7, "stale")]);
+  fresh.open();
+  assert.deepEqual(fresh.sent.at(-1), { subscribe: { "/a": 0 } });
+  fresh.receive([{ global_id: -1, message_id: -1, channel: "/__epoch", data: "e2" }, msg("/a", 1, "y")]);
+  assert.equal(resets, 1);
   assert.deepEqual(got, ["x", "y"]);
 });
 
