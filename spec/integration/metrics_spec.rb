@@ -2,6 +2,7 @@
 
 require "open3"
 require_relative "../support/redis_server"
+require_relative "../support/websocket_client"
 
 # `MessageBus::Rack::Metrics` mounted at /metrics of the test app, scraped
 # from a real Puma and parsed by Python's prometheus_client OpenMetrics
@@ -119,6 +120,29 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     expect(value(s, "message_bus_web_messages_delivered_total", transport: "streaming")).to eq(2)
   ensure
     socket&.close
+  end
+
+  it "files WebSocket connections and their messages under transport=\"websocket\"" do
+    server = start_server
+    client = WebSocketClient.open(server.port, "metrics-ws")
+    client.subscribe("/metrics-ws" => -1)
+    client.messages_until { |m| m.any? { |x| x["channel"] == "/__status" } }
+    publish_via(server, "/metrics-ws", "over ws")
+    client.messages_until { |m| m.any? { |x| x["data"] == "over ws" } }
+    wait_for(message: "the WebSocket delivery counted") do
+      value(scrape(server), "message_bus_web_messages_delivered_total", transport: "websocket") == 1
+    end
+    s = scrape(server)
+    expect(value(s, "message_bus_web_connections_opened_total", transport: "websocket")).to eq(1)
+    expect(value(s, "message_bus_web_connections_waiting", transport: "websocket")).to eq(1)
+    client.close(1000, "bye")
+    wait_for(message: "the WebSocket close counted") do
+      value(scrape(server), "message_bus_web_connections_closed_total", transport: "websocket",
+                                                                        reason: "client_closed") == 1
+    end
+    expect(value(scrape(server), "message_bus_web_connections_waiting", transport: "websocket")).to eq(0)
+  ensure
+    client&.close_socket
   end
 
   it "answers HEAD without a body and refuses other methods" do
