@@ -15,9 +15,10 @@ require "json"
 backend = ENV.fetch("MESSAGE_BUS_BACKEND").to_sym
 cell_seconds = Float(ENV.fetch("CELL_SECONDS", "1"))
 config = { backend: backend, logger: Logger.new(nil), keepalive_interval: 0 }
-if backend == :redis
+case backend
+when :redis
   config[:redis_config] = { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/14"), db: 14 }
-elsif backend == :postgres
+when :postgres
   config[:backend_options] = { host: ENV.fetch("PGHOST", "127.0.0.1"), port: Integer(ENV.fetch("PGPORT", "5432")),
                                user: ENV.fetch("PGUSER", "postgres"), dbname: ENV.fetch("PGDATABASE", "mb_compare") }
 end
