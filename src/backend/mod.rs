@@ -1,6 +1,7 @@
 //! The storage backends. Every method works on *encoded* channel names and
 //! undecoded envelopes (COMPAT.md §1.12).
 
+pub mod direct;
 pub mod epoch;
 pub mod last_id_cache;
 pub mod memory;
@@ -18,6 +19,8 @@ use crate::bus::Hub;
 use crate::error::Result;
 use crate::message::Message;
 use crate::subscription::Subscription;
+
+pub use self::direct::{DirectCall, DirectReply, DirectResult, DirectRun};
 
 /// Backend attributes of COMPAT.md §1.9, adjustable at any time.
 #[derive(Debug)]
@@ -136,6 +139,12 @@ pub trait Backend: Send + Sync + 'static {
     fn after_fork(&self) {}
     fn is_subscribed(&self) -> bool {
         self.hub().has_subscriptions()
+    }
+    /// `call` done by the calling thread itself, when this backend can
+    /// (see [`direct`]); `None`: use the async method.
+    fn direct<'a>(&'a self, call: DirectCall<'a>) -> Option<Box<dyn DirectRun + 'a>> {
+        let _ = call;
+        None
     }
     /// Messages waiting in the in-memory publish queue.
     fn queued_publishes(&self) -> usize {

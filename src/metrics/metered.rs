@@ -9,7 +9,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{latency_enabled, BackendKind, BackendMetrics};
-use crate::backend::{Backend, PublishOptions, Settings};
+use crate::backend::{
+    Backend, DirectCall, DirectReply, DirectResult, DirectRun, PublishOptions, Settings,
+};
 use crate::bus::Hub;
 use crate::error::Result;
 use crate::message::Message;
@@ -29,8 +31,51 @@ impl Metered {
     }
 
     fn read<T>(&self, result: Result<T>) -> Result<T> {
-        BackendMetrics::count(&self.metrics.backlog_reads);
+        count_read(self.metrics);
         result
+    }
+}
+
+fn count_read(m: &BackendMetrics) {
+    BackendMetrics::count(&m.backlog_reads);
+}
+
+fn count_publish(m: &BackendMetrics, started: Option<Instant>, result: &Result<Option<i64>>) {
+    match result {
+        Ok(Some(_)) => BackendMetrics::count(&m.publishes),
+        Ok(None) => BackendMetrics::count(&m.publishes_queued),
+        Err(_) => BackendMetrics::count(&m.publish_errors),
+    }
+    if let (Some(started), Ok(Some(_))) = (started, result) {
+        m.publish_latency.observe(started.elapsed());
+    }
+}
+
+/// A direct call of the wrapped backend, counted as its async twin is.
+struct MeteredRun<'a> {
+    run: Box<dyn DirectRun + 'a>,
+    metrics: &'static BackendMetrics,
+    started: Option<Instant>,
+    publish: bool,
+    backlog: bool,
+}
+
+impl DirectRun for MeteredRun<'_> {
+    fn run(&mut self, interrupted: &dyn Fn() -> bool) -> Option<DirectResult> {
+        let result = self.run.run(interrupted)?;
+        if let DirectResult::Done(done) = &result {
+            if self.publish {
+                let published = match done {
+                    Ok(DirectReply::Published(id)) => Ok(*id),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e.clone()),
+                };
+                count_publish(self.metrics, self.started, &published);
+            } else if self.backlog {
+                count_read(self.metrics);
+            }
+        }
+        Some(result)
     }
 }
 
@@ -52,15 +97,7 @@ impl Backend for Metered {
     ) -> Result<Option<i64>> {
         let started = latency_enabled().then(Instant::now);
         let result = self.inner.publish(channel, data, opts).await;
-        let m = self.metrics;
-        match &result {
-            Ok(Some(_)) => BackendMetrics::count(&m.publishes),
-            Ok(None) => BackendMetrics::count(&m.publishes_queued),
-            Err(_) => BackendMetrics::count(&m.publish_errors),
-        }
-        if let (Some(started), Ok(Some(_))) = (started, &result) {
-            m.publish_latency.observe(started.elapsed());
-        }
+        count_publish(self.metrics, started, &result);
         result
     }
 
@@ -138,6 +175,20 @@ impl Backend for Metered {
 
     fn queued_publishes(&self) -> usize {
         self.inner.queued_publishes()
+    }
+
+    fn direct<'a>(&'a self, call: DirectCall<'a>) -> Option<Box<dyn DirectRun + 'a>> {
+        let publish = matches!(call, DirectCall::Publish { .. });
+        let backlog = matches!(call, DirectCall::Backlog(..));
+        let started = (publish && latency_enabled()).then(Instant::now);
+        let run = self.inner.direct(call)?;
+        Some(Box::new(MeteredRun {
+            run,
+            metrics: self.metrics,
+            started,
+            publish,
+            backlog,
+        }))
     }
 
     fn dropped_publishes(&self) -> u64 {

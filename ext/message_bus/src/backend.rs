@@ -8,12 +8,12 @@ use magnus::{prelude::*, RArray, RString, Ruby};
 use message_bus_core::backend::memory::MemoryBackend;
 use message_bus_core::backend::postgres::PostgresBackend;
 use message_bus_core::backend::redis::RedisBackend;
-use message_bus_core::backend::{Backend, PublishOptions, Settings};
+use message_bus_core::backend::{Backend, DirectCall, PublishOptions, Settings};
 use message_bus_core::metrics::{BackendKind, Metered};
 use message_bus_core::{Error, Message};
 
 use crate::errors::to_ruby;
-use crate::gvl::block_on;
+use crate::gvl::{block_on, run_direct};
 use crate::subscription::NativeSubscription;
 
 type RbResult<T> = Result<T, magnus::Error>;
@@ -154,11 +154,23 @@ impl NativeBackend {
             queue_in_memory,
         };
         let backend = &rb_self.0;
+        let call = DirectCall::Publish {
+            channel: &channel,
+            data: &data,
+            opts: &opts,
+        };
+        if let Some(done) = backend.direct(call).and_then(|run| run_direct(ruby, run)) {
+            return done;
+        }
         block_on(ruby, || backend.publish(&channel, &data, &opts))
     }
 
     fn last_id(ruby: &Ruby, rb_self: &Self, channel: RString) -> RbResult<i64> {
         let channel = rstring(ruby, channel, "channel")?;
+        let direct = rb_self.0.direct(DirectCall::LastId(&channel));
+        if let Some(done) = direct.and_then(|run| run_direct(ruby, run)) {
+            return done;
+        }
         block_on(ruby, || rb_self.0.last_id(&channel))
     }
 
@@ -171,12 +183,20 @@ impl NativeBackend {
         if names.is_empty() {
             return Ok(Vec::new());
         }
+        let direct = rb_self.0.direct(DirectCall::LastIds(&names));
+        if let Some(done) = direct.and_then(|run| run_direct(ruby, run)) {
+            return done;
+        }
         block_on(ruby, || rb_self.0.last_ids(&names))
     }
 
     fn backlog(ruby: &Ruby, rb_self: &Self, channel: RString, last_id: i64) -> RbResult<RArray> {
         let channel = rstring(ruby, channel, "channel")?;
-        let messages = block_on(ruby, || rb_self.0.backlog(&channel, last_id))?;
+        let direct = rb_self.0.direct(DirectCall::Backlog(&channel, last_id));
+        let messages = match direct.and_then(|run| run_direct(ruby, run)) {
+            Some(done) => done?,
+            None => block_on(ruby, || rb_self.0.backlog(&channel, last_id))?,
+        };
         messages_to_ruby(ruby, &messages)
     }
 

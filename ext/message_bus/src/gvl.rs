@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use magnus::Ruby;
+use message_bus_core::backend::{DirectResult, DirectRun};
 use message_bus_core::runtime::runtime;
 use message_bus_core::subscription::Subscription;
 use message_bus_core::{Error, Result};
@@ -29,6 +30,10 @@ impl Cancel {
         if let Some(sub) = &self.subscription {
             sub.interrupt();
         }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
     }
 
     /// Resolves once cancellation was requested.
@@ -147,4 +152,32 @@ where
             }
         })
     })
+}
+
+/// Drives a backend's direct call on this thread with the GVL released (no
+/// runtime hop). After an interrupt that returns, the same call resumes:
+/// a command already sent is awaited, never sent again. `None`: the backend
+/// sent nothing and asks for the async path.
+pub fn run_direct<T>(
+    ruby: &Ruby,
+    mut run: Box<dyn DirectRun + '_>,
+) -> Option<std::result::Result<T, magnus::Error>>
+where
+    T: TryFrom<message_bus_core::backend::DirectReply>,
+{
+    let mut fallback = false;
+    let result = blocking(ruby, None, |cancel| {
+        match run.run(&|| cancel.is_requested()) {
+            None => Err(Error::Interrupted),
+            Some(DirectResult::Fallback) => {
+                fallback = true;
+                Err(Error::Backend(String::new()))
+            }
+            Some(DirectResult::Done(result)) => result.and_then(|reply| {
+                T::try_from(reply)
+                    .map_err(|_| Error::Backend("internal error: unexpected direct reply".into()))
+            }),
+        }
+    });
+    (!fallback).then_some(result)
 }

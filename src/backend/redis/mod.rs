@@ -22,6 +22,7 @@
 //! connection is (re)made: the command connection is dropped on READONLY and
 //! on connection errors, the pub/sub connection on every reconnect.
 
+mod direct;
 mod firehose;
 pub mod keys;
 mod queue;
@@ -33,19 +34,20 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
-    cmd, pipe, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError,
-    Script, TlsMode,
+    cmd, pipe, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    RedisError, Script, TlsMode, ToRedisArgs,
 };
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+use self::direct::{DirectPool, Exchange, Outcome};
 use self::keys::*;
 use self::queue::PublishQueue;
 use super::epoch::{self, EpochCache};
 use super::last_id_cache::{self, LastIdCache};
 use super::per_process::{PerProcess, ProcessLocal};
-use super::{Backend, PublishOptions, Settings};
+use super::{Backend, DirectCall, DirectReply, DirectResult, DirectRun, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::{Error, Result};
 use crate::log;
@@ -79,6 +81,8 @@ struct ProcState {
     queue: Mutex<PublishQueue>,
     /// Last ids for web polls, fed by the firehose (live only while it is).
     cache: Arc<LastIdCache>,
+    /// Synchronous connections for callers doing their own I/O.
+    direct: Arc<DirectPool>,
 }
 
 impl ProcessLocal for ProcState {
@@ -97,6 +101,7 @@ impl ProcessLocal for ProcState {
             subscribed: AtomicBool::new(false),
             queue: Mutex::new(PublishQueue::default()),
             cache,
+            direct: Arc::default(),
         }
     }
 
@@ -108,6 +113,7 @@ impl ProcessLocal for ProcState {
             task.abort();
         }
         self.conn.lock().take();
+        self.direct.clear();
         self.subscribed.store(false, Ordering::SeqCst);
         self.cache.go_dark();
     }
@@ -168,6 +174,10 @@ struct Inner {
     url: String,
     pubsub_channel: String,
     script: Script,
+    /// Where synchronous connections go (`None`: TLS or Sentinel, or
+    /// turned off with MESSAGE_BUS_REDIS_DIRECT=0), and what they run first.
+    direct_info: Option<Arc<ConnectionInfo>>,
+    direct_setup: Arc<Vec<Cmd>>,
     dropped: AtomicU64,
     state: PerProcess<ProcState>,
     /// The storage epoch (`EPOCH_KEY`) as last read.
@@ -282,6 +292,21 @@ impl RedisBackend {
 
     fn with_target(target: Target, url: String, pubsub_channel: &str) -> Self {
         let epoch = EpochCache::new(format!("Redis at {url}"));
+        let direct_info = match &target {
+            Target::Direct(client)
+                if std::env::var("MESSAGE_BUS_REDIS_DIRECT").as_deref() != Ok("0") =>
+            {
+                let info = client.get_connection_info();
+                matches!(
+                    info.addr(),
+                    ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(_)
+                )
+                .then(|| Arc::new(info.clone()))
+            }
+            _ => None,
+        };
+        let mut load = cmd("SCRIPT");
+        load.arg("LOAD").arg(PUBLISH_SCRIPT);
         RedisBackend {
             inner: Arc::new(Inner {
                 settings: Settings::default(),
@@ -290,6 +315,8 @@ impl RedisBackend {
                 url,
                 pubsub_channel: pubsub_channel.to_string(),
                 script: Script::new(PUBLISH_SCRIPT),
+                direct_info,
+                direct_setup: Arc::new(vec![load]),
                 dropped: AtomicU64::new(0),
                 state: PerProcess::default(),
                 epoch,
@@ -367,6 +394,9 @@ impl Inner {
         if is_readonly(e) || (self.is_sentinel() && is_connection(e)) {
             proc.conn.lock().take();
         }
+        if is_readonly(e) {
+            proc.direct.clear();
+        }
     }
 
     async fn conn(&self, proc: &ProcState) -> Result<ConnectionManager> {
@@ -418,6 +448,58 @@ impl Inner {
         data: &str,
         opts: &PublishOptions,
     ) -> std::result::Result<i64, RedisError> {
+        let (keys, args) = self.publish_parts(channel, data, opts);
+        let mut conn = self.conn_raw(proc).await?;
+        let mut invocation = self.script.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        for arg in &args {
+            invocation.arg(arg);
+        }
+        let result = invocation.invoke_async(&mut conn).await;
+        if let Err(e) = &result {
+            self.after_error(proc, e);
+        }
+        result
+    }
+
+    /// What a publish returns once the script ran or failed: a READONLY or
+    /// connection error queues it (unless the caller said not to).
+    fn published(
+        self: &Arc<Self>,
+        proc: &Arc<ProcState>,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+        result: std::result::Result<i64, RedisError>,
+    ) -> Result<Option<i64>> {
+        let may_queue = opts.queue_in_memory != Some(false);
+        match result {
+            Ok(id) => {
+                // Our next poll sees it, even before its live delivery.
+                proc.cache.published(channel, id);
+                Ok(Some(id))
+            }
+            Err(e) if may_queue && (is_readonly(&e) || is_connection(&e)) => {
+                log::warn(format!(
+                    "message_bus: publish to {channel} queued in memory: {}",
+                    self.to_error(e)
+                ));
+                self.enqueue(proc, channel, data, opts);
+                Ok(None)
+            }
+            Err(e) => Err(self.to_error(e)),
+        }
+    }
+
+    /// The publish script's keys and arguments.
+    fn publish_parts(
+        &self,
+        channel: &str,
+        data: &str,
+        opts: &PublishOptions,
+    ) -> ([String; 4], Vec<Vec<u8>>) {
         let s = &self.settings;
         let age = opts
             .max_backlog_age
@@ -426,25 +508,21 @@ impl Inner {
             .max_backlog_size
             .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
         let global_size = Settings::get(&s.max_global_backlog_size);
-        let mut conn = self.conn_raw(proc).await?;
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(GLOBAL_ID_KEY)
-            .key(backlog_id_key(channel))
-            .key(backlog_key(channel))
-            .key(GLOBAL_BACKLOG_KEY)
-            .arg(format!("{}|{}", escape_channel(channel), data))
-            .arg(age)
-            .arg(size)
-            .arg(global_size)
-            .arg(s.clear_every())
-            .arg(&self.pubsub_channel)
-            .arg(channel);
-        let result = invocation.invoke_async(&mut conn).await;
-        if let Err(e) = &result {
-            self.after_error(proc, e);
-        }
-        result
+        let keys = [
+            GLOBAL_ID_KEY.to_string(),
+            backlog_id_key(channel),
+            backlog_key(channel),
+            GLOBAL_BACKLOG_KEY.to_string(),
+        ];
+        let mut args = Vec::with_capacity(7);
+        args.extend(format!("{}|{}", escape_channel(channel), data).to_redis_args());
+        args.extend(age.to_redis_args());
+        args.extend(size.to_redis_args());
+        args.extend(global_size.to_redis_args());
+        args.extend(s.clear_every().to_redis_args());
+        args.extend(self.pubsub_channel.to_redis_args());
+        args.extend(channel.to_redis_args());
+        (keys, args)
     }
 
     /// Queues a publish for the flush task (starting it if needed).
@@ -792,22 +870,8 @@ impl Backend for RedisBackend {
             inner.enqueue(&proc, channel, data, opts);
             return Ok(None);
         }
-        match inner.publish_now(&proc, channel, data, opts).await {
-            Ok(id) => {
-                // Our next poll sees it, even before its live delivery.
-                proc.cache.published(channel, id);
-                Ok(Some(id))
-            }
-            Err(e) if may_queue && (is_readonly(&e) || is_connection(&e)) => {
-                log::warn(format!(
-                    "message_bus: publish to {channel} queued in memory: {}",
-                    inner.to_error(e)
-                ));
-                inner.enqueue(&proc, channel, data, opts);
-                Ok(None)
-            }
-            Err(e) => Err(inner.to_error(e)),
-        }
+        let result = inner.publish_now(&proc, channel, data, opts).await;
+        inner.published(&proc, channel, data, opts, result)
     }
 
     async fn last_id(&self, channel: &str) -> Result<i64> {
@@ -960,7 +1024,134 @@ impl Backend for RedisBackend {
         self.inner.proc().queue.lock().len()
     }
 
+    /// Publish and the plain reads, on a synchronous connection of the
+    /// caller's (see `direct.rs`), when the target allows one, the pool has
+    /// one free, and no queued publish must go first.
+    fn direct<'a>(&'a self, call: DirectCall<'a>) -> Option<Box<dyn DirectRun + 'a>> {
+        let inner = &self.inner;
+        let info = inner.direct_info.as_ref()?;
+        let proc = inner.proc();
+        let command = match &call {
+            DirectCall::Publish {
+                channel,
+                data,
+                opts,
+            } => {
+                if opts.queue_in_memory != Some(false) && !proc.queue.lock().is_empty() {
+                    return None;
+                }
+                let (keys, args) = inner.publish_parts(channel, data, opts);
+                let mut command = cmd("EVALSHA");
+                command.arg(inner.script.get_hash()).arg(keys.len());
+                for key in &keys {
+                    command.arg(key);
+                }
+                for arg in &args {
+                    command.arg(arg);
+                }
+                command
+            }
+            DirectCall::LastId(channel) => {
+                let mut command = cmd("GET");
+                command.arg(backlog_id_key(channel));
+                command
+            }
+            DirectCall::LastIds(channels) => {
+                if channels.is_empty() {
+                    return None;
+                }
+                let keys: Vec<String> = channels.iter().map(|c| backlog_id_key(c)).collect();
+                let mut command = cmd("MGET");
+                command.arg(&keys);
+                command
+            }
+            DirectCall::Backlog(channel, last_id) => {
+                let mut command = cmd("ZRANGEBYSCORE");
+                command
+                    .arg(backlog_key(channel))
+                    .arg(last_id.saturating_add(1))
+                    .arg("+inf");
+                command
+            }
+        };
+        let exchange =
+            proc.direct
+                .exchange(info, command.get_packed_command(), &inner.direct_setup)?;
+        Some(Box::new(RedisDirect {
+            inner,
+            proc,
+            call,
+            exchange,
+        }))
+    }
+
     fn dropped_publishes(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A call of [`RedisBackend::direct`] in progress.
+struct RedisDirect<'a> {
+    inner: &'a Arc<Inner>,
+    proc: Arc<ProcState>,
+    call: DirectCall<'a>,
+    exchange: Exchange,
+}
+
+impl DirectRun for RedisDirect<'_> {
+    fn run(&mut self, interrupted: &dyn Fn() -> bool) -> Option<DirectResult> {
+        let outcome = self.exchange.run(RESPONSE_TIMEOUT, interrupted)?;
+        Some(self.finish(outcome))
+    }
+}
+
+impl RedisDirect<'_> {
+    fn finish(&self, outcome: Outcome) -> DirectResult {
+        let inner = self.inner;
+        let reply = match outcome {
+            Outcome::Reply(Err(e)) if e.code() == Some("NOSCRIPT") => {
+                // Not run: the async path loads the script and runs it.
+                return DirectResult::Fallback;
+            }
+            Outcome::Reply(reply) => reply,
+            Outcome::NotSent(e) | Outcome::Lost(e) => Err(e),
+        };
+        if let Err(e) = &reply {
+            inner.after_error(&self.proc, e);
+        }
+        DirectResult::Done(match &self.call {
+            DirectCall::Publish {
+                channel,
+                data,
+                opts,
+            } => {
+                let id =
+                    reply.and_then(|v| ::redis::from_redis_value::<i64>(v).map_err(Into::into));
+                inner
+                    .published(&self.proc, channel, data, opts, id)
+                    .map(DirectReply::Published)
+            }
+            DirectCall::LastId(_) => reply
+                .and_then(|v| ::redis::from_redis_value::<Option<Vec<u8>>>(v).map_err(Into::into))
+                .map(|v| DirectReply::Id(parse_int(v)))
+                .map_err(|e| inner.to_error(e)),
+            DirectCall::LastIds(_) => reply
+                .and_then(|v| {
+                    ::redis::from_redis_value::<Vec<Option<Vec<u8>>>>(v).map_err(Into::into)
+                })
+                .map(|v| DirectReply::Ids(v.into_iter().map(parse_int).collect()))
+                .map_err(|e| inner.to_error(e)),
+            DirectCall::Backlog(channel, _) => {
+                let key = backlog_key(channel);
+                reply
+                    .and_then(|v| ::redis::from_redis_value::<Vec<Vec<u8>>>(v).map_err(Into::into))
+                    .map(|raw| {
+                        DirectReply::Messages(
+                            raw.iter().filter_map(|r| inner.decode(&key, r)).collect(),
+                        )
+                    })
+                    .map_err(|e| inner.to_error(e))
+            }
+        })
     }
 }
