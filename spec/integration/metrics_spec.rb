@@ -11,9 +11,7 @@ RSpec.describe "Metrics scraped from a real server", :integration do
   include ServerHelpers
 
   parser = File.expand_path("../support/parse_metrics.py", __dir__)
-  first_chunk = /\r\n\r\n7\r\n\[\]\r\n\|\r\n\r\n/
   let(:parser) { parser }
-  let(:first_chunk) { first_chunk }
 
   def scrape(server)
     status, head, body = http(server.port, "GET", "/metrics")
@@ -31,26 +29,6 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     samples.select { |n, l, _| n == name && labels.all? { |k, v| l[k.to_s] == v } }.sum { |_, _, v| v }
   end
 
-  def park_streaming(server, client_id, channel, socket: nil)
-    socket ||= TCPSocket.new("127.0.0.1", server.port)
-    socket.write(poll_request(client_id, form([[channel, ""]])))
-    read_until(socket, first_chunk)
-    socket
-  end
-
-  def small_window_socket(port)
-    socket = Socket.new(:INET, :STREAM)
-    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
-    socket.connect(Socket.sockaddr_in(port, "127.0.0.1"))
-    socket
-  end
-
-  # Closes with a reset instead of a FIN.
-  def reset(socket)
-    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    socket.close
-  end
-
   let(:backend) { SpecHelpers.backend_name.to_s }
 
   it "moves as publishes, parked clients, deliveries and a slow consumer happen" do
@@ -65,7 +43,7 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     expect(value(after, "message_bus_publish_duration_seconds_bucket", backend: backend, le: "+Inf")).to eq(10)
     expect(value(after, "message_bus_publish_errors_total", backend: backend)).to eq(0)
 
-    clients = Array.new(5) { |n| park_streaming(server, "metrics-#{n}", "/metrics-b") }
+    clients = Array.new(5) { |n| park_streaming("metrics-#{n}", "/metrics-b", srv: server) }
     wait_for(message: "5 streaming clients waiting") do
       value(scrape(server), "message_bus_web_connections_waiting", transport: "streaming") == 5
     end
@@ -79,7 +57,7 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     expect(value(samples, "message_bus_web_delivery_duration_seconds_count")).to be_between(1, 5)
     clients.each { |c| reset(c) }
 
-    slow = park_streaming(server, "metrics-slow", "/metrics-c", socket: small_window_socket(server.port))
+    slow = park_streaming("metrics-slow", "/metrics-c", srv: server, socket: small_window_socket(server.port))
     publish_via(server, "/metrics-c", "y" * 6000, count: 300) # 1.8 MB: over the outbox bounds
     wait_for(timeout: 20, message: "the slow consumer's close counted") do
       value(scrape(server), "message_bus_web_connections_closed_total", reason: "slow_consumer") == 1
@@ -103,7 +81,7 @@ RSpec.describe "Metrics scraped from a real server", :integration do
 
   it "counts gate jobs for client message filters and subscriber blocks run" do
     server = start_server(env: { "MB_FILTERS" => "1", "MB_ECHO" => "1" })
-    socket = park_streaming(server, "metrics-f", "/filtered")
+    socket = park_streaming("metrics-f", "/filtered", srv: server)
     publish_via(server, "/filtered", "shown")
     publish_via(server, "/filtered", "hidden")
     publish_via(server, "/filtered", "shown again")
@@ -160,7 +138,7 @@ RSpec.describe "Metrics scraped from a real server", :integration do
     redis = PrivateRedis.new.start
     server = start_server(env: { "REDIS_URL" => redis.url, "MB_LONG_POLLING_INTERVAL" => "60000" })
     # The subscriber thread listens once the first poll or subscription needs it.
-    socket = park_streaming(server, "metrics-r", "/metrics-r")
+    socket = park_streaming("metrics-r", "/metrics-r", srv: server)
     wait_for(message: "the firehose subscribed") do
       out, = Open3.capture2("redis-cli", "-p", redis.port.to_s, "CLIENT", "LIST", "TYPE", "pubsub")
       out.include?("sub=1")

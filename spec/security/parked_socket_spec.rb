@@ -9,8 +9,7 @@ require "socket"
 RSpec.describe "Parked long-poll sockets under misbehaving clients", :integration do
   include ServerHelpers
 
-  first_chunk = /\r\n\r\n7\r\n\[\]\r\n\|\r\n\r\n/
-  let(:first_chunk) { first_chunk }
+  let(:first_chunk) { ServerHelpers::FIRST_CHUNK }
   # A message as big as every backend's live path carries (PostgreSQL NOTIFY
   # takes less than 8000 bytes).
   let(:big_data) { "x" * 6000 }
@@ -30,30 +29,7 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
 
   def closes(srv = server) = web_clients(srv).fetch("closed", {})
 
-  # A chunked long poll from now on `channel`, read up to its first chunk.
-  def park_streaming(client_id, channel, srv: server, seq: nil, socket: nil)
-    pairs = [[channel, ""]]
-    pairs << ["__seq", seq.to_s] if seq
-    socket ||= TCPSocket.new("127.0.0.1", srv.port)
-    socket.write(poll_request(client_id, form(pairs)))
-    read_until(socket, first_chunk)
-    socket
-  end
-
-  # A client socket with a small receive buffer: it holds little of what the
-  # server writes before the server has to keep the rest.
-  def small_window_socket(port)
-    socket = Socket.new(:INET, :STREAM)
-    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
-    socket.connect(Socket.sockaddr_in(port, "127.0.0.1"))
-    socket
-  end
-
-  # Closes with a reset instead of a FIN.
-  def reset(socket)
-    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    socket.close
-  end
+  def park_streaming(client_id, channel, srv: server, seq: nil, socket: nil) = super
 
   # Bytes the kernel holds unacknowledged for the server's side of the
   # connection whose client end is `client` (the Send-Q of `ss`).

@@ -185,6 +185,34 @@ module ServerHelpers
     end.flatten
   end
 
+  # What a streamed long poll from now sends first: the head, then `[]` and the separator.
+  FIRST_CHUNK = /\r\n\r\n7\r\n\[\]\r\n\|\r\n\r\n/
+
+  # A chunked long poll from now on `channel` to `srv`, read up to its first chunk.
+  def park_streaming(client_id, channel, srv:, seq: nil, socket: nil)
+    pairs = [[channel, ""]]
+    pairs << ["__seq", seq.to_s] if seq
+    socket ||= TCPSocket.new("127.0.0.1", srv.port)
+    socket.write(poll_request(client_id, form(pairs)))
+    read_until(socket, FIRST_CHUNK)
+    socket
+  end
+
+  # A client socket with a small receive buffer: it holds little of what the
+  # server writes before the server has to keep the rest.
+  def small_window_socket(port)
+    socket = Socket.new(:INET, :STREAM)
+    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_RCVBUF, 4096)
+    socket.connect(Socket.sockaddr_in(port, "127.0.0.1"))
+    socket
+  end
+
+  # Closes with a reset instead of a FIN.
+  def reset(socket)
+    socket.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
+    socket.close
+  end
+
   def self.included(base)
     base.after { (@servers || []).each { |s| stop_server(s) } }
   end
