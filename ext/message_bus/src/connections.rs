@@ -35,6 +35,17 @@ pub struct NativeConnections {
     head: parking_lot::Mutex<Option<Arc<[u8]>>>,
 }
 
+/// The identity of a request's `park_params`.
+fn request_identity(ruby: &Ruby, request: RHash) -> RbResult<Identity> {
+    identity(
+        ruby,
+        request.fetch("client_id")?,
+        request.fetch("site_id")?,
+        request.fetch("user_json")?,
+        request.fetch("groups_json")?,
+    )
+}
+
 pub(crate) fn identity(
     ruby: &Ruby,
     client_id: RString,
@@ -89,7 +100,10 @@ fn dup_fd(ruby: &Ruby, fd: i32) -> RbResult<OwnedFd> {
 /// `MessageBus::Native::PendingPoll`: a poll registered for live messages,
 /// waiting to be parked; dropping it (or `_cancel`) unregisters it.
 #[magnus::wrap(class = "MessageBus::Native::PendingPoll", free_immediately, size)]
-pub struct PendingPoll(parking_lot::Mutex<Option<(Pending, Vec<(String, i64)>)>>);
+pub struct PendingPoll(parking_lot::Mutex<Option<PendingParts>>);
+
+/// A pending poll and the positions its backlog read covered.
+type PendingParts = (Pending, Vec<(String, i64)>);
 
 impl PendingPoll {
     fn cancel(&self) {
@@ -203,13 +217,7 @@ impl NativeConnections {
 
     /// Takes over a duplicate of `fd` and parks the client (rows B of §3.6).
     fn park(ruby: &Ruby, rb_self: &Self, fd: i32, request: RHash) -> RbResult<()> {
-        let who = identity(
-            ruby,
-            request.fetch("client_id")?,
-            request.fetch("site_id")?,
-            request.fetch("user_json")?,
-            request.fetch("groups_json")?,
-        )?;
+        let who = request_identity(ruby, request)?;
         let session = Session {
             seq: request.fetch("seq")?,
             identity: who,
@@ -233,13 +241,7 @@ impl NativeConnections {
     /// `park_params` plus `transport` ("websocket" or "sse"), `accept` (the
     /// `Sec-WebSocket-Accept` value), `keepalive_ms` and `max_channels`.
     fn stream(ruby: &Ruby, rb_self: &Self, fd: i32, request: RHash) -> RbResult<()> {
-        let who = identity(
-            ruby,
-            request.fetch("client_id")?,
-            request.fetch("site_id")?,
-            request.fetch("user_json")?,
-            request.fetch("groups_json")?,
-        )?;
+        let who = request_identity(ruby, request)?;
         let headers = headers(request.fetch("headers")?)?;
         let transport: String = request.fetch("transport")?;
         let (transport, head) = match transport.as_str() {
