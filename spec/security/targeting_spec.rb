@@ -10,14 +10,19 @@
 #   backlog, ?dlp=t              (poll from 0)
 #   backlog, chunked long poll   (poll from 0: backlog is the first chunk)
 #   backlog, Dont-Chunk          (poll from 0: immediate answer)
+#   live and backlog, WebSocket  (subscribed from 0 with the identity's
+#                                 headers, then the same socket moved back to 0)
 # Seeded from the RSpec seed. Rounds via MB_TARGETING_ROUNDS.
+require_relative "../support/websocket_client"
+
 TargetIdentity = Struct.new(:client_id, :user_id, :group_ids, :site)
 
 RSpec.describe "Targeting and site isolation through every transport", :integration do
   include ServerHelpers
 
   before(:all) do
-    @server = start_server(threads: 6, env: { "MB_MULTISITE" => "1", "MB_LONG_POLLING_INTERVAL" => "3000" })
+    # A long interval: a round under load must not outlast a parked poll (nothing here waits for one to end).
+    @server = start_server(threads: 6, env: { "MB_MULTISITE" => "1", "MB_LONG_POLLING_INTERVAL" => "60000" })
     @servers.delete(@server)
   end
 
@@ -110,6 +115,29 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
     ].map { |raw| data_seen(body_payloads(raw.include?("chunked") ? "#{raw}0\r\n\r\n" : raw), channel) }
   end
 
+  # Per identity: what a WebSocket subscribed from 0 saw live, then what the
+  # same socket got when moved back to 0 (the backlog).
+  def websocket_views(identities, channel, targets, site)
+    probe = { "/__probe" => 1 << 40 }
+    registered = ->(m) { m.any? { |x| x["channel"] == "/__status" && x["data"].key?("/__probe") } }
+    clients = identities.map do |who|
+      client = WebSocketClient.open(server.port, who.client_id, headers: headers_for(who))
+      client.subscribe({ channel => 0 }.merge(probe))
+      client.messages_until(&registered)
+      client
+    end
+    publish_via(server, channel, "secret", targets.merge(site_id: site))
+    %w[a b].each { |s| publish_via(server, channel, "sentinel", site_id: s) }
+    clients.map do |client|
+      live = client.messages_until(timeout: 5) { |m| m.any? { |x| x["data"] == "sentinel" } }
+      client.subscribe({ channel => 0 }.merge(probe))
+      backlog = client.messages_until(timeout: 5, &registered)
+      [data_seen(live, channel), data_seen(backlog, channel)]
+    ensure
+      client.close_socket
+    end
+  end
+
   it "delivers a targeted message exactly to the allowed identities of its site, on every path" do
     rounds = Integer(ENV.fetch("MB_TARGETING_ROUNDS", "6"))
     seen_counts = Hash.new(0)
@@ -133,6 +161,13 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
           end
           seen_counts[expected[i]] += 1
         end
+      end
+
+      websocket_views(identities, "/t/#{round}/ws", targets, site).each_with_index do |(live, backlog), i|
+        who = identities[i]
+        expect(live.count("secret")).to eq(expected[i] ? 1 : 0), "#{context}, WebSocket live, #{who.inspect}: #{live}"
+        expect(backlog.count("secret")).to eq(expected[i] ? 1 : 0), "#{context}, WebSocket backlog, #{who.inspect}: #{backlog}"
+        expect([live.count("sentinel"), backlog.count("sentinel")]).to eq([1, 1]) # its own site's only
       end
     end
     # The generator must produce both outcomes.
