@@ -201,6 +201,29 @@ RSpec.describe "WebSocket through a real Puma", :integration do
       end
     end
 
+    context "with max_active_clients 2" do
+      let(:server_env) { { "MB_MAX_ACTIVE_CLIENTS" => "2" } }
+
+      it "refuses a stream past the limit with 503 (the client polls instead), and takes one again below it" do
+        first = ws("m1")
+        subscribed(first, "/m" => -1)
+        second = ws("m2")
+        subscribed(second, "/m" => -1)
+        status, response, body = refusal(client_id: "m3")
+        expect(status).to eq(503)
+        expect(response).to match(/^retry-after: 10/i)
+        expect(body).to include("max_active_clients (2)")
+        first.close(1000, "bye")
+        expect(first.read_close.close_code).to eq(1000)
+        wait_for(message: "one client left") { stats["parked"] == 1 }
+        third = ws("m3")
+        expect(third.response).to start_with("HTTP/1.1 101")
+        subscribed(third, "/m" => -1)
+        publish_via(server, "/m", "both")
+        [second, third].each { |c| c.messages_until { |m| m.any? { |x| x["data"] == "both" } } }
+      end
+    end
+
     context "with websocket_enabled = false" do
       let(:server_env) { { "MB_WEBSOCKET" => "off" } }
 

@@ -45,6 +45,13 @@ module MessageBus
       def stream_refusal(env, transport)
         refusal = transport == "websocket" ? websocket_refusal(env) : sse_refusal(env)
         return refusal if refusal
+
+        # As long polls become polls past max_active_clients, streams are
+        # refused then (a browser client polls instead).
+        if @connection_manager.client_count >= @bus.max_active_clients
+          return refuse(503, "this server holds max_active_clients (#{@bus.max_active_clients}) connections: poll instead",
+                        "retry-after" => "10")
+        end
         return nil if env["rack.hijack"] && @bus.rack_hijack_enabled?
 
         refuse(400, "#{name_of(transport)} needs a server that can hand its socket over (Rack hijack): long poll instead")
