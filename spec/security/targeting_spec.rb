@@ -218,7 +218,9 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
   end
 
   it "treats the broadcast route as a client id in production without Rails (allow_broadcast off by default)" do
-    prod = start_server(env: { "RACK_ENV" => "production", "MB_DEFAULT_BROADCAST" => "1" })
+    # No reset at boot: this server shares the store with the file's other
+    # server, whose parked polls a reset would end (a storage reset closes them).
+    prod = start_server(env: { "RACK_ENV" => "production", "MB_DEFAULT_BROADCAST" => "1", "MB_RESET" => "0" })
     status, _, body = http(prod.port, "POST", "/message-bus/broadcast?channel=/b&data=x&dlp=t", "",
                            "Content-Type" => "application/x-www-form-urlencoded")
     expect([status, body]).to eq([200, "[]"]) # an empty poll by client "broadcast", not "sent"
