@@ -14,6 +14,8 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
   # takes less than 8000 bytes).
   let(:big_data) { "x" * 6000 }
 
+  # The servers started by examples do not reset the store (MB_RESET=0):
+  # this one's parked polls would end at the reset it then detects.
   before(:all) do
     @server = start_server(threads: 4, env: { "MB_LONG_POLLING_INTERVAL" => "3000" })
     @servers.delete(@server)
@@ -83,7 +85,7 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
     # A FIN that arrives with the request makes Puma 5.6 drop it unanswered
     # (even for a plain Rack app): half-close once the poll is parked, which
     # its own server's parked count tells.
-    own = start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "10000" })
+    own = start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "10000", "MB_RESET" => "0" })
     socket = open_request(own.port, poll_request("half-plain", form([["/half/plain", ""]]), headers: { "Dont-Chunk" => "1" }))
     wait_for(message: "the poll parked") { web_clients(own)["parked"] == 1 }
     socket.close_write
@@ -112,7 +114,7 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
   it "counts every close under its reason (D5)" do
     # No write timeout here: a slow machine must not turn the slow consumer
     # below into one. The write timeout has a server of its own.
-    counted = start_server(threads: 4, env: { "MB_LONG_POLLING_INTERVAL" => "10000",
+    counted = start_server(threads: 4, env: { "MB_LONG_POLLING_INTERVAL" => "10000", "MB_RESET" => "0",
                                               "MESSAGE_BUS_WRITE_TIMEOUT_MS" => "60000" })
     expect(web_clients(counted)).to include("slow_closed" => 0)
     count = ->(reason) { closes(counted).fetch(reason, 0) }
@@ -163,7 +165,7 @@ RSpec.describe "Parked long-poll sockets under misbehaving clients", :integratio
   # The 1,500 slow readers of N1 were all cut by the write timeout, and
   # slow_closed stayed 0.
   it "counts a slow reader cut by the write timeout (D5)" do
-    stuck_server = start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "60000",
+    stuck_server = start_server(threads: 2, env: { "MB_LONG_POLLING_INTERVAL" => "60000", "MB_RESET" => "0",
                                                    "MESSAGE_BUS_WRITE_TIMEOUT_MS" => "1000" })
     stuck = park_streaming("tg", "/tg", srv: stuck_server, socket: small_window_socket(stuck_server.port))
     # 360 KB: more than the socket takes, under both outbox bounds.
