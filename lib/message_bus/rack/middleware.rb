@@ -174,9 +174,14 @@ module MessageBus
         respond(env, request, headers)
       end
 
+      # max_active_clients reached: long polls become polls, streams are refused.
+      def at_capacity?
+        @connection_manager.client_count >= @bus.max_active_clients
+      end
+
       def long_polling?(env)
         @bus.long_polling_enabled? && !env["QUERY_STRING"].to_s.include?("dlp=t") &&
-          @connection_manager.client_count < @bus.max_active_clients
+          !at_capacity?
       end
 
       def respond(env, request, headers)

@@ -48,7 +48,7 @@ module MessageBus
 
         # As long polls become polls past max_active_clients, streams are
         # refused then (a browser client polls instead).
-        if @connection_manager.client_count >= @bus.max_active_clients
+        if at_capacity?
           return refuse(503, "this server holds max_active_clients (#{@bus.max_active_clients}) connections: poll instead",
                         "retry-after" => "10")
         end
