@@ -30,6 +30,9 @@ module MessageBus
     include Metrics
 
     ENCODE_SITE_TOKEN = "$|$"
+    # An envelope without targets is `HEAD + JSON of the data + TAIL`.
+    UNTARGETED_ENVELOPE_HEAD = '{"data":'
+    UNTARGETED_ENVELOPE_TAIL = ',"user_ids":null,"group_ids":null,"client_ids":null}'
     GLOBAL_PREFIX = "/global/"
     KEEPALIVE_CHANNEL = "/__mb_keepalive__/"
     # Keepalive intervals at or below this many seconds disable it (§9 Q22).
@@ -329,7 +332,9 @@ module MessageBus
 
       @mutex.synchronize { raise MessageBus::BusDestroyed if @destroyed }
       check_channel!(channel)
-      opts ||= {}
+      # The common publish has no options: no Hash or Array made for it.
+      return backend_instance.publish(encode_channel_name(channel), encode_envelope(data, nil, nil, nil)) unless opts
+
       user_ids, group_ids, client_ids, site_id = opts.values_at(:user_ids, :group_ids, :client_ids, :site_id)
       if (user_ids || group_ids) && channel.start_with?(GLOBAL_PREFIX)
         raise MessageBus::InvalidMessage, "user_ids and group_ids are not allowed on /global/ channels"
@@ -511,7 +516,8 @@ module MessageBus
 
     # Fills in channel, site and the envelope fields of a stored message.
     def decode_message!(msg)
-      msg.channel, msg.site_id = decode_channel_name(msg.channel)
+      # Most channels carry no site: skip the split (and its arrays) for them.
+      msg.channel, msg.site_id = decode_channel_name(msg.channel) if msg.channel.include?(ENCODE_SITE_TOKEN)
       envelope = transport_codec.decode(msg.data)
       msg.data = envelope["data"]
       msg.user_ids = envelope["user_ids"]
@@ -591,9 +597,16 @@ module MessageBus
     end
 
     def encode_envelope(data, user_ids, group_ids, client_ids)
-      envelope = { "data" => data, "user_ids" => user_ids, "group_ids" => group_ids, "client_ids" => client_ids }
+      codec = transport_codec
       begin
-        encoded = transport_codec.encode(envelope)
+        encoded =
+          if !user_ids && !group_ids && !client_ids && codec.instance_of?(MessageBus::Codec::Json)
+            # The default codec and no targets: the envelope's fixed parts
+            # around the data's JSON, the same bytes as generating the whole Hash.
+            "#{UNTARGETED_ENVELOPE_HEAD}#{codec.encode(data)}#{UNTARGETED_ENVELOPE_TAIL}"
+          else
+            codec.encode({ "data" => data, "user_ids" => user_ids, "group_ids" => group_ids, "client_ids" => client_ids })
+          end
       rescue StandardError => e
         raise MessageBus::InvalidMessage, "the transport codec cannot encode this message: #{e.class}: #{e.message}"
       end

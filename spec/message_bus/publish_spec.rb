@@ -16,6 +16,19 @@ RSpec.describe "MessageBus#publish" do
     expect([msg.data, msg.user_ids, msg.group_ids, msg.client_ids]).to eq([{ "a" => 1 }, [1, 2], nil, ["c"]])
   end
 
+  it "stores an untargeted envelope byte for byte as the codec would encode the whole Hash" do
+    values = [nil, "", "h\u00e9 \"q\" \\ \u2028 </script>", 0, -7, 2.5, true, [1, "2", nil], { "a" => { "b" => [{}] } },
+              { sym: :val }, "x" * 10_000]
+    values.each { |v| bus.publish("/enc", v) }
+    with_opts = bus.publish("/enc", "opts", max_backlog_size: 100)
+    stored = bus.backend_instance.backlog(bus.send(:encode_channel_name, "/enc"), 0).map(&:data)
+    expected = (values + ["opts"]).map do |v|
+      JSON.generate({ "data" => v, "user_ids" => nil, "group_ids" => nil, "client_ids" => nil })
+    end
+    expect(with_opts).to be_a(Integer)
+    expect(stored).to eq(expected)
+  end
+
   it "round-trips data through JSON (symbols become strings)" do
     bus.publish("/chan", { sym: :val, n: 1.5 })
     expect(bus.backlog("/chan").first.data).to eq({ "sym" => "val", "n" => 1.5 })

@@ -1,8 +1,14 @@
-//! Calls a backend can do on the caller's own thread (issue 14): the binding
-//! releases the GVL and drives a [`DirectRun`] there, with no hop to a
-//! runtime worker. A backend that cannot (or not now) returns `None` from
-//! [`super::Backend::direct`], or [`DirectResult::Fallback`] before anything
-//! was sent, and the call takes the async path.
+//! Calls a backend can do on the caller's own thread (issue 14), tried in
+//! this order by the binding:
+//! * [`super::Backend::immediate`]: answered at once, with no I/O and no
+//!   wait but for a lock held for microseconds (the memory backend). The
+//!   binding calls it with the GVL held: releasing and reacquiring it would
+//!   cost more than the call.
+//! * [`super::Backend::direct`]: the binding releases the GVL and drives a
+//!   [`DirectRun`] there, with no hop to a runtime worker. A backend that
+//!   cannot (or not now) returns `None`, or [`DirectResult::Fallback`]
+//!   before anything was sent.
+//! * Otherwise the async method, on the runtime.
 
 use crate::error::Result;
 use crate::message::Message;
@@ -10,6 +16,7 @@ use crate::message::Message;
 use super::PublishOptions;
 
 /// The request/response calls that may run directly.
+#[derive(Clone, Copy)]
 pub enum DirectCall<'a> {
     Publish {
         channel: &'a str,
@@ -28,6 +35,16 @@ pub enum DirectReply {
     Id(i64),
     Ids(Vec<i64>),
     Messages(Vec<Message>),
+}
+
+impl DirectReply {
+    /// The answer as the caller's type (a mismatch is a bug of ours, reported
+    /// as an error rather than a panic).
+    pub fn into_answer<T: TryFrom<DirectReply>>(self) -> Result<T> {
+        T::try_from(self).map_err(|_| {
+            crate::error::Error::Backend("internal error: unexpected direct reply".into())
+        })
+    }
 }
 
 pub enum DirectResult {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{epoch, Backend, PublishOptions, Settings};
+use super::{epoch, Backend, DirectCall, DirectReply, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::Result;
 use crate::message::Message;
@@ -142,6 +142,71 @@ impl MemoryBackend {
         }
     }
 
+    fn publish_now(&self, channel: &str, data: &str, opts: &PublishOptions) -> i64 {
+        let mut store = self.store();
+        let now = Instant::now();
+        self.sweep(&mut store, now);
+        // An expired channel starts afresh.
+        self.live_channel(&mut store, channel);
+        store.counter += 1;
+        let id = store.counter;
+        let name: Arc<str> = Arc::from(channel);
+        let entry = store
+            .channels
+            .entry(channel.to_string())
+            .or_insert_with(|| Channel {
+                entries: VecDeque::new(),
+                last_id: 0,
+                newest: now,
+                ttl_override: None,
+            });
+        if let Some(age) = opts.max_backlog_age {
+            entry.ttl_override = Some(age);
+        }
+        entry.entries.push_back(Entry {
+            id,
+            data: data.to_string(),
+        });
+        entry.last_id = id;
+        entry.newest = now;
+        store.global.push_back((id, name));
+        if id % self.settings.clear_every() == 0 {
+            let size = opts
+                .max_backlog_size
+                .unwrap_or_else(|| Settings::get(&self.settings.max_backlog_size));
+            self.trim(&mut store, channel, id, size);
+        }
+        // Delivered under the lock so that subscribers see global-id order.
+        self.hub.deliver(Message::new(id, id, channel, data));
+        id
+    }
+
+    fn last_id_now(&self, channel: &str) -> i64 {
+        let mut store = self.store();
+        self.live_channel(&mut store, channel)
+            .map_or(0, |c| c.last_id)
+    }
+
+    fn last_ids_now(&self, channels: &[String]) -> Vec<i64> {
+        let mut store = self.store();
+        channels
+            .iter()
+            .map(|name| self.live_channel(&mut store, name).map_or(0, |c| c.last_id))
+            .collect()
+    }
+
+    fn backlog_now(&self, channel: &str, last_id: i64) -> Vec<Message> {
+        let mut store = self.store();
+        let Some(c) = self.live_channel(&mut store, channel) else {
+            return Vec::new();
+        };
+        let start = c.position_after(last_id);
+        c.entries
+            .range(start..)
+            .map(|e| Message::new(e.id, e.id, channel, e.data.clone()))
+            .collect()
+    }
+
     fn global_backlog_locked(&self, store: &mut Store, last_id: i64) -> Vec<Message> {
         let now = Instant::now();
         let ttl = self.default_ttl();
@@ -179,69 +244,36 @@ impl Backend for MemoryBackend {
         data: &str,
         opts: &PublishOptions,
     ) -> Result<Option<i64>> {
-        let mut store = self.store();
-        let now = Instant::now();
-        self.sweep(&mut store, now);
-        // An expired channel starts afresh.
-        self.live_channel(&mut store, channel);
-        store.counter += 1;
-        let id = store.counter;
-        let name: Arc<str> = Arc::from(channel);
-        let entry = store
-            .channels
-            .entry(channel.to_string())
-            .or_insert_with(|| Channel {
-                entries: VecDeque::new(),
-                last_id: 0,
-                newest: now,
-                ttl_override: None,
-            });
-        if let Some(age) = opts.max_backlog_age {
-            entry.ttl_override = Some(age);
-        }
-        entry.entries.push_back(Entry {
-            id,
-            data: data.to_string(),
-        });
-        entry.last_id = id;
-        entry.newest = now;
-        store.global.push_back((id, name));
-        if id % self.settings.clear_every() == 0 {
-            let size = opts
-                .max_backlog_size
-                .unwrap_or_else(|| Settings::get(&self.settings.max_backlog_size));
-            self.trim(&mut store, channel, id, size);
-        }
-        // Delivered under the lock so that subscribers see global-id order.
-        self.hub.deliver(Message::new(id, id, channel, data));
-        Ok(Some(id))
+        Ok(Some(self.publish_now(channel, data, opts)))
     }
 
     async fn last_id(&self, channel: &str) -> Result<i64> {
-        let mut store = self.store();
-        Ok(self
-            .live_channel(&mut store, channel)
-            .map_or(0, |c| c.last_id))
+        Ok(self.last_id_now(channel))
     }
 
     async fn last_ids(&self, channels: &[String]) -> Result<Vec<i64>> {
-        let mut store = self.store();
-        Ok(channels
-            .iter()
-            .map(|name| self.live_channel(&mut store, name).map_or(0, |c| c.last_id))
-            .collect())
+        Ok(self.last_ids_now(channels))
     }
 
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
-        let mut store = self.store();
-        let Some(c) = self.live_channel(&mut store, channel) else {
-            return Ok(Vec::new());
-        };
-        let start = c.position_after(last_id);
-        Ok(c.entries
-            .range(start..)
-            .map(|e| Message::new(e.id, e.id, channel, e.data.clone()))
-            .collect())
+        Ok(self.backlog_now(channel, last_id))
+    }
+
+    /// Every request/response call: nothing here waits but for the store's
+    /// lock, held for microseconds.
+    fn immediate(&self, call: DirectCall<'_>) -> Option<Result<DirectReply>> {
+        Some(Ok(match call {
+            DirectCall::Publish {
+                channel,
+                data,
+                opts,
+            } => DirectReply::Published(Some(self.publish_now(channel, data, opts))),
+            DirectCall::LastId(channel) => DirectReply::Id(self.last_id_now(channel)),
+            DirectCall::LastIds(channels) => DirectReply::Ids(self.last_ids_now(channels)),
+            DirectCall::Backlog(channel, last_id) => {
+                DirectReply::Messages(self.backlog_now(channel, last_id))
+            }
+        }))
     }
 
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {

@@ -140,6 +140,12 @@ pub trait Backend: Send + Sync + 'static {
     fn is_subscribed(&self) -> bool {
         self.hub().has_subscriptions()
     }
+    /// `call` answered at once, without I/O or a wait worth releasing the
+    /// GVL for (see [`direct`]); `None`: this backend cannot.
+    fn immediate(&self, call: DirectCall<'_>) -> Option<Result<DirectReply>> {
+        let _ = call;
+        None
+    }
     /// `call` done by the calling thread itself, when this backend can
     /// (see [`direct`]); `None`: use the async method.
     fn direct<'a>(&'a self, call: DirectCall<'a>) -> Option<Box<dyn DirectRun + 'a>> {

@@ -51,29 +51,51 @@ fn count_publish(m: &BackendMetrics, started: Option<Instant>, result: &Result<O
     }
 }
 
-/// A direct call of the wrapped backend, counted as its async twin is.
-struct MeteredRun<'a> {
-    run: Box<dyn DirectRun + 'a>,
+/// What a request/response call counts, as its async twin does.
+struct CallCounter {
     metrics: &'static BackendMetrics,
     started: Option<Instant>,
     publish: bool,
     backlog: bool,
 }
 
+impl CallCounter {
+    /// Starts the clock of a publish (when latency is measured).
+    fn new(call: DirectCall<'_>, metrics: &'static BackendMetrics) -> Self {
+        let publish = matches!(call, DirectCall::Publish { .. });
+        CallCounter {
+            metrics,
+            started: (publish && latency_enabled()).then(Instant::now),
+            publish,
+            backlog: matches!(call, DirectCall::Backlog(..)),
+        }
+    }
+
+    fn count(&self, done: &Result<DirectReply>) {
+        if self.publish {
+            let published = match done {
+                Ok(DirectReply::Published(id)) => Ok(*id),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.clone()),
+            };
+            count_publish(self.metrics, self.started, &published);
+        } else if self.backlog {
+            count_read(self.metrics);
+        }
+    }
+}
+
+/// A direct call of the wrapped backend, counted.
+struct MeteredRun<'a> {
+    run: Box<dyn DirectRun + 'a>,
+    counter: CallCounter,
+}
+
 impl DirectRun for MeteredRun<'_> {
     fn run(&mut self, interrupted: &dyn Fn() -> bool) -> Option<DirectResult> {
         let result = self.run.run(interrupted)?;
         if let DirectResult::Done(done) = &result {
-            if self.publish {
-                let published = match done {
-                    Ok(DirectReply::Published(id)) => Ok(*id),
-                    Ok(_) => Ok(None),
-                    Err(e) => Err(e.clone()),
-                };
-                count_publish(self.metrics, self.started, &published);
-            } else if self.backlog {
-                count_read(self.metrics);
-            }
+            self.counter.count(done);
         }
         Some(result)
     }
@@ -177,18 +199,17 @@ impl Backend for Metered {
         self.inner.queued_publishes()
     }
 
+    fn immediate(&self, call: DirectCall<'_>) -> Option<Result<DirectReply>> {
+        let counter = CallCounter::new(call, self.metrics);
+        let done = self.inner.immediate(call)?;
+        counter.count(&done);
+        Some(done)
+    }
+
     fn direct<'a>(&'a self, call: DirectCall<'a>) -> Option<Box<dyn DirectRun + 'a>> {
-        let publish = matches!(call, DirectCall::Publish { .. });
-        let backlog = matches!(call, DirectCall::Backlog(..));
-        let started = (publish && latency_enabled()).then(Instant::now);
+        let counter = CallCounter::new(call, self.metrics);
         let run = self.inner.direct(call)?;
-        Some(Box::new(MeteredRun {
-            run,
-            metrics: self.metrics,
-            started,
-            publish,
-            backlog,
-        }))
+        Some(Box::new(MeteredRun { run, counter }))
     }
 
     fn dropped_publishes(&self) -> u64 {

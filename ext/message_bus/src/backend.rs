@@ -1,10 +1,13 @@
 //! `MessageBus::Native::Backend`: a core backend seen from Ruby. Messages
-//! cross as `[global_id, message_id, encoded_channel, envelope]` arrays.
+//! cross as `MessageBus::Message` objects (global id, message id, encoded
+//! channel, undecoded envelope), built here rather than from arrays in Ruby.
 
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use magnus::{prelude::*, RArray, RString, Ruby};
+use magnus::rb_sys::{AsRawValue, FromRawValue};
+use magnus::value::Opaque;
+use magnus::{prelude::*, RArray, RClass, RModule, RString, Ruby, Value};
 use message_bus_core::backend::memory::MemoryBackend;
 use message_bus_core::backend::postgres::PostgresBackend;
 use message_bus_core::backend::redis::RedisBackend;
@@ -13,7 +16,7 @@ use message_bus_core::metrics::{BackendKind, Metered};
 use message_bus_core::{Error, Message};
 
 use crate::errors::to_ruby;
-use crate::gvl::{block_on, run_direct};
+use crate::gvl::{block_on, request};
 use crate::subscription::NativeSubscription;
 
 type RbResult<T> = Result<T, magnus::Error>;
@@ -34,13 +37,44 @@ pub fn rstring(ruby: &Ruby, value: RString, what: &str) -> RbResult<String> {
     })
 }
 
-pub fn message_to_ruby(ruby: &Ruby, m: &Message) -> RbResult<RArray> {
-    let a = ruby.ary_new_capa(4);
-    a.push(m.global_id)?;
-    a.push(m.message_id)?;
-    a.push(ruby.str_new(&m.channel))?;
-    a.push(ruby.str_new(&m.data))?;
-    Ok(a)
+/// `MessageBus::Message` (a Struct of four members), looked up once when the
+/// extension loads.
+static MESSAGE_CLASS: OnceLock<Opaque<RClass>> = OnceLock::new();
+
+pub fn message_to_ruby(ruby: &Ruby, m: &Message) -> RbResult<Value> {
+    let class = MESSAGE_CLASS.get().ok_or_else(|| {
+        to_ruby(
+            ruby,
+            Error::Backend("MessageBus::Message is not loaded: require \"message_bus\"".into()),
+        )
+    })?;
+    let class = ruby.get_inner(*class).as_raw();
+    let members = [
+        ruby.integer_from_i64(m.global_id).as_raw(),
+        ruby.integer_from_i64(m.message_id).as_raw(),
+        ruby.str_new(&m.channel).as_raw(),
+        ruby.str_new(&m.data).as_raw(),
+    ];
+    // Allocated and filled by member index: `new` would look up and call
+    // `initialize` for every message.
+    let message = magnus::rb_sys::protect(|| {
+        // SAFETY: `class` is a Struct class of four members (checked at
+        // load); the values live on this stack, where Ruby's GC sees them.
+        unsafe {
+            let message = rb_sys::rb_obj_alloc(class);
+            for (index, value) in members.into_iter().enumerate() {
+                rb_sys::rb_struct_aset(message, ruby_fixnum(index), value);
+            }
+            message
+        }
+    })?;
+    // SAFETY: a live Ruby object just made.
+    Ok(unsafe { Value::from_raw(message) })
+}
+
+/// A small non-negative integer as a Ruby Fixnum (`INT2FIX`).
+fn ruby_fixnum(n: usize) -> rb_sys::VALUE {
+    ((n as rb_sys::VALUE) << 1) | 1
 }
 
 fn messages_to_ruby(ruby: &Ruby, messages: &[Message]) -> RbResult<RArray> {
@@ -153,25 +187,21 @@ impl NativeBackend {
             max_backlog_size,
             queue_in_memory,
         };
-        let backend = &rb_self.0;
         let call = DirectCall::Publish {
             channel: &channel,
             data: &data,
             opts: &opts,
         };
-        if let Some(done) = backend.direct(call).and_then(|run| run_direct(ruby, run)) {
-            return done;
-        }
-        block_on(ruby, || backend.publish(&channel, &data, &opts))
+        request(ruby, &*rb_self.0, call, || {
+            rb_self.0.publish(&channel, &data, &opts)
+        })
     }
 
     fn last_id(ruby: &Ruby, rb_self: &Self, channel: RString) -> RbResult<i64> {
         let channel = rstring(ruby, channel, "channel")?;
-        let direct = rb_self.0.direct(DirectCall::LastId(&channel));
-        if let Some(done) = direct.and_then(|run| run_direct(ruby, run)) {
-            return done;
-        }
-        block_on(ruby, || rb_self.0.last_id(&channel))
+        request(ruby, &*rb_self.0, DirectCall::LastId(&channel), || {
+            rb_self.0.last_id(&channel)
+        })
     }
 
     fn last_ids(ruby: &Ruby, rb_self: &Self, channels: RArray) -> RbResult<Vec<i64>> {
@@ -183,20 +213,17 @@ impl NativeBackend {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let direct = rb_self.0.direct(DirectCall::LastIds(&names));
-        if let Some(done) = direct.and_then(|run| run_direct(ruby, run)) {
-            return done;
-        }
-        block_on(ruby, || rb_self.0.last_ids(&names))
+        request(ruby, &*rb_self.0, DirectCall::LastIds(&names), || {
+            rb_self.0.last_ids(&names)
+        })
     }
 
     fn backlog(ruby: &Ruby, rb_self: &Self, channel: RString, last_id: i64) -> RbResult<RArray> {
         let channel = rstring(ruby, channel, "channel")?;
-        let direct = rb_self.0.direct(DirectCall::Backlog(&channel, last_id));
-        let messages = match direct.and_then(|run| run_direct(ruby, run)) {
-            Some(done) => done?,
-            None => block_on(ruby, || rb_self.0.backlog(&channel, last_id))?,
-        };
+        let call = DirectCall::Backlog(&channel, last_id);
+        let messages: Vec<Message> = request(ruby, &*rb_self.0, call, || {
+            rb_self.0.backlog(&channel, last_id)
+        })?;
         messages_to_ruby(ruby, &messages)
     }
 
@@ -210,7 +237,7 @@ impl NativeBackend {
         rb_self: &Self,
         channel: RString,
         id: i64,
-    ) -> RbResult<Option<RArray>> {
+    ) -> RbResult<Option<Value>> {
         let channel = rstring(ruby, channel, "channel")?;
         let message = block_on(ruby, || rb_self.0.get_message(&channel, id))?;
         message.map(|m| message_to_ruby(ruby, &m)).transpose()
@@ -280,7 +307,25 @@ impl NativeBackend {
     }
 }
 
-pub fn define(ruby: &Ruby, native: magnus::RModule) -> RbResult<()> {
+pub fn define(ruby: &Ruby, bus: RModule, native: RModule) -> RbResult<()> {
+    let message: RClass = bus.const_get("Message").map_err(|_| {
+        to_ruby(
+            ruby,
+            Error::Backend(
+                "load the extension through require \"message_bus\" (MessageBus::Message first)"
+                    .into(),
+            ),
+        )
+    })?;
+    let members: RArray = message.funcall("members", ())?;
+    if members.len() != 4 {
+        return Err(to_ruby(
+            ruby,
+            Error::Backend("MessageBus::Message must be a Struct of four members".into()),
+        ));
+    }
+    magnus::gc::register_mark_object(message);
+    let _ = MESSAGE_CLASS.set(Opaque::from(message));
     let class = native.define_class("Backend", ruby.class_object())?;
     class.undef_default_alloc_func();
     class.define_singleton_method("memory", magnus::function!(NativeBackend::memory, 0))?;

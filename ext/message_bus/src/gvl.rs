@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use magnus::Ruby;
-use message_bus_core::backend::{DirectResult, DirectRun};
+use message_bus_core::backend::{Backend, DirectCall, DirectReply, DirectResult, DirectRun};
 use message_bus_core::runtime::runtime;
 use message_bus_core::subscription::Subscription;
 use message_bus_core::{Error, Result};
@@ -163,7 +163,7 @@ pub fn run_direct<T>(
     mut run: Box<dyn DirectRun + '_>,
 ) -> Option<std::result::Result<T, magnus::Error>>
 where
-    T: TryFrom<message_bus_core::backend::DirectReply>,
+    T: TryFrom<DirectReply>,
 {
     let mut fallback = false;
     let result = blocking(ruby, None, |cancel| {
@@ -173,11 +173,34 @@ where
                 fallback = true;
                 Err(Error::Backend(String::new()))
             }
-            Some(DirectResult::Done(result)) => result.and_then(|reply| {
-                T::try_from(reply)
-                    .map_err(|_| Error::Backend("internal error: unexpected direct reply".into()))
-            }),
+            Some(DirectResult::Done(result)) => result.and_then(DirectReply::into_answer),
         }
     });
     (!fallback).then_some(result)
+}
+
+/// A backend's request/response call, the cheapest way it allows: answered
+/// at once with the GVL held (no release, no reacquire), else on this thread
+/// without the GVL, else by the async method on the runtime.
+pub fn request<T, Fut>(
+    ruby: &Ruby,
+    backend: &dyn Backend,
+    call: DirectCall<'_>,
+    on_runtime: impl FnOnce() -> Fut,
+) -> std::result::Result<T, magnus::Error>
+where
+    T: TryFrom<DirectReply>,
+    Fut: Future<Output = Result<T>>,
+{
+    let now = catch_unwind(AssertUnwindSafe(|| backend.immediate(call)))
+        .unwrap_or_else(|p| Some(Err(panicked(p))));
+    if let Some(done) = now {
+        return done
+            .and_then(DirectReply::into_answer)
+            .map_err(|e| crate::errors::to_ruby(ruby, e));
+    }
+    if let Some(done) = backend.direct(call).and_then(|run| run_direct(ruby, run)) {
+        return done;
+    }
+    block_on(ruby, on_runtime)
 }

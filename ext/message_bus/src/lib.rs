@@ -68,7 +68,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("_held_sockets", magnus::function!(held_sockets, 0))?;
     native.define_module_function("_close_fd", magnus::function!(close_fd, 1))?;
     native.define_module_function("_drain_log", magnus::function!(drain_log, 0))?;
-    backend::define(ruby, native)?;
+    backend::define(ruby, bus, native)?;
     subscription::define(ruby, native)?;
     connections::define(ruby, native)?;
     client::define(native)?;

@@ -19,9 +19,9 @@ module MessageBus
           @native = native
         end
 
-        def each
+        def each(&block)
           while (batch = @native._next_batch(BATCH_SIZE, WAIT_SLICE))
-            batch.each { |m| yield MessageBus::Message.new(*m) }
+            batch.each(&block)
           end
         end
 
@@ -72,7 +72,8 @@ module MessageBus
       end
 
       def publish(channel, data, opts = nil)
-        opts ||= {}
+        return native!(:publish)._publish(channel, data, nil, nil, nil) unless opts
+
         queue = opts.key?(:queue_in_memory) ? opts[:queue_in_memory] != false : nil
         native!(:publish)._publish(channel, data, int_or_nil(opts[:max_backlog_age]),
                                    int_or_nil(opts[:max_backlog_size]), queue)
@@ -87,16 +88,15 @@ module MessageBus
       end
 
       def backlog(channel, last_id = 0)
-        native!(:backlog)._backlog(channel, (last_id || 0).to_i).map! { |m| to_message(m) }
+        native!(:backlog)._backlog(channel, (last_id || 0).to_i)
       end
 
       def global_backlog(last_id = 0)
-        native!(:global_backlog)._global_backlog((last_id || 0).to_i).map! { |m| to_message(m) }
+        native!(:global_backlog)._global_backlog((last_id || 0).to_i)
       end
 
       def get_message(channel, message_id)
-        m = native!(:get_message)._get_message(channel, message_id.to_i)
-        m && to_message(m)
+        native!(:get_message)._get_message(channel, message_id.to_i)
       end
 
       def reset!
@@ -188,10 +188,6 @@ module MessageBus
 
       def native!(method)
         @native || raise(ConcreteClassMustImplementError, "#{self.class} must implement #{method}")
-      end
-
-      def to_message(array)
-        MessageBus::Message.new(*array)
       end
 
       def int_or_nil(value)

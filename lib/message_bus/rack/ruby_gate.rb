@@ -54,8 +54,10 @@ module MessageBus
 
       def judge_all(connections)
         while (jobs = connections._gate_jobs(BATCH, WAIT))
-          jobs.each do |global_id, message_id, channel, data|
-            connections._resolve(channel, message_id, verdict(MessageBus::Message.new(global_id, message_id, channel, data)))
+          jobs.each do |msg|
+            # The verdict decodes the message in place: keep its stored channel name.
+            channel = msg.channel
+            connections._resolve(channel, msg.message_id, verdict(msg))
           end
         end
       end
