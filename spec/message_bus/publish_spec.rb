@@ -18,7 +18,7 @@ RSpec.describe "MessageBus#publish" do
 
   it "stores an untargeted envelope byte for byte as the codec would encode the whole Hash" do
     values = [nil, "", "h\u00e9 \"q\" \\ \u2028 </script>", 0, -7, 2.5, true, [1, "2", nil], { "a" => { "b" => [{}] } },
-              { sym: :val }, "x" * 10_000]
+              { sym: :val }, "x" * 5000]
     values.each { |v| bus.publish("/enc", v) }
     with_opts = bus.publish("/enc", "opts", max_backlog_size: 100)
     stored = bus.backend_instance.backlog(bus.send(:encode_channel_name, "/enc"), 0).map(&:data)
