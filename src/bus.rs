@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use crate::sync::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::message::Message;

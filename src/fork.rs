@@ -60,12 +60,12 @@ impl Drop for Section {
 /// A lock taken inside a guard section (held until the guard is dropped).
 pub struct Locked<'a, T> {
     // Dropped before the section ends (fields drop in order).
-    guard: parking_lot::MutexGuard<'a, T>,
+    guard: crate::sync::MutexGuard<'a, T>,
     _section: Section,
 }
 
 /// Locks `mutex` inside a guard section.
-pub fn lock<T>(mutex: &parking_lot::Mutex<T>) -> Locked<'_, T> {
+pub fn lock<T>(mutex: &crate::sync::Mutex<T>) -> Locked<'_, T> {
     let section = guard();
     Locked {
         guard: mutex.lock(),

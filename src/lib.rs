@@ -16,6 +16,7 @@ pub mod message;
 pub mod metrics;
 pub mod runtime;
 pub mod subscription;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use message::Message;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 /// Lines kept until drained; older ones are dropped (and counted).
 const CAPACITY: usize = 1000;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use tokio::runtime::Runtime;
 
 use crate::error::{Error, Result};

@@ -2,13 +2,12 @@
 //! thread) drains in batches. Producers never block on the consumer.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, PoisonError};
 use std::time::{Duration, Instant};
-
-use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::sync::Mutex;
 
 #[derive(Default)]
 struct State {
@@ -112,9 +111,14 @@ impl Subscription {
                 state.interrupted = false;
                 return Err(Error::Interrupted);
             }
-            if self.ready.wait_until(&mut state, deadline).timed_out() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Ok(Batch::TimedOut);
-            }
+            };
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 

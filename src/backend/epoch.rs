@@ -15,7 +15,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::log;
 

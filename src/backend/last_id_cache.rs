@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 /// How long a storage read is trusted.
 pub const TRUST_FOR: Duration = Duration::from_secs(1);

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sync::Mutex;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 
 use super::{epoch, Backend, DirectCall, DirectReply, PublishOptions, Settings};
 use crate::bus::Hub;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 pub trait ProcessLocal: Send + Sync {
     fn fresh() -> Self;

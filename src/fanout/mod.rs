@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as channel;
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use tokio::sync::mpsc;
 
 use crate::bus::{decode_channel, decoded_site, Sink, GLOBAL_PREFIX};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use super::{CloseReason, Live, Shared, Transport};
 use crate::http::socket::ClientSocket;
@@ -208,7 +208,7 @@ impl State {
     /// Writes `out` straight to the socket (the connection is idle); what
     /// the socket does not take is queued for the task.
     fn write_direct(
-        mut s: parking_lot::MutexGuard<'_, State>,
+        mut s: crate::sync::MutexGuard<'_, State>,
         out: Out,
         ends_response: bool,
     ) -> Push {
@@ -258,7 +258,7 @@ pub struct Outbox {
 }
 
 /// Wakes the task (outside the lock).
-fn wake(mut s: parking_lot::MutexGuard<'_, State>) {
+fn wake(mut s: crate::sync::MutexGuard<'_, State>) {
     let waker = s.waker.take();
     drop(s);
     if let Some(waker) = waker {

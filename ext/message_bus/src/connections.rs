@@ -32,7 +32,7 @@ pub struct NativeConnections {
     backend: Arc<dyn Backend>,
     fanout: Arc<Fanout>,
     /// The last head prefix parked, shared by the connections that use it.
-    head: parking_lot::Mutex<Option<Arc<[u8]>>>,
+    head: message_bus_core::sync::Mutex<Option<Arc<[u8]>>>,
 }
 
 /// The identity of a request's `park_params`.
@@ -100,7 +100,7 @@ fn dup_fd(ruby: &Ruby, fd: i32) -> RbResult<OwnedFd> {
 /// `MessageBus::Native::PendingPoll`: a poll registered for live messages,
 /// waiting to be parked; dropping it (or `_cancel`) unregisters it.
 #[magnus::wrap(class = "MessageBus::Native::PendingPoll", free_immediately, size)]
-pub struct PendingPoll(parking_lot::Mutex<Option<PendingParts>>);
+pub struct PendingPoll(message_bus_core::sync::Mutex<Option<PendingParts>>);
 
 /// A pending poll and the positions its backlog read covered.
 type PendingParts = (Pending, Vec<(String, i64)>);
@@ -134,7 +134,7 @@ impl NativeConnections {
         Ok(NativeConnections {
             backend,
             fanout,
-            head: parking_lot::Mutex::default(),
+            head: message_bus_core::sync::Mutex::default(),
         })
     }
 
@@ -188,7 +188,7 @@ impl NativeConnections {
         }
         Ok((
             body,
-            Some(PendingPoll(parking_lot::Mutex::new(Some((
+            Some(PendingPoll(message_bus_core::sync::Mutex::new(Some((
                 pending,
                 backlog.positions,
             ))))),

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use tokio::sync::oneshot;
 
 use super::{Failure, Inner};

@@ -15,8 +15,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sync::Mutex;
 use ::redis::{cmd, Cmd, ConnectionAddr, ConnectionInfo, Parser, RedisError, Value};
-use parking_lot::Mutex;
 
 /// Connections kept per process. A caller finding none idle and the pool
 /// full uses the multiplexed connection (which pipelines concurrent calls).

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sync::Mutex;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
@@ -38,7 +39,6 @@ use ::redis::{
     RedisError, Script, TlsMode, ToRedisArgs,
 };
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use self::direct::{DirectPool, Exchange, Outcome};
