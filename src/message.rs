@@ -45,9 +45,9 @@ impl Message {
         out
     }
 
-    /// `<escaped channel>|<data>`, the form the Redis publish script receives.
+    /// `<escaped channel>|<data>` (see [`wire_tail`]).
     pub fn encode_without_ids(&self) -> String {
-        format!("{}|{}", escape_channel(&self.channel), self.data)
+        wire_tail(&self.channel, &self.data)
     }
 
     /// Parses a wire string. Ids follow Ruby's `to_i` (leading digits, empty → 0);
@@ -69,6 +69,16 @@ impl Message {
             data: data.to_string(),
         })
     }
+}
+
+/// `<escaped channel>|<data>`: the wire string after its ids, what a
+/// publish hands the storage (the Redis script, the PostgreSQL NOTIFY) to
+/// put its ids in front of.
+pub fn wire_tail(channel: &str, data: &str) -> String {
+    let mut out = escape_channel(channel);
+    out.push('|');
+    out.push_str(data);
+    out
 }
 
 pub fn escape_channel(channel: &str) -> String {

@@ -171,9 +171,7 @@ impl MemoryBackend {
         entry.newest = now;
         store.global.push_back((id, name));
         if id % self.settings.clear_every() == 0 {
-            let size = opts
-                .max_backlog_size
-                .unwrap_or_else(|| Settings::get(&self.settings.max_backlog_size));
+            let size = self.settings.backlog_size(opts);
             self.trim(&mut store, channel, id, size);
         }
         // Delivered under the lock so that subscribers see global-id order.

@@ -3,11 +3,13 @@
 
 pub mod direct;
 pub mod epoch;
+mod firehose;
 pub mod last_id_cache;
 pub mod memory;
+mod networked;
+mod payload;
 mod per_process;
 pub mod postgres;
-mod reconnect;
 pub mod redis;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -56,6 +58,18 @@ impl Settings {
 
     pub fn clear_every(&self) -> i64 {
         Self::get(&self.clear_every).max(1)
+    }
+
+    /// The `max_backlog_age` (seconds) a publish with `opts` applies.
+    pub fn backlog_age(&self, opts: &PublishOptions) -> i64 {
+        opts.max_backlog_age
+            .unwrap_or_else(|| Self::get(&self.max_backlog_age))
+    }
+
+    /// The `max_backlog_size` a publish with `opts` applies.
+    pub fn backlog_size(&self, opts: &PublishOptions) -> i64 {
+        opts.max_backlog_size
+            .unwrap_or_else(|| Self::get(&self.max_backlog_size))
     }
 }
 

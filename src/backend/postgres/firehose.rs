@@ -12,7 +12,6 @@
 //! idle, which delivers rows whose NOTIFY never came (oversized payloads).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +20,11 @@ use tokio::time::{timeout, Instant};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{sql, Delivery, Inner, ProcState};
-use crate::backend::reconnect::keep_listening;
+use crate::backend::firehose::keep_listening;
+use crate::backend::{networked, payload};
 use crate::error::{Error, Result};
 use crate::log;
-use crate::message::{truncate, Message};
-
-/// Payload by which reference processes end every firehose subscription.
-const UNSUBSCRIBE: &str = "$$UNSUBSCRIBE";
+use crate::message::Message;
 /// `application_name` of the LISTEN connection.
 pub const LISTENER_NAME: &str = "message_bus_listener";
 /// The table is read this often while no notification arrives.
@@ -57,7 +54,8 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
     let (inner, proc) = (&inner, &proc);
     keep_listening(
         crate::metrics::BackendKind::Postgres,
-        &proc.subscribed,
+        &proc.firehose,
+        &inner.epoch,
         || {
             format!(
                 "PostgreSQL LISTEN on {} ({})",
@@ -67,9 +65,6 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
         || async move {
             let mut confirmed = false;
             let outcome = listen(inner, proc, &mut confirmed).await;
-            // The table may be another one when we are back: the epoch is
-            // read again before the next answer.
-            inner.epoch.clear();
             (confirmed, outcome)
         },
     )
@@ -134,7 +129,7 @@ async fn serve(
         let mut delivery = proc.delivery.lock().await;
         catch_up(inner, &reader, &mut delivery, true).await?;
     }
-    proc.subscribed.store(true, Ordering::SeqCst);
+    proc.firehose.mark_subscribed();
     *confirmed = true;
     let mut poll = tokio::time::interval_at(Instant::now() + POLL_EVERY, POLL_EVERY);
     loop {
@@ -164,24 +159,8 @@ async fn on_payload(
     reader: &Reader<'_>,
     payload: &str,
 ) -> Result<()> {
-    if payload == UNSUBSCRIBE {
-        // A reference process ending every subscription (§9 Q5): not us.
-        log::warn(format!(
-            "message_bus: ignoring {UNSUBSCRIBE} received on {} (sent by another process)",
-            inner.notify_channel
-        ));
+    let Some(message) = payload::decode(&inner.notify_channel, payload.as_bytes()) else {
         return Ok(());
-    }
-    let message = match Message::decode(payload) {
-        Ok(m) => m,
-        Err(_) => {
-            log::warn(format!(
-                "message_bus: skipping a notification on {} not in the message_bus format: {}",
-                inner.notify_channel,
-                truncate(payload, 80)
-            ));
-            return Ok(());
-        }
     };
     let mut delivery = proc.delivery.lock().await;
     let highest = delivery.highest.unwrap_or(0);
@@ -253,14 +232,7 @@ async fn read(inner: &Inner, reader: &Reader<'_>, after: i64) -> Result<Vec<Mess
     .await
     .map_err(|_| Error::Connection(format!("reading {} timed out", inner.target)))?
     .map_err(|e| inner.to_error(e))?;
-    rows.iter()
-        .map(|r| {
-            let id: i64 = r.try_get(0).map_err(|e| inner.to_error(e))?;
-            let channel: String = r.try_get(1).map_err(|e| inner.to_error(e))?;
-            let value: String = r.try_get(2).map_err(|e| inner.to_error(e))?;
-            Ok(Message::new(id, id, channel, value))
-        })
-        .collect()
+    rows.iter().map(|r| inner.row_message(r)).collect()
 }
 
 /// Whether a check last made at `last` is due again (and records it).
@@ -309,7 +281,7 @@ async fn catch_up(
         ));
         highest = 0;
         delivery.skipped.clear();
-        inner.storage_was_reset().await;
+        networked::storage_was_reset(inner).await;
     }
     let mut rows = read(inner, reader, highest).await?;
     for wait in HOLE_WAITS {
@@ -382,7 +354,7 @@ mod tests {
             #[test]
             fn notification_payloads_never_panic(payload in "\\PC*") {
                 let _ = Message::decode(&payload);
-                prop_assert!(Message::decode(UNSUBSCRIBE).is_err());
+                prop_assert!(Message::decode(payload::UNSUBSCRIBE).is_err());
             }
 
             /// A row as read back (id, channel, value) re-encoded as the NOTIFY

@@ -27,25 +27,28 @@ mod batch;
 pub mod firehose;
 pub mod sql;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sync::Mutex;
 use async_trait::async_trait;
-use tokio::task::JoinHandle;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 use self::sql::{Statements, NOTIFY_PAYLOAD_LIMIT};
 use super::epoch::{self, EpochCache};
+use super::firehose::FirehoseTask;
+use super::networked::{self, Networked, Position, ProcessState};
 use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::{Error, Result};
-use crate::message::{escape_channel, Message};
+use crate::message::{escape_channel, wire_tail, Message};
 use crate::subscription::Subscription;
 
 /// Pooled connections per process (for everything but publishes).
@@ -68,9 +71,7 @@ struct ProcState {
     /// Held while handing messages to the hub, and while a new subscription
     /// reads its replay, so that the two never interleave.
     delivery: tokio::sync::Mutex<Delivery>,
-    firehose: Mutex<Option<JoinHandle<()>>>,
-    /// LISTEN is active on the firehose connection.
-    subscribed: AtomicBool,
+    firehose: FirehoseTask,
     /// Wakes the firehose to read the table (a local oversized publish).
     poke: tokio::sync::Notify,
     /// Publishes waiting to be sent together (group commit, `batch.rs`).
@@ -85,23 +86,31 @@ impl ProcessLocal for ProcState {
                 .collect(),
             next: AtomicUsize::new(0),
             delivery: tokio::sync::Mutex::new(Delivery::default()),
-            firehose: Mutex::new(None),
-            subscribed: AtomicBool::new(false),
+            firehose: FirehoseTask::default(),
             poke: tokio::sync::Notify::new(),
             publishes: Arc::default(),
         }
     }
 
     fn shut_down(&self) {
-        if let Some(task) = self.firehose.lock().take() {
-            task.abort();
-        }
+        self.firehose.stop();
         for slot in &self.pool {
             if let Ok(mut slot) = slot.try_lock() {
                 slot.take();
             }
         }
-        self.subscribed.store(false, Ordering::SeqCst);
+    }
+}
+
+impl ProcessState for ProcState {
+    type Delivery = Delivery;
+
+    fn firehose(&self) -> &FirehoseTask {
+        &self.firehose
+    }
+
+    fn delivery(&self) -> &tokio::sync::Mutex<Delivery> {
+        &self.delivery
     }
 }
 
@@ -114,6 +123,16 @@ struct Delivery {
     /// When a notified id already handed over last made the listener
     /// compare the table's epoch (see `firehose::on_payload`).
     epoch_checked: Option<std::time::Instant>,
+}
+
+impl Position for Delivery {
+    fn highest(&self) -> Option<i64> {
+        self.highest
+    }
+
+    fn set_highest(&mut self, id: i64) {
+        self.highest = Some(id);
+    }
 }
 
 struct Inner {
@@ -171,7 +190,7 @@ impl Inner {
     /// One publish (insert, NOTIFY, trimming) as one statement.
     async fn publish_one(&self, msg: &batch::Publish) -> std::result::Result<i64, Failure> {
         let trim = &msg.trim;
-        let tail = format!("{}|{}", msg.escaped, msg.data);
+        let tail = wire_tail(&msg.channel, &msg.data);
         let floor = self.trim_floor(1);
         let conn = self.conn_at(PUBLISHER).await.map_err(Failure::Pool)?;
         let rows = self
@@ -334,10 +353,6 @@ impl Drop for PostgresBackend {
 }
 
 impl Inner {
-    fn proc(&self) -> Arc<ProcState> {
-        self.state.current()
-    }
-
     /// Maps a driver error to a connection error (server unreachable, no such
     /// database, authentication) or a backend error.
     fn to_error(&self, e: tokio_postgres::Error) -> Error {
@@ -500,14 +515,15 @@ impl Inner {
 
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
         let rows = self.query(|s| &s.global_backlog, &[&last_id]).await?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get(0).map_err(|e| self.to_error(e))?;
-                let channel: String = r.try_get(1).map_err(|e| self.to_error(e))?;
-                let value: String = r.try_get(2).map_err(|e| self.to_error(e))?;
-                Ok(Message::new(id, id, channel, value))
-            })
-            .collect()
+        rows.iter().map(|r| self.row_message(r)).collect()
+    }
+
+    /// The message of a row read as `id, channel, value`.
+    fn row_message(&self, row: &tokio_postgres::Row) -> Result<Message> {
+        let id: i64 = row.try_get(0).map_err(|e| self.to_error(e))?;
+        let channel: String = row.try_get(1).map_err(|e| self.to_error(e))?;
+        let value: String = row.try_get(2).map_err(|e| self.to_error(e))?;
+        Ok(Message::new(id, id, channel, value))
     }
 
     /// The epoch recorded on the table, if any (on `client`).
@@ -520,7 +536,34 @@ impl Inner {
         Ok(sql::parse_epoch(comment.as_deref()).map(str::to_string))
     }
 
-    /// Reads the epoch from the table (creating it if missing) into the cache.
+    async fn recreate_table(&self) -> Result<()> {
+        self.trimmed_to.store(0, Ordering::Relaxed);
+        let conn = self.conn().await?;
+        conn.client
+            .batch_execute(&sql::reset_sql())
+            .await
+            .map_err(|e| self.to_error(e))
+    }
+}
+
+#[async_trait]
+impl Networked for Inner {
+    type Proc = ProcState;
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn state(&self) -> &PerProcess<ProcState> {
+        &self.state
+    }
+
+    fn epoch_cache(&self) -> &EpochCache {
+        &self.epoch
+    }
+
+    /// The table's comment (`sql::READ_EPOCH`), set under an advisory lock
+    /// when missing.
     async fn read_epoch(&self) -> Result<Arc<str>> {
         let conn = self.conn().await?;
         if let Some(stored) = self.stored_epoch(&conn.client).await? {
@@ -539,51 +582,23 @@ impl Inner {
         }
     }
 
-    /// The storage was found reset or replaced: forget the epoch, tell the
-    /// hub, and read the new epoch.
-    async fn storage_was_reset(&self) {
-        self.epoch.clear();
-        self.hub.storage_reset();
-        if let Err(e) = self.read_epoch().await {
-            crate::log::warn(format!(
-                "message_bus: cannot read the storage epoch after a reset: {e}"
-            ));
-        }
+    /// The last id taken (a failure fails the subscription).
+    async fn start_position(&self) -> Result<Option<i64>> {
+        self.max_id().await.map(Some)
     }
 
-    async fn recreate_table(&self) -> Result<()> {
-        self.trimmed_to.store(0, Ordering::Relaxed);
-        let conn = self.conn().await?;
-        conn.client
-            .batch_execute(&sql::reset_sql())
-            .await
-            .map_err(|e| self.to_error(e))
+    fn firehose(self: Arc<Self>, proc: Arc<ProcState>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(firehose::run(self, proc))
     }
 
-    /// Starts this process's firehose task if it is not running.
-    async fn ensure_firehose(self: &Arc<Self>, proc: &Arc<ProcState>) -> Result<()> {
-        let running = |proc: &ProcState| {
-            proc.firehose
-                .lock()
-                .as_ref()
-                .is_some_and(|task| !task.is_finished())
+    /// From the start when `last_id` is ahead of the table (recreated).
+    async fn replay(&self, last_id: i64) -> Result<Vec<Message>> {
+        let from = if last_id > self.max_id().await? {
+            0
+        } else {
+            last_id
         };
-        if running(proc) {
-            return Ok(());
-        }
-        {
-            let mut delivery = proc.delivery.lock().await;
-            if delivery.highest.is_none() {
-                delivery.highest = Some(self.max_id().await?);
-            }
-        }
-        let rt = crate::runtime::runtime()?;
-        let mut slot = proc.firehose.lock();
-        if slot.as_ref().is_some_and(|task| !task.is_finished()) {
-            return Ok(());
-        }
-        *slot = Some(rt.spawn(firehose::run(Arc::clone(self), Arc::clone(proc))));
-        Ok(())
+        self.global_backlog(from).await
     }
 }
 
@@ -617,15 +632,10 @@ impl Backend for PostgresBackend {
         let inner = &self.inner;
         let s = &inner.settings;
         let err = |e| inner.to_error(e);
-        let escaped = escape_channel(channel);
-        let tail = format!("{escaped}|{data}");
+        let tail = wire_tail(channel, data);
         let global_size = Settings::get(&s.max_global_backlog_size);
-        let age = opts
-            .max_backlog_age
-            .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
-        let size = opts
-            .max_backlog_size
-            .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
+        let age = s.backlog_age(opts);
+        let size = s.backlog_size(opts);
         // The payload is "<id>|<id>|<tail>"; ids have at most 19 digits.
         if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT && size >= 1 {
             // Insert, NOTIFY and trimming in one statement, shared with the
@@ -633,7 +643,7 @@ impl Backend for PostgresBackend {
             let msg = batch::Publish {
                 channel: channel.to_string(),
                 data: data.to_string(),
-                escaped,
+                escaped: escape_channel(channel),
                 trim: batch::Trim {
                     clear_every: s.clear_every(),
                     global_size,
@@ -794,26 +804,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
-        let proc = self.inner.proc();
-        self.inner.ensure_firehose(&proc).await?;
-        let sub = Subscription::new();
-        let delivery = proc.delivery.lock().await;
-        if let Some(last_id) = last_id {
-            let from = if last_id > self.inner.max_id().await? {
-                0
-            } else {
-                last_id
-            };
-            sub.prefill(self.inner.global_backlog(from).await?);
-        }
-        sub.set_start(delivery.highest);
-        self.inner.hub.add_subscription(Arc::clone(&sub));
-        Ok(sub)
+        networked::subscribe(&self.inner, last_id).await
     }
 
     async fn ensure_listening(&self) -> Result<()> {
-        let proc = self.inner.proc();
-        self.inner.ensure_firehose(&proc).await
+        networked::ensure_listening(&self.inner).await
     }
 
     fn epoch(&self) -> Option<Arc<str>> {
@@ -821,10 +816,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn load_epoch(&self) -> Result<Option<Arc<str>>> {
-        match self.inner.epoch.get() {
-            Some(epoch) => Ok(Some(epoch)),
-            None => self.inner.read_epoch().await.map(Some),
-        }
+        networked::load_epoch(&*self.inner).await
     }
 
     async fn refresh_epoch(&self) -> Result<()> {
@@ -832,11 +824,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn destroy(&self) {
-        self.inner.hub.close_subscriptions();
-        let Some(old) = self.inner.state.replace() else {
-            return;
-        };
-        old.shut_down();
+        networked::destroy(&*self.inner);
     }
 
     fn after_fork(&self) {
@@ -844,9 +832,7 @@ impl Backend for PostgresBackend {
     }
 
     fn is_subscribed(&self) -> bool {
-        let proc = self.inner.proc();
-        proc.subscribed.load(Ordering::SeqCst)
-            && (self.inner.hub.has_subscriptions() || self.inner.hub.has_sinks())
+        networked::is_subscribed(&*self.inner)
     }
 }
 

@@ -2,19 +2,19 @@
 //! every message to the hub in global-id order, catching up from the global
 //! backlog on gaps and after reconnects (COMPAT.md §4.2.5).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::time::{timeout, Instant};
 
-use super::keys::UNSUBSCRIBE;
 use super::{Delivery, Inner, ProcState};
-use crate::backend::reconnect::keep_listening;
+use crate::backend::firehose::keep_listening;
+use crate::backend::networked::Networked;
+use crate::backend::payload;
 use crate::error::{Error, Result};
 use crate::log;
-use crate::message::{truncate, Message};
+use crate::message::Message;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A silent connection is checked this often (a dead peer is otherwise only
@@ -68,7 +68,8 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
     let (inner, proc) = (&inner, &proc);
     keep_listening(
         crate::metrics::BackendKind::Redis,
-        &proc.subscribed,
+        &proc.firehose,
+        &inner.epoch,
         || {
             format!(
                 "Redis subscription on {} ({})",
@@ -80,9 +81,6 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
             let outcome = listen(inner, proc, &mut confirmed).await;
             // Messages may be missed until the next subscription catches up.
             proc.cache.go_dark();
-            // And the storage may be another one (a restarted Redis): the
-            // epoch is read again before the next answer.
-            inner.epoch.clear();
             (confirmed, outcome)
         },
     )
@@ -126,7 +124,7 @@ async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result
         delivery.stream_pos = delivery.highest.unwrap_or(0);
         inner.catch_up(&mut delivery).await?;
     }
-    proc.subscribed.store(true, Ordering::SeqCst);
+    proc.firehose.mark_subscribed();
     // From here on every message reaches the hub (and the cache) in order.
     proc.cache.go_live();
     *confirmed = true;
@@ -170,31 +168,8 @@ async fn check_epoch(inner: &Inner) {
 }
 
 async fn on_payload(inner: &Inner, proc: &ProcState, payload: &[u8]) -> Result<()> {
-    if payload == UNSUBSCRIBE.as_bytes() {
-        // A reference process ending every subscription (§9 Q5): not us.
-        log::warn(format!(
-            "message_bus: ignoring {UNSUBSCRIBE} received on {} (sent by another process)",
-            inner.pubsub_channel
-        ));
+    let Some(message) = payload::decode(&inner.pubsub_channel, payload) else {
         return Ok(());
-    }
-    let Ok(text) = std::str::from_utf8(payload) else {
-        log::warn(format!(
-            "message_bus: skipping a non-UTF-8 payload on {}",
-            inner.pubsub_channel
-        ));
-        return Ok(());
-    };
-    let message = match Message::decode(text) {
-        Ok(m) => m,
-        Err(_) => {
-            log::warn(format!(
-                "message_bus: skipping a payload on {} not in the message_bus format: {}",
-                inner.pubsub_channel,
-                truncate(text, 80)
-            ));
-            return Ok(());
-        }
     };
     let mut delivery = proc.delivery.lock().await;
     deliver_or_catch_up(inner, &mut delivery, message).await

@@ -13,8 +13,6 @@ pub const EPOCH_KEY: &str = "__mb_epoch";
 pub const ALL_KEYS_PATTERN: &str = "__mb_*";
 /// Every channel backlog set (SCAN pattern of `expire_all_backlogs!`).
 pub const CHANNEL_BACKLOGS_PATTERN: &str = "__mb_backlog_n_*";
-/// Payload by which reference processes end every firehose subscription.
-pub const UNSUBSCRIBE: &str = "$$UNSUBSCRIBE";
 
 pub fn backlog_id_key(channel: &str) -> String {
     format!("{BACKLOG_ID_PREFIX}{channel}")

@@ -27,7 +27,9 @@ mod firehose;
 pub mod keys;
 mod queue;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,13 +47,15 @@ use self::direct::{DirectPool, Exchange, Outcome};
 use self::keys::*;
 use self::queue::PublishQueue;
 use super::epoch::{self, EpochCache};
+use super::firehose::FirehoseTask;
 use super::last_id_cache::{self, LastIdCache};
+use super::networked::{self, Networked, Position, ProcessState};
 use super::per_process::{PerProcess, ProcessLocal};
 use super::{Backend, DirectCall, DirectReply, DirectResult, DirectRun, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::{Error, Result};
 use crate::log;
-use crate::message::{escape_channel, ruby_to_i, truncate, Message};
+use crate::message::{ruby_to_i, truncate, wire_tail, Message};
 use crate::subscription::Subscription;
 
 /// Time allowed to open a connection.
@@ -74,10 +78,8 @@ struct ProcState {
     /// Held while handing messages to the hub, and while a new subscription
     /// reads its replay, so that the two never interleave.
     delivery: tokio::sync::Mutex<Delivery>,
-    firehose: Mutex<Option<JoinHandle<()>>>,
+    firehose: FirehoseTask,
     flusher: Mutex<Option<JoinHandle<()>>>,
-    /// The pub/sub subscription is confirmed and the connection is up.
-    subscribed: AtomicBool,
     queue: Mutex<PublishQueue>,
     /// Last ids for web polls, fed by the firehose (live only while it is).
     cache: Arc<LastIdCache>,
@@ -96,9 +98,8 @@ impl ProcessLocal for ProcState {
                 last: None,
                 cache: Arc::clone(&cache),
             }),
-            firehose: Mutex::new(None),
+            firehose: FirehoseTask::default(),
             flusher: Mutex::new(None),
-            subscribed: AtomicBool::new(false),
             queue: Mutex::new(PublishQueue::default()),
             cache,
             direct: Arc::default(),
@@ -106,16 +107,25 @@ impl ProcessLocal for ProcState {
     }
 
     fn shut_down(&self) {
-        if let Some(task) = self.firehose.lock().take() {
-            task.abort();
-        }
+        self.firehose.stop();
         if let Some(task) = self.flusher.lock().take() {
             task.abort();
         }
         self.conn.lock().take();
         self.direct.clear();
-        self.subscribed.store(false, Ordering::SeqCst);
         self.cache.go_dark();
+    }
+}
+
+impl ProcessState for ProcState {
+    type Delivery = Delivery;
+
+    fn firehose(&self) -> &FirehoseTask {
+        &self.firehose
+    }
+
+    fn delivery(&self) -> &tokio::sync::Mutex<Delivery> {
+        &self.delivery
     }
 }
 
@@ -144,12 +154,21 @@ impl Delivery {
     }
 
     /// Storage was reset: start again from global id 0.
-    fn restart(&mut self, hub: &Hub) {
+    fn restart(&mut self) {
         self.highest = Some(0);
         self.stream_pos = 0;
         self.last = None;
         self.cache.clear();
-        hub.storage_reset();
+    }
+}
+
+impl Position for Delivery {
+    fn highest(&self) -> Option<i64> {
+        self.highest
+    }
+
+    fn set_highest(&mut self, id: i64) {
+        self.highest = Some(id);
     }
 }
 
@@ -337,10 +356,6 @@ impl Drop for RedisBackend {
 }
 
 impl Inner {
-    fn proc(&self) -> Arc<ProcState> {
-        self.state.current()
-    }
-
     fn to_error(&self, e: RedisError) -> Error {
         if is_connection(&e) {
             Error::Connection(format!("cannot reach Redis at {}: {e}", self.url))
@@ -501,12 +516,8 @@ impl Inner {
         opts: &PublishOptions,
     ) -> ([String; 4], Vec<Vec<u8>>) {
         let s = &self.settings;
-        let age = opts
-            .max_backlog_age
-            .unwrap_or_else(|| Settings::get(&s.max_backlog_age));
-        let size = opts
-            .max_backlog_size
-            .unwrap_or_else(|| Settings::get(&s.max_backlog_size));
+        let age = s.backlog_age(opts);
+        let size = s.backlog_size(opts);
         let global_size = Settings::get(&s.max_global_backlog_size);
         let keys = [
             GLOBAL_ID_KEY.to_string(),
@@ -515,7 +526,7 @@ impl Inner {
             GLOBAL_BACKLOG_KEY.to_string(),
         ];
         let mut args = Vec::with_capacity(7);
-        args.extend(format!("{}|{}", escape_channel(channel), data).to_redis_args());
+        args.extend(wire_tail(channel, data).to_redis_args());
         args.extend(age.to_redis_args());
         args.extend(size.to_redis_args());
         args.extend(global_size.to_redis_args());
@@ -560,41 +571,11 @@ impl Inner {
         }
     }
 
-    /// Reads the epoch from Redis (creating it if missing) into the cache.
-    async fn read_epoch(&self) -> Result<Arc<str>> {
-        let proc = self.proc();
-        let mut conn = self.conn(&proc).await?;
-        let value: String = self
-            .epoch_script
-            .key(EPOCH_KEY)
-            .arg(epoch::generate())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| {
-                self.after_error(&proc, &e);
-                self.to_error(e)
-            })?;
-        if !epoch::is_valid(&value) {
-            // Not one of ours (written by hand?): replace it.
-            let fresh = epoch::generate();
-            self.query::<()>(cmd("SET").arg(EPOCH_KEY).arg(&fresh))
-                .await?;
-            return Ok(self.epoch.set(&fresh));
-        }
-        Ok(self.epoch.set(&value))
-    }
-
     /// The firehose found the storage reset or replaced: positions restart
-    /// at 0, and the epoch is read again (the reset deleted it: the first
-    /// process to read it creates the new one).
+    /// at 0 (see [`networked::storage_was_reset`] for the rest).
     async fn storage_was_reset(&self, delivery: &mut Delivery) {
-        self.epoch.clear();
-        delivery.restart(&self.hub);
-        if let Err(e) = self.read_epoch().await {
-            log::warn(format!(
-                "message_bus: cannot read the storage epoch after a reset: {e}"
-            ));
-        }
+        delivery.restart();
+        networked::storage_was_reset(self).await;
     }
 
     async fn global_id(&self) -> Result<i64> {
@@ -714,36 +695,6 @@ impl Inner {
         }
     }
 
-    /// Starts this process's firehose task if it is not running.
-    async fn ensure_firehose(self: &Arc<Self>, proc: &Arc<ProcState>) -> Result<()> {
-        let running = |proc: &ProcState| {
-            proc.firehose
-                .lock()
-                .as_ref()
-                .is_some_and(|task| !task.is_finished())
-        };
-        if running(proc) {
-            return Ok(());
-        }
-        {
-            // Start from the current position so that nothing published from
-            // now on is missed, even before the subscription is confirmed.
-            let mut delivery = proc.delivery.lock().await;
-            if delivery.highest.is_none() {
-                if let Ok(Ok(id)) = tokio::time::timeout(START_TIMEOUT, self.global_id()).await {
-                    delivery.highest = Some(id);
-                }
-            }
-        }
-        let rt = crate::runtime::runtime()?;
-        let mut slot = proc.firehose.lock();
-        if slot.as_ref().is_some_and(|task| !task.is_finished()) {
-            return Ok(());
-        }
-        *slot = Some(rt.spawn(firehose::run(Arc::clone(self), Arc::clone(proc))));
-        Ok(())
-    }
-
     /// Whether the storage still holds the last message handed over. A Redis
     /// restarted without persistence (or flushed, or failed over to an empty
     /// replica) restarts its ids: once they pass the old position, comparing
@@ -795,6 +746,64 @@ impl Inner {
             delivery.highest = Some(highest);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Networked for Inner {
+    type Proc = ProcState;
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn state(&self) -> &PerProcess<ProcState> {
+        &self.state
+    }
+
+    fn epoch_cache(&self) -> &EpochCache {
+        &self.epoch
+    }
+
+    /// With a Lua get-or-set of `EPOCH_KEY`.
+    async fn read_epoch(&self) -> Result<Arc<str>> {
+        let proc = self.proc();
+        let mut conn = self.conn(&proc).await?;
+        let value: String = self
+            .epoch_script
+            .key(EPOCH_KEY)
+            .arg(epoch::generate())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| {
+                self.after_error(&proc, &e);
+                self.to_error(e)
+            })?;
+        if !epoch::is_valid(&value) {
+            // Not one of ours (written by hand?): replace it.
+            let fresh = epoch::generate();
+            self.query::<()>(cmd("SET").arg(EPOCH_KEY).arg(&fresh))
+                .await?;
+            return Ok(self.epoch.set(&fresh));
+        }
+        Ok(self.epoch.set(&value))
+    }
+
+    /// The global id now; not known if Redis does not answer in time (the
+    /// firehose reads it once subscribed).
+    async fn start_position(&self) -> Result<Option<i64>> {
+        match tokio::time::timeout(START_TIMEOUT, self.global_id()).await {
+            Ok(Ok(id)) => Ok(Some(id)),
+            _ => Ok(None),
+        }
+    }
+
+    fn firehose(self: Arc<Self>, proc: Arc<ProcState>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(firehose::run(self, proc))
+    }
+
+    async fn replay(&self, last_id: i64) -> Result<Vec<Message>> {
+        self.global_backlog(last_id).await
     }
 }
 
@@ -942,7 +951,8 @@ impl Backend for RedisBackend {
         let known = delivery.highest.is_some();
         // The epoch went with the other keys: the next reader creates one.
         self.inner.epoch.clear();
-        delivery.restart(&self.inner.hub);
+        delivery.restart();
+        self.inner.hub.storage_reset();
         if !known {
             delivery.highest = None;
         }
@@ -962,21 +972,11 @@ impl Backend for RedisBackend {
     }
 
     async fn subscribe(&self, last_id: Option<i64>) -> Result<Arc<Subscription>> {
-        let proc = self.inner.proc();
-        self.inner.ensure_firehose(&proc).await?;
-        let sub = Subscription::new();
-        let delivery = proc.delivery.lock().await;
-        if let Some(last_id) = last_id {
-            sub.prefill(self.inner.global_backlog(last_id).await?);
-        }
-        sub.set_start(delivery.highest);
-        self.inner.hub.add_subscription(Arc::clone(&sub));
-        Ok(sub)
+        networked::subscribe(&self.inner, last_id).await
     }
 
     async fn ensure_listening(&self) -> Result<()> {
-        let proc = self.inner.proc();
-        self.inner.ensure_firehose(&proc).await
+        networked::ensure_listening(&self.inner).await
     }
 
     fn epoch(&self) -> Option<Arc<str>> {
@@ -984,10 +984,7 @@ impl Backend for RedisBackend {
     }
 
     async fn load_epoch(&self) -> Result<Option<Arc<str>>> {
-        match self.inner.epoch.get() {
-            Some(epoch) => Ok(Some(epoch)),
-            None => self.inner.read_epoch().await.map(Some),
-        }
+        networked::load_epoch(&*self.inner).await
     }
 
     async fn refresh_epoch(&self) -> Result<()> {
@@ -995,11 +992,9 @@ impl Backend for RedisBackend {
     }
 
     async fn destroy(&self) {
-        self.inner.hub.close_subscriptions();
-        let Some(old) = self.inner.state.replace() else {
+        let Some(old) = networked::destroy(&*self.inner) else {
             return;
         };
-        old.shut_down();
         let lost = old.queue.lock().clear();
         if lost > 0 {
             self.inner.dropped.fetch_add(lost as u64, Ordering::Relaxed);
@@ -1015,9 +1010,7 @@ impl Backend for RedisBackend {
     }
 
     fn is_subscribed(&self) -> bool {
-        let proc = self.inner.proc();
-        proc.subscribed.load(Ordering::SeqCst)
-            && (self.inner.hub.has_subscriptions() || self.inner.hub.has_sinks())
+        networked::is_subscribed(&*self.inner)
     }
 
     fn queued_publishes(&self) -> usize {
