@@ -1,137 +1,23 @@
-//! The Redis backend against real servers: the shared one on 127.0.0.1:6379
-//! (each test on its own database, 8–15, flushed before and after) and, for
-//! failover and reconnect cases, private `redis-server`s started here.
-//! Redis must be running: these tests fail, not skip, without it.
+//! The Redis backend's own cases (its storage format, what a real server
+//! does when it fails, restarts or turns read-only, the last-id cache of web
+//! polls), against the shared server on 127.0.0.1:6379 (a database leased per
+//! test) or private `redis-server`s started here. What every backend does is
+//! in `backend_contract.rs`.
 
-use std::future::Future;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod harness;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::{
+    block, free_port, global_ids, kill_pubsub_connections, publish, receive, wait_until, RedisDb,
+    RedisServer,
+};
 use message_bus_core::backend::redis::RedisBackend;
 use message_bus_core::backend::{Backend, PublishOptions, Settings};
-use message_bus_core::subscription::{Batch, Subscription};
+use message_bus_core::subscription::Subscription;
 use message_bus_core::{Error, Message};
 use redis::Commands;
-
-fn block<F: Future>(f: F) -> F::Output {
-    message_bus_core::runtime::runtime().unwrap().block_on(f)
-}
-
-/// One database of the shared server, flushed at start and end.
-struct Db {
-    n: u8,
-    con: redis::Connection,
-}
-
-impl Db {
-    fn new(n: u8) -> Db {
-        let client = redis::Client::open(format!("redis://127.0.0.1:6379/{n}")).unwrap();
-        let mut con = client
-            .get_connection()
-            .expect("Redis must be running on 127.0.0.1:6379");
-        redis::cmd("FLUSHDB").exec(&mut con).unwrap();
-        Db { n, con }
-    }
-
-    fn backend(&self) -> RedisBackend {
-        RedisBackend::new(
-            &format!("redis://127.0.0.1:6379/{}", self.n),
-            &format!("_message_bus_{}", self.n),
-        )
-        .unwrap()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = redis::cmd("FLUSHDB").exec(&mut self.con);
-    }
-}
-
-/// A private redis-server, killed (by pid) when dropped.
-struct Server {
-    port: u16,
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    fn start_on(port: u16) -> Server {
-        // Replication may write an RDB file: keep it out of the work tree.
-        let dir = std::env::temp_dir().join(format!("mb-redis-test-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--dir",
-                dir.to_str().unwrap(),
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let server = Server { port, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut con) = server.client().get_connection() {
-                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn start() -> Server {
-        Server::start_on(free_port())
-    }
-
-    fn client(&self) -> redis::Client {
-        redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port)).unwrap()
-    }
-
-    fn con(&self) -> redis::Connection {
-        self.client().get_connection().unwrap()
-    }
-
-    fn backend(&self) -> RedisBackend {
-        RedisBackend::new(
-            &format!("redis://127.0.0.1:{}/0", self.port),
-            "_message_bus_0",
-        )
-        .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn publish(b: &RedisBackend, channel: &str, data: &str) -> Option<i64> {
-    block(b.publish(channel, data, &PublishOptions::default())).unwrap()
-}
 
 fn zrange(con: &mut redis::Connection, key: &str) -> Vec<(String, f64)> {
     con.zrange_withscores(key, 0, -1).unwrap()
@@ -148,45 +34,11 @@ fn scores(con: &mut redis::Connection, key: &str) -> Vec<i64> {
         .collect()
 }
 
-/// Collects messages from a subscription until `n` arrived or 5 s passed.
-fn receive(sub: &Arc<Subscription>, n: usize) -> Vec<Message> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        if let Batch::Messages(batch) = sub.next_batch(100, Duration::from_millis(50)).unwrap() {
-            out.extend(batch.iter().map(|m| (**m).clone()));
-        }
-    }
-    out
-}
-
-fn global_ids(messages: &[Message]) -> Vec<i64> {
-    messages.iter().map(|m| m.global_id).collect()
-}
-
-/// Drops every pub/sub connection of the server (the firehose's).
-fn kill_pubsub_connections(con: &mut redis::Connection) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(con)
-        .unwrap();
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 const ENVELOPE: &str = r#"{"data":"s","user_ids":[1,2],"group_ids":null,"client_ids":["c"]}"#;
 
 #[test]
 fn publish_writes_the_reference_keys_and_members() {
-    let mut db = Db::new(8);
+    let mut db = RedisDb::lease();
     let b = db.backend();
     assert_eq!(publish(&b, "/foo$|$s1", "123"), Some(1));
     assert_eq!(publish(&b, "/foo|bar", "x|y"), Some(1));
@@ -269,7 +121,7 @@ fn publish_writes_the_reference_keys_and_members() {
 
 #[test]
 fn trimming_follows_the_reference_example() {
-    let mut db = Db::new(9);
+    let mut db = RedisDb::lease();
     let b = db.backend();
     let s = b.settings();
     Settings::set(&s.max_backlog_size, 2);
@@ -318,7 +170,7 @@ fn trimming_follows_the_reference_example() {
 
 #[test]
 fn reads_messages_written_by_reference_processes() {
-    let mut db = Db::new(10);
+    let mut db = RedisDb::lease();
     let con = &mut db.con;
     // What a reference process leaves behind, written with plain commands.
     let _: () = con.set("__mb_global_id_n", "5").unwrap();
@@ -392,7 +244,7 @@ fn reads_messages_written_by_reference_processes() {
 
 #[test]
 fn a_channel_expires_after_its_age_without_publishes() {
-    let db = Db::new(11);
+    let db = RedisDb::lease();
     let b = db.backend();
     let opts = PublishOptions {
         max_backlog_age: Some(1),
@@ -418,7 +270,7 @@ fn a_channel_expires_after_its_age_without_publishes() {
 
 #[test]
 fn reset_and_expire_all_backlogs() {
-    let mut db = Db::new(12);
+    let mut db = RedisDb::lease();
     let b = db.backend();
     publish(&b, "/a", "1");
     publish(&b, "/b", "2");
@@ -461,8 +313,8 @@ fn reset_and_expire_all_backlogs() {
 }
 
 #[test]
-fn firehose_delivers_in_order_replays_and_catches_up_after_a_gap() {
-    let mut db = Db::new(13);
+fn firehose_uses_per_channel_ids_and_catches_up_after_a_gap() {
+    let mut db = RedisDb::lease();
     let b = db.backend();
     publish(&b, "/a", "before-1");
     publish(&b, "/a", "before-2");
@@ -502,31 +354,21 @@ fn firehose_delivers_in_order_replays_and_catches_up_after_a_gap() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(global_ids(&receive(&replay, 2)), vec![5, 7]);
 
-    // A storage reset restarts ids; the firehose follows.
-    block(b.reset()).unwrap();
-    publish(&b, "/a", "after-reset");
-    let got = receive(&live, 1);
-    assert_eq!(got, vec![Message::new(1, 1, "/a", "after-reset")]);
-
-    // global_unsubscribe ends local subscriptions only.
-    block(b.global_unsubscribe());
-    assert!(matches!(
-        live.next_batch(1, Duration::from_millis(10)).unwrap(),
-        Batch::Closed
-    ));
-    assert!(!b.is_subscribed());
     block(b.destroy());
 }
 
 #[test]
 fn a_foreign_unsubscribe_and_garbage_payloads_are_ignored() {
-    let mut db = Db::new(14);
+    let mut db = RedisDb::lease();
     let b = db.backend();
     let sub = block(b.subscribe(None)).unwrap();
     wait_until("the subscription", || b.is_subscribed());
     message_bus_core::log::drain();
-    let _: () = db.con.publish("_message_bus_14", "$$UNSUBSCRIBE").unwrap();
-    let _: () = db.con.publish("_message_bus_14", "nonsense").unwrap();
+    let _: () = db
+        .con
+        .publish(db.pubsub_channel(), "$$UNSUBSCRIBE")
+        .unwrap();
+    let _: () = db.con.publish(db.pubsub_channel(), "nonsense").unwrap();
     publish(&b, "/a", "still here");
     assert_eq!(
         receive(&sub, 1),
@@ -541,7 +383,7 @@ fn a_foreign_unsubscribe_and_garbage_payloads_are_ignored() {
 
 #[test]
 fn firehose_reconnects_and_replays_what_it_missed() {
-    let server = Server::start();
+    let server = RedisServer::start();
     let b = server.backend();
     let sub = block(b.subscribe(None)).unwrap();
     wait_until("the subscription", || b.is_subscribed());
@@ -561,8 +403,8 @@ fn firehose_reconnects_and_replays_what_it_missed() {
 
 #[test]
 fn read_only_publishes_are_queued_and_flushed_in_order() {
-    let primary = Server::start();
-    let replica = Server::start();
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
     let b = replica.backend();
     let sub = block(b.subscribe(None)).unwrap();
     wait_until("the subscription", || b.is_subscribed());
@@ -656,7 +498,7 @@ fn unreachable_redis_is_a_connection_error_and_publishes_wait_for_it() {
     assert_eq!(publish(&b, "/a", "queued-2"), None);
     assert_eq!(b.queued_publishes(), 2);
 
-    let server = Server::start_on(port);
+    let server = RedisServer::start_on(port);
     let mut con = server.con();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -691,30 +533,6 @@ fn invalid_urls_are_argument_errors_and_construction_never_connects() {
     assert!(unix.is_ok());
 }
 
-#[test]
-fn concurrent_publishers_are_delivered_once_each_in_global_id_order() {
-    let server = Server::start();
-    let b = Arc::new(server.backend());
-    let sub = block(b.subscribe(None)).unwrap();
-    wait_until("the subscription", || b.is_subscribed());
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let b = Arc::clone(&b);
-            std::thread::spawn(move || {
-                for i in 0..50 {
-                    assert!(publish(&b, &format!("/c{}", t % 3), &format!("{t}-{i}")).is_some());
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let got = receive(&sub, 400);
-    assert_eq!(global_ids(&got), (1..=400).collect::<Vec<i64>>());
-    block(b.destroy());
-}
-
 // The last-id cache of web polls (`last_ids_for_poll`), each test on a
 // private server so that `INFO commandstats` counts only its own MGETs.
 
@@ -732,7 +550,7 @@ fn poll_ids(b: &RedisBackend, channels: &[&str], requested: &[Option<i64>]) -> V
 }
 
 /// A backend whose firehose is subscribed, with its subscription.
-fn listening(server: &Server) -> (RedisBackend, Arc<Subscription>) {
+fn listening(server: &RedisServer) -> (RedisBackend, Arc<Subscription>) {
     let b = server.backend();
     let sub = block(b.subscribe(None)).unwrap();
     wait_until("the subscription", || b.is_subscribed());
@@ -741,7 +559,7 @@ fn listening(server: &Server) -> (RedisBackend, Arc<Subscription>) {
 
 #[test]
 fn polls_read_cached_ids_fed_by_the_firehose_and_by_own_publishes() {
-    let server = Server::start();
+    let server = RedisServer::start();
     let mut con = server.con();
     let (b, sub) = listening(&server);
     let other = server.backend(); // another process: same Redis, its own state
@@ -779,7 +597,7 @@ fn polls_read_cached_ids_fed_by_the_firehose_and_by_own_publishes() {
 
 #[test]
 fn a_foreign_reset_shows_in_polls_within_the_trust_period() {
-    let server = Server::start();
+    let server = RedisServer::start();
     let (b, _sub) = listening(&server);
     let other = server.backend();
     publish(&b, "/a", "1");
@@ -812,7 +630,7 @@ fn a_foreign_reset_shows_in_polls_within_the_trust_period() {
 
 #[test]
 fn losing_the_firehose_connection_clears_the_cache() {
-    let server = Server::start();
+    let server = RedisServer::start();
     let mut con = server.con();
     let (b, _sub) = listening(&server);
     publish(&b, "/a", "1");
@@ -848,7 +666,7 @@ fn losing_the_firehose_connection_clears_the_cache() {
 
 #[test]
 fn without_a_firehose_every_poll_reads_redis() {
-    let server = Server::start();
+    let server = RedisServer::start();
     let mut con = server.con();
     let b = server.backend();
     publish(&b, "/a", "1");
@@ -862,7 +680,7 @@ fn without_a_firehose_every_poll_reads_redis() {
 
 #[test]
 fn the_epoch_is_a_key_of_its_own_shared_by_processes_and_new_after_a_flush() {
-    let mut db = Db::new(15);
+    let mut db = RedisDb::lease();
     let a = db.backend();
     let first = block(a.load_epoch()).unwrap().unwrap();
     assert_eq!(first.len(), 32);
