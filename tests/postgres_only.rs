@@ -9,10 +9,10 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{block, cells, free_port, global_ids, receive, PgDb};
+use harness::{block, cells, free_port, global_ids, receive, subscribe, PgDb};
 use message_bus_core::backend::postgres::PostgresBackend;
 use message_bus_core::backend::{Backend, PublishOptions, Settings};
-use message_bus_core::subscription::{Batch, Subscription};
+use message_bus_core::subscription::Batch;
 use message_bus_core::{Error, Message};
 use tokio_postgres::{Client, NoTls};
 
@@ -132,16 +132,6 @@ fn reset_recreates_the_table_and_expire_all_backlogs_is_a_reset() {
         db.rows("SELECT count(*) FROM pg_indexes WHERE tablename = 'message_bus'"),
         vec![cells(&["3"])]
     );
-}
-
-fn subscribe(b: &PostgresBackend, last: Option<i64>) -> Arc<Subscription> {
-    let sub = block(b.subscribe(last)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !b.is_subscribed() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(b.is_subscribed());
-    sub
 }
 
 #[test]
@@ -766,12 +756,7 @@ fn the_epoch_is_the_tables_comment_and_a_recreated_table_gets_a_new_one() {
 
     // The listener sees the table recreated (from another connection, as
     // the reference's reset! does it), even once its ids passed ours.
-    let sub = block(a.subscribe(None)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !a.is_subscribed() {
-        assert!(Instant::now() < deadline, "the listener");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let sub = subscribe(&a, None);
     block(b.publish("/e", "\"before\"", &opts())).unwrap();
     assert_eq!(receive(&sub, 1).len(), 1);
     db.exec(

@@ -61,6 +61,13 @@ pub fn receive(sub: &Subscription, n: usize) -> Vec<Message> {
     out
 }
 
+/// A firehose subscription of `b`, once `b` is subscribed.
+pub fn subscribe(b: &dyn Backend, last_id: Option<i64>) -> Arc<Subscription> {
+    let sub = block(b.subscribe(last_id)).unwrap();
+    wait_until("the firehose subscription", || b.is_subscribed());
+    sub
+}
+
 pub fn global_ids(messages: &[Message]) -> Vec<i64> {
     messages.iter().map(|m| m.global_id).collect()
 }
@@ -133,11 +140,8 @@ impl Store {
         }
     }
 
-    /// A firehose subscription, once its backend is subscribed.
     pub fn subscribe(&self, last_id: Option<i64>) -> Arc<Subscription> {
-        let sub = block(self.backend.subscribe(last_id)).unwrap();
-        wait_until("the firehose subscription", || self.backend.is_subscribed());
-        sub
+        subscribe(&*self.backend, last_id)
     }
 }
 
