@@ -60,11 +60,6 @@ pub(super) trait Networked: Send + Sync + Sized + 'static {
     /// The retained messages after global id `last_id`, for a subscription
     /// that replays them before going live.
     async fn replay(&self, last_id: i64) -> Result<Vec<Message>>;
-
-    /// This process's state.
-    fn proc(&self) -> Arc<Self::Proc> {
-        self.state().current()
-    }
 }
 
 /// Starts this process's firehose task if it is not running.
@@ -94,7 +89,7 @@ pub(super) async fn subscribe<N: Networked>(
     backend: &Arc<N>,
     last_id: Option<i64>,
 ) -> Result<Arc<Subscription>> {
-    let proc = backend.proc();
+    let proc = backend.state().current();
     ensure_firehose(backend, &proc).await?;
     let sub = Subscription::new();
     let delivery = proc.delivery().lock().await;
@@ -108,7 +103,7 @@ pub(super) async fn subscribe<N: Networked>(
 
 /// Makes sure the firehose feeds the hub's sinks even without subscriptions.
 pub(super) async fn ensure_listening<N: Networked>(backend: &Arc<N>) -> Result<()> {
-    let proc = backend.proc();
+    let proc = backend.state().current();
     ensure_firehose(backend, &proc).await
 }
 
@@ -125,7 +120,8 @@ pub(super) fn destroy<N: Networked>(backend: &N) -> Option<Arc<N::Proc>> {
 /// The firehose is subscribed and has someone to deliver to.
 pub(super) fn is_subscribed<N: Networked>(backend: &N) -> bool {
     let hub = backend.hub();
-    backend.proc().firehose().is_subscribed() && (hub.has_subscriptions() || hub.has_sinks())
+    backend.state().current().firehose().is_subscribed()
+        && (hub.has_subscriptions() || hub.has_sinks())
 }
 
 /// The cached epoch, else the storage's.

@@ -353,6 +353,10 @@ impl Drop for PostgresBackend {
 }
 
 impl Inner {
+    fn proc(&self) -> Arc<ProcState> {
+        self.state.current()
+    }
+
     /// Maps a driver error to a connection error (server unreachable, no such
     /// database, authentication) or a backend error.
     fn to_error(&self, e: tokio_postgres::Error) -> Error {

@@ -356,6 +356,10 @@ impl Drop for RedisBackend {
 }
 
 impl Inner {
+    fn proc(&self) -> Arc<ProcState> {
+        self.state.current()
+    }
+
     fn to_error(&self, e: RedisError) -> Error {
         if is_connection(&e) {
             Error::Connection(format!("cannot reach Redis at {}: {e}", self.url))
