@@ -79,3 +79,57 @@ reply_into!(Published, Option<i64>);
 reply_into!(Id, i64);
 reply_into!(Ids, Vec<i64>);
 reply_into!(Messages, Vec<Message>);
+
+/// How often a direct call waiting on its socket looks at the caller's
+/// interrupt flag.
+pub(crate) const INTERRUPT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What a wait on a socket of a direct call ended with.
+pub(crate) enum Wait {
+    /// Ready for `events` (or hung up / in error: the next read or write
+    /// reports which).
+    Ready,
+    Interrupted,
+    TimedOut,
+    Failed(std::io::Error),
+}
+
+/// Waits until `fd` is ready for `events` (`libc::POLLIN`, `POLLOUT`), the
+/// deadline passes (`None`: none), or `interrupted()` becomes true (looked at
+/// first, then every [`INTERRUPT_POLL`]).
+pub(crate) fn wait_ready(
+    fd: std::os::fd::RawFd,
+    events: libc::c_short,
+    deadline: Option<std::time::Instant>,
+    interrupted: &dyn Fn() -> bool,
+) -> Wait {
+    loop {
+        if interrupted() {
+            return Wait::Interrupted;
+        }
+        let mut slice = INTERRUPT_POLL;
+        if let Some(deadline) = deadline {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Wait::TimedOut;
+            }
+            slice = slice.min(deadline - now);
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, on a socket the caller owns.
+        let n = unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as libc::c_int) };
+        if n > 0 {
+            return Wait::Ready;
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Wait::Failed(e);
+            }
+        }
+    }
+}

@@ -146,27 +146,45 @@ struct HandOver<'a> {
 
 impl Drop for HandOver<'_> {
     fn drop(&mut self) {
-        {
-            let mut q = self.queue.lock();
-            if q.pending.is_empty() {
-                q.running = false;
-                return;
-            }
+        hand_over(self.inner, self.queue);
+    }
+}
+
+/// Marks a publish statement in flight if none is and none is queued (the
+/// caller then sends its publish itself and calls [`hand_over`] when done);
+/// `false`: queue it behind them instead (`publish`). For the direct path.
+pub(super) fn claim(queue: &Mutex<Queue>) -> bool {
+    let mut q = queue.lock();
+    if q.running {
+        return false;
+    }
+    q.running = true;
+    true
+}
+
+/// Ends a statement in flight claimed by [`claim`] or `publish`: hands the
+/// publishes queued meanwhile to a task, or marks the queue idle.
+pub(super) fn hand_over(inner: &Arc<Inner>, queue: &Arc<Mutex<Queue>>) {
+    {
+        let mut q = queue.lock();
+        if q.pending.is_empty() {
+            q.running = false;
+            return;
         }
-        let task = serve(Arc::clone(self.inner), Arc::clone(self.queue));
-        let spawned = match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(task);
-                Ok(())
-            }
-            Err(_) => crate::runtime::runtime().map(|rt| {
-                rt.spawn(task);
-            }),
-        };
-        if let Err(e) = spawned {
-            // Nothing will serve the queue.
-            fail_queued(self.queue, &e);
+    }
+    let task = serve(Arc::clone(inner), Arc::clone(queue));
+    let spawned = match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(task);
+            Ok(())
         }
+        Err(_) => crate::runtime::runtime().map(|rt| {
+            rt.spawn(task);
+        }),
+    };
+    if let Err(e) = spawned {
+        // Nothing will serve the queue.
+        fail_queued(queue, &e);
     }
 }
 

@@ -24,6 +24,7 @@
 //! child never touches what it inherited (it is leaked) and builds its own.
 
 mod batch;
+mod direct;
 pub mod firehose;
 pub mod sql;
 
@@ -45,7 +46,7 @@ use super::epoch::{self, EpochCache};
 use super::firehose::FirehoseTask;
 use super::networked::{self, Networked, Position, ProcessState};
 use super::per_process::{PerProcess, ProcessLocal};
-use super::{Backend, PublishOptions, Settings};
+use super::{Backend, DirectCall, DirectRun, PublishOptions, Settings};
 use crate::bus::Hub;
 use crate::error::{Error, Result};
 use crate::message::{escape_channel, wire_tail, Message};
@@ -150,6 +151,9 @@ struct Inner {
     trims: AtomicU64,
     /// The storage epoch (the table's comment, `sql::READ_EPOCH`) as last read.
     epoch: EpochCache,
+    /// Connections for callers doing their own I/O (`None`: not for this
+    /// target, see `direct.rs`).
+    direct: Option<direct::Direct>,
 }
 
 /// Rows committed late (ids taken before a trim, committed after it) are
@@ -326,6 +330,7 @@ impl PostgresBackend {
         config.application_name("message_bus");
         let target = describe(&config);
         let epoch = EpochCache::new(format!("PostgreSQL at {target}"));
+        let direct = direct::Direct::new(&config);
         Ok(PostgresBackend {
             inner: Arc::new(Inner {
                 settings: Settings::default(),
@@ -337,6 +342,7 @@ impl PostgresBackend {
                 trimmed_to: AtomicI64::new(0),
                 trims: AtomicU64::new(0),
                 epoch,
+                direct,
             }),
         })
     }
@@ -828,6 +834,9 @@ impl Backend for PostgresBackend {
     }
 
     async fn destroy(&self) {
+        if let Some(direct) = &self.inner.direct {
+            direct.clear();
+        }
         networked::destroy(&*self.inner);
     }
 
@@ -837,6 +846,12 @@ impl Backend for PostgresBackend {
 
     fn is_subscribed(&self) -> bool {
         networked::is_subscribed(&*self.inner)
+    }
+
+    /// Publish and the plain reads on a synchronous connection of the
+    /// caller's (see `direct.rs`), when the target allows one.
+    fn direct<'a>(&'a self, call: DirectCall<'a>) -> Option<Box<dyn DirectRun + 'a>> {
+        self.inner.direct.as_ref()?.start(&self.inner, call)
     }
 }
 

@@ -73,6 +73,46 @@ pub fn parse_epoch(comment: Option<&str>) -> Option<&str> {
     crate::backend::epoch::is_valid(epoch).then_some(epoch)
 }
 
+/// A whole publish (§4.3.4) in one statement (the `publish_all` of
+/// [`Statements`], and the direct path's publish). The trimming parts run on
+/// the statement's snapshot, without the new row: the channel keeps the new
+/// row and the `keep - 1` newest before it. $1 channel, $2 value, $3 NOTIFY
+/// channel, $4 payload after the ids, $5 clear_every, $6 global size, $7 age,
+/// $8 keep (>= 1), $9 the id at or below which rows are known to be deleted
+/// already (0: no bound). Without the bound every DELETE walks, from the
+/// low end of its index, the entries of all the rows deleted since
+/// the last vacuum: trimming on every publish then costs more than
+/// the publish (COMPAT.md §4.3.4 keeps every row below the global
+/// window deleted, so the bound changes nothing but the scan). Not
+/// on the age DELETE: its added_at index scan stops at the first
+/// live row, while an id bound makes it read the whole window.
+/// The search for the channel's cut is bounded too (walking down
+/// the channel's entries, it would otherwise read those of all its
+/// deleted rows when the channel has fewer than `keep` rows): if
+/// fewer than `keep` rows are above the bound, the cut is at or
+/// below it, and the DELETE between the two would delete nothing.
+pub const PUBLISH_ALL: &str = "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id), \
+     notified AS (SELECT id, pg_notify($3::text, id::text || '|' || id::text || '|' || $4::text) FROM inserted), \
+     trim_global AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
+       AND id > $9::bigint AND id <= (SELECT id FROM inserted) - $6::bigint), \
+     expired AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
+       AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
+     trim_channel AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
+       AND channel = $1::text AND id > $9::bigint AND id <= (SELECT id FROM message_bus WHERE channel = $1::text \
+         AND id > $9::bigint ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
+     SELECT id FROM notified";
+
+/// The highest id of a channel (NULL: none).
+pub const MAX_CHANNEL_ID: &str = "SELECT max(id) FROM message_bus WHERE channel = $1::text";
+
+/// The highest id of each of the channels that has rows.
+pub const MAX_CHANNEL_IDS: &str =
+    "SELECT channel, max(id) FROM message_bus WHERE channel = ANY($1::text[]) GROUP BY channel";
+
+/// A channel's rows after an id, in order.
+pub const CHANNEL_BACKLOG: &str =
+    "SELECT id, value FROM message_bus WHERE channel = $1::text AND id > $2::bigint ORDER BY id";
+
 /// The prepared statements of one pooled connection.
 pub struct Statements {
     pub insert_message: Statement,
@@ -106,38 +146,7 @@ impl Statements {
                      SELECT id, pg_notify($3::text, id::text || '|' || id::text || '|' || $4::text) FROM inserted",
                 )
                 .await?,
-            // A whole publish (§4.3.4) in one statement. The trimming parts
-            // run on the statement's snapshot, without the new row: the
-            // channel keeps the new row and the `keep - 1` newest before it.
-            // $1 channel, $2 value, $3 NOTIFY channel, $4 payload after the
-            // ids, $5 clear_every, $6 global size, $7 age, $8 keep (>= 1),
-            // $9 the id at or below which rows are known to be deleted already
-            // (0: no bound). Without the bound every DELETE walks, from the
-            // low end of its index, the entries of all the rows deleted since
-            // the last vacuum: trimming on every publish then costs more than
-            // the publish (COMPAT.md §4.3.4 keeps every row below the global
-            // window deleted, so the bound changes nothing but the scan). Not
-            // on the age DELETE: its added_at index scan stops at the first
-            // live row, while an id bound makes it read the whole window.
-            // The search for the channel's cut is bounded too (walking down
-            // the channel's entries, it would otherwise read those of all its
-            // deleted rows when the channel has fewer than `keep` rows): if
-            // fewer than `keep` rows are above the bound, the cut is at or
-            // below it, and the DELETE between the two would delete nothing.
-            publish_all: client
-                .prepare(
-                    "WITH inserted AS (INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id), \
-                     notified AS (SELECT id, pg_notify($3::text, id::text || '|' || id::text || '|' || $4::text) FROM inserted), \
-                     trim_global AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
-                       AND id > $9::bigint AND id <= (SELECT id FROM inserted) - $6::bigint), \
-                     expired AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
-                       AND added_at < CURRENT_TIMESTAMP - ($7::text)::interval), \
-                     trim_channel AS (DELETE FROM message_bus WHERE (SELECT id FROM inserted) % $5::bigint = 0 \
-                       AND channel = $1::text AND id > $9::bigint AND id <= (SELECT id FROM message_bus WHERE channel = $1::text \
-                         AND id > $9::bigint ORDER BY id DESC LIMIT 1 OFFSET $8::bigint - 1)) \
-                     SELECT id FROM notified",
-                )
-                .await?,
+            publish_all: client.prepare(PUBLISH_ALL).await?,
             // Several publishes in one statement and one commit (group
             // commit, see `batch.rs`), with exactly the rows, NOTIFYs and
             // trimming of running `publish_all` for each in turn.
@@ -219,11 +228,7 @@ impl Statements {
                       ORDER BY id DESC LIMIT 1 OFFSET $3::bigint)",
                 )
                 .await?,
-            channel_backlog: client
-                .prepare(
-                    "SELECT id, value FROM message_bus WHERE channel = $1::text AND id > $2::bigint ORDER BY id",
-                )
-                .await?,
+            channel_backlog: client.prepare(CHANNEL_BACKLOG).await?,
             global_backlog: client
                 .prepare("SELECT id, channel, value FROM message_bus WHERE id > $1::bigint ORDER BY id")
                 .await?,
@@ -235,14 +240,8 @@ impl Statements {
             get_message: client
                 .prepare("SELECT value FROM message_bus WHERE channel = $1::text AND id = $2::bigint")
                 .await?,
-            max_channel_id: client
-                .prepare("SELECT max(id) FROM message_bus WHERE channel = $1::text")
-                .await?,
-            max_channel_ids: client
-                .prepare(
-                    "SELECT channel, max(id) FROM message_bus WHERE channel = ANY($1::text[]) GROUP BY channel",
-                )
-                .await?,
+            max_channel_id: client.prepare(MAX_CHANNEL_ID).await?,
+            max_channel_ids: client.prepare(MAX_CHANNEL_IDS).await?,
             max_id: client.prepare("SELECT max(id) FROM message_bus").await?,
             publish: client
                 .prepare("SELECT pg_notify($1::text, $2::text)")

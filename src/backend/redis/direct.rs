@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use crate::sync::Mutex;
 use ::redis::{cmd, Cmd, ConnectionAddr, ConnectionInfo, Parser, RedisError, Value};
 
+use crate::backend::direct::{wait_ready, Wait};
+
 /// Connections kept per process. A caller finding none idle and the pool
 /// full uses the multiplexed connection (which pipelines concurrent calls).
 const MAX_CONNECTIONS: usize = 4;
-/// How often a wait for a reply looks at the caller's interrupt flag.
-const INTERRUPT_POLL: Duration = Duration::from_millis(10);
 
 enum Stream {
     Tcp(TcpStream),
@@ -276,7 +276,7 @@ impl Exchange {
                     }
                 }
                 Stage::Sent(mut conn, deadline) => {
-                    match wait_readable(conn.stream.fd(), deadline, interrupted) {
+                    match wait_ready(conn.stream.fd(), libc::POLLIN, Some(deadline), interrupted) {
                         Wait::Interrupted => {
                             self.stage = Stage::Sent(conn, deadline);
                             return None;
@@ -287,7 +287,7 @@ impl Exchange {
                             )
                         }
                         Wait::Failed(e) => return Some(self.fail(Outcome::Lost(e.into()))),
-                        Wait::Readable => {
+                        Wait::Ready => {
                             return Some(match conn.parser.parse_value(&mut conn.stream) {
                                 Ok(value) => {
                                     self.pool.give_back(conn);
@@ -318,43 +318,6 @@ impl Drop for Exchange {
             Stage::Ready(conn) => self.pool.give_back(conn),
             Stage::Unconnected | Stage::Sent(..) => self.pool.forget_one(),
             Stage::Done => {}
-        }
-    }
-}
-
-enum Wait {
-    Readable,
-    Interrupted,
-    TimedOut,
-    Failed(io::Error),
-}
-
-fn wait_readable(fd: RawFd, deadline: Instant, interrupted: &dyn Fn() -> bool) -> Wait {
-    loop {
-        if interrupted() {
-            return Wait::Interrupted;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Wait::TimedOut;
-        }
-        let slice = INTERRUPT_POLL.min(deadline - now);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, on a socket this exchange owns.
-        let n = unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as libc::c_int) };
-        if n > 0 {
-            // Readable, or hung up / in error: the read reports which.
-            return Wait::Readable;
-        }
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Wait::Failed(e);
-            }
         }
     }
 }
