@@ -948,14 +948,20 @@ impl PgRun<'_> {
     }
 
     fn finish(&mut self, outcome: Outcome) -> DirectResult {
+        let claim = self.claim.take();
+        let result = self.answer(outcome, claim.as_ref().map(|c| &c.trim));
+        // Done with the publish slot (after `after_publish`, as the async
+        // path): the publishes queued meanwhile go, and on a fallback the
+        // async path claims it again.
+        if let Some(claim) = claim {
+            batch::hand_over(self.inner, &claim.queue);
+        }
+        result
+    }
+
+    fn answer(&self, outcome: Outcome, trim: Option<&batch::Trim>) -> DirectResult {
         let inner = self.inner;
         let target = &inner.target;
-        // Done with the publish slot: the publishes queued meanwhile go
-        // (and on a fallback, the async path claims it again).
-        let trim = self.claim.take().map(|claim| {
-            batch::hand_over(inner, &claim.queue);
-            claim.trim
-        });
         let rows = match outcome {
             Outcome::NotRun => return DirectResult::Fallback,
             // The async path creates the table and runs it again.
@@ -989,7 +995,7 @@ impl PgRun<'_> {
                     .ok_or_else(|| bad("INSERT returned no id"))
                     .and_then(|row| int8_at(row, 0).map_err(|e| bad(&e)))
                     .and_then(|id| id.ok_or_else(|| bad("INSERT returned no id")));
-                if let (Ok(id), Some(trim)) = (&id, &trim) {
+                if let (Ok(id), Some(trim)) = (&id, trim) {
                     batch::after_publish(inner, &[*id], trim);
                 }
                 id.map(|id| DirectReply::Published(Some(id)))
