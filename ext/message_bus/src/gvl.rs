@@ -86,9 +86,16 @@ where
         func: Some(func),
         result: None,
     };
+    // The `2` variant: it does not handle Ruby's pending interrupts after
+    // `func` returns. The plain one does, and an exception raised there
+    // (Timeout, Thread#kill) unwinds past our frames without running their
+    // destructors: an abandoned call's connection and place (and a
+    // publish's slot) were never given back. Here the interrupts are
+    // handled by `blocking`, under protect. (If one is pending before the
+    // call, `func` is not called: `result` stays `None`, an interrupt.)
     // SAFETY: both pointers outlive the call; the callbacks only use them as above.
     unsafe {
-        rb_sys::rb_thread_call_without_gvl(
+        rb_sys::rb_thread_call_without_gvl2(
             Some(run_call::<F, T>),
             &mut call as *mut Call<F, T> as *mut c_void,
             Some(unblock),
