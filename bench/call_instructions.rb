@@ -2,7 +2,7 @@
 
 # Instructions per call on the memory backend, for valgrind's callgrind
 # (repeatable whatever else the machine does): 200 warm-up calls, then N.
-#   MB_LIB=<gem>/lib CALL=publish|last_id|backlog|backend_backlog|decode LAT=0|1 N=20000 \
+#   MB_LIB=<gem>/lib CALL=publish|publish_hash|last_id|backlog|backend_backlog|decode LAT=0|1 N=20000 \
 #     valgrind --tool=callgrind ruby bench/call_instructions.rb
 # per call = (total Ir at N - total Ir at N=0) / N. bench/memory_instructions
 # runs it for this gem and the reference and prints the table.
@@ -20,11 +20,12 @@ MessageBus.latency_metrics = (ENV["LAT"] == "1") if MessageBus.respond_to?(:late
 call =
   case ENV.fetch("CALL", "publish")
   when "publish" then ->(i) { bus.publish("/b/#{i % 10}", "hello") }
+  when "publish_hash" then ->(i) { bus.publish("/b/#{i % 10}", { "n" => i, "text" => "a chat message" }) }
   when "last_id" then ->(_) { bus.last_id("/read") }
   when "backlog" then ->(_) { bus.backlog("/read") }
   when "backend_backlog" then ->(_) { bus.backend_instance.backlog("/read", 0) }
   when "decode" then ->(_) { bus.backend_instance.backlog("/read", 0).each { |m| bus.send(:decode_message!, m) } }
-  else abort "CALL must be publish, last_id, backlog, backend_backlog or decode"
+  else abort "CALL must be publish, publish_hash, last_id, backlog, backend_backlog or decode"
   end
 200.times(&call)
 Integer(ENV.fetch("N", "20000")).times(&call)

@@ -290,6 +290,10 @@ module MessageBus
     end
 
     def backend_instance
+      # Built once: after that, no lock for the hot paths that ask for it.
+      instance = @config[:backend_instance]
+      return instance if instance && !@destroyed
+
       @mutex.synchronize do
         return nil if @destroyed
 
@@ -311,12 +315,15 @@ module MessageBus
     # --- multisite ---------------------------------------------------------
 
     def encode_channel_name(channel, site_id = nil)
+      # The config itself, not the `site_id_lookup` reader (a define_method,
+      # dear on every publish).
+      lookup = @config[:site_id_lookup]
+      return channel unless site_id || lookup
       return channel if channel.start_with?(GLOBAL_PREFIX)
-      return channel unless site_id || site_id_lookup
 
       raise ArgumentError, channel if channel.include?(ENCODE_SITE_TOKEN)
 
-      "#{channel}#{ENCODE_SITE_TOKEN}#{site_id || site_id_lookup.call}"
+      "#{channel}#{ENCODE_SITE_TOKEN}#{site_id || lookup.call}"
     end
 
     def decode_channel_name(channel)
@@ -330,7 +337,10 @@ module MessageBus
     def publish(channel, data, opts = nil)
       return if @off && @off_disable_publish
 
-      @mutex.synchronize { raise MessageBus::BusDestroyed if @destroyed }
+      # Read without the lock: one flag, and a publish racing `destroy`
+      # may land on either side of it either way.
+      raise MessageBus::BusDestroyed if @destroyed
+
       check_channel!(channel)
       # The common publish has no options: no Hash or Array made for it.
       return backend_instance.publish(encode_channel_name(channel), encode_envelope(data, nil, nil, nil)) unless opts
@@ -520,9 +530,15 @@ module MessageBus
       msg.channel, msg.site_id = decode_channel_name(msg.channel) if msg.channel.include?(ENCODE_SITE_TOKEN)
       envelope = transport_codec.decode(msg.data)
       msg.data = envelope["data"]
-      msg.user_ids = envelope["user_ids"]
-      msg.group_ids = envelope["group_ids"]
-      msg.client_ids = envelope["client_ids"]
+      # Targets are set only when present: the readers answer nil anyway,
+      # and an untargeted message (most of them) then keeps no instance
+      # variables, which a Struct stores in Ruby's generic table.
+      user_ids = envelope["user_ids"]
+      msg.user_ids = user_ids if user_ids
+      group_ids = envelope["group_ids"]
+      msg.group_ids = group_ids if group_ids
+      client_ids = envelope["client_ids"]
+      msg.client_ids = client_ids if client_ids
       msg
     end
 
@@ -602,8 +618,10 @@ module MessageBus
         encoded =
           if !user_ids && !group_ids && !client_ids && codec.instance_of?(MessageBus::Codec::Json)
             # The default codec and no targets: the envelope's fixed parts
-            # around the data's JSON, the same bytes as generating the whole Hash.
-            "#{UNTARGETED_ENVELOPE_HEAD}#{codec.encode(data)}#{UNTARGETED_ENVELOPE_TAIL}"
+            # around the data's JSON, the same bytes as generating the whole
+            # Hash (written by the extension when the data is of plain types).
+            MessageBus::Native._untargeted_envelope(data) ||
+              "#{UNTARGETED_ENVELOPE_HEAD}#{codec.encode(data)}#{UNTARGETED_ENVELOPE_TAIL}"
           else
             codec.encode({ "data" => data, "user_ids" => user_ids, "group_ids" => group_ids, "client_ids" => client_ids })
           end

@@ -75,15 +75,27 @@ impl Hub {
     /// skips what a forked child inherited without touching it: the parent's
     /// threads may have held those objects' locks at the fork.
     pub fn deliver(&self, message: Message) {
+        self.deliver_with(move || message);
+    }
+
+    /// Delivers the message `make` builds, built only when a subscription
+    /// or a sink is there to take it (a memory publish nobody listens to
+    /// copies nothing).
+    pub fn deliver_with(&self, make: impl FnOnce() -> Message) {
         let _section = crate::fork::guard();
-        let message = Arc::new(message);
-        {
+        let has_sinks = !self.sinks.read().is_empty();
+        let message = {
             let mut subs = self.subscriptions.lock();
             subs.retain(|s| !s.is_inherited() && !s.is_closed());
+            if subs.is_empty() && !has_sinks {
+                return;
+            }
+            let message = Arc::new(make());
             for sub in subs.iter() {
                 sub.push(&message);
             }
-        }
+            message
+        };
         for sink in self.sinks.read().iter() {
             sink.deliver(&message);
         }

@@ -95,10 +95,62 @@ impl Envelope {
     }
 }
 
+/// The untargeted envelope's bytes before and after the data's JSON: what
+/// the JSON codec makes of `{"data" => data, "user_ids" => nil, ...}`.
+pub const UNTARGETED_HEAD: &str = "{\"data\":";
+pub const UNTARGETED_TAIL: &str = ",\"user_ids\":null,\"group_ids\":null,\"client_ids\":null}";
+
+/// Appends `text` as a JSON string the way Ruby's JSON generator writes it
+/// (the default state: `"`, `\` and control characters escaped, the short
+/// forms `\b \f \n \r \t`, others as lowercase `\u00XX`; `/` and
+/// everything from 0x7f up as they are).
+pub fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escape: &str = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x0c => "\\f",
+            0x08 => "\\b",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..at]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = at + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_strings_are_escaped_as_rubys_generator_escapes_them() {
+        let mut out = String::new();
+        push_json_string(
+            &mut out,
+            "a\"b\\c/\u{0}\u{1f}\n\r\t\u{8}\u{c}\u{7f}\u{2028}\u{e9}",
+        );
+        assert_eq!(
+            out,
+            "\"a\\\"b\\\\c/\\u0000\\u001f\\n\\r\\t\\b\\f\u{7f}\u{2028}\u{e9}\""
+        );
+    }
 
     fn env(text: &str) -> Envelope {
         Envelope::parse(text).unwrap()

@@ -29,6 +29,54 @@ RSpec.describe "MessageBus#publish" do
     expect(stored).to eq(expected)
   end
 
+  # The extension writes envelopes of plain data itself; every value, plain
+  # or not, must come out as Ruby's generator writes the whole Hash.
+  it "writes random data's envelope byte for byte as Ruby's JSON generator does" do
+    rng = Random.new(20_261_202)
+    chars = ["a", "\u00e9", "\u2028", "\u{1f600}", "\"", "\\", "/", "\u0000", "\u001f", "\n", "\t", "\b", "\f", "\r",
+             "\u007f", " "]
+    text = -> { Array.new(rng.rand(0..6)) { chars.sample(random: rng) }.join }
+    value = lambda do |depth|
+      case rng.rand(depth > 3 ? 7 : 10)
+      when 0 then nil
+      when 1 then rng.rand(2).zero?
+      when 2 then rng.rand(-2**62..2**62)
+      when 3 then text.call
+      when 4 then [2**64 + rng.rand(100), rng.rand * 1e6, :sym, text.call.b, 1.0 / 3].sample(random: rng)
+      when 5 then text.call.encode("UTF-16LE")
+      when 6 then rng.rand(-1000..1000)
+      when 7 then Array.new(rng.rand(0..4)) { value.call(depth + 1) }
+      else
+        Array.new(rng.rand(0..4)) { [[text.call, text.call.to_sym].sample(random: rng), value.call(depth + 1)] }.to_h
+      end
+    end
+    values = Array.new(300) { value.call(0) }
+    values << Array.new(40) { [] }.inject([1]) { |inner, _| [inner] } # deeper than the extension goes
+    values.each { |v| bus.publish("/rand", v) }
+    stored = bus.backend_instance.backlog(bus.send(:encode_channel_name, "/rand"), 0).map(&:data)
+    expected = values.map { |v| JSON.generate({ "data" => v, "user_ids" => nil, "group_ids" => nil, "client_ids" => nil }) }
+    expect(stored.size).to eq(values.size)
+    stored.zip(expected, values).each do |got, want, v|
+      expect(got).to eq(want), "for #{v.inspect}"
+    end
+  end
+
+  it "refuses data the JSON generator refuses, with InvalidMessage, storing nothing" do
+    ["\xff".b, "\xff".dup.force_encoding("UTF-8"), { "k" => "\xc3" }, [Float::NAN]].each do |bad|
+      expect { bus.publish("/bad", bad) }.to raise_error(MessageBus::InvalidMessage, /cannot encode/)
+    end
+    expect(bus.last_id("/bad")).to eq(0)
+  end
+
+  it "lets application to_json speak for String and Hash subclasses" do
+    klass = Class.new(Hash) { def to_json(*) = '"custom"' }
+    data = klass.new.merge!("a" => 1)
+    bus.publish("/custom", data)
+    expect(bus.backend_instance.backlog("/custom", 0).first.data).to eq(
+      JSON.generate({ "data" => data, "user_ids" => nil, "group_ids" => nil, "client_ids" => nil })
+    )
+  end
+
   it "round-trips data through JSON (symbols become strings)" do
     bus.publish("/chan", { sym: :val, n: 1.5 })
     expect(bus.backlog("/chan").first.data).to eq({ "sym" => "val", "n" => 1.5 })

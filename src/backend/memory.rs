@@ -27,6 +27,8 @@ struct Entry {
 }
 
 struct Channel {
+    /// Shared with the global index's entries.
+    name: Arc<str>,
     entries: VecDeque<Entry>,
     last_id: i64,
     newest: Instant,
@@ -35,6 +37,16 @@ struct Channel {
 }
 
 impl Channel {
+    fn new(name: &str, now: Instant) -> Self {
+        Channel {
+            name: Arc::from(name),
+            entries: VecDeque::new(),
+            last_id: 0,
+            newest: now,
+            ttl_override: None,
+        }
+    }
+
     fn expired(&self, now: Instant, default_ttl: i64) -> bool {
         let ttl = self.ttl_override.unwrap_or(default_ttl).max(0) as u64;
         now.duration_since(self.newest) > Duration::from_secs(ttl)
@@ -146,20 +158,23 @@ impl MemoryBackend {
         let mut store = self.store();
         let now = Instant::now();
         self.sweep(&mut store, now);
-        // An expired channel starts afresh.
-        self.live_channel(&mut store, channel);
         store.counter += 1;
         let id = store.counter;
-        let name: Arc<str> = Arc::from(channel);
-        let entry = store
+        // A channel published to before is found without allocating its
+        // name; a new or expired one starts afresh.
+        let ttl = self.default_ttl();
+        if store
             .channels
-            .entry(channel.to_string())
-            .or_insert_with(|| Channel {
-                entries: VecDeque::new(),
-                last_id: 0,
-                newest: now,
-                ttl_override: None,
-            });
+            .get(channel)
+            .is_none_or(|c| c.expired(now, ttl))
+        {
+            store
+                .channels
+                .insert(channel.to_string(), Channel::new(channel, now));
+        }
+        let Some(entry) = store.channels.get_mut(channel) else {
+            unreachable!("the channel was inserted above");
+        };
         if let Some(age) = opts.max_backlog_age {
             entry.ttl_override = Some(age);
         }
@@ -169,13 +184,15 @@ impl MemoryBackend {
         });
         entry.last_id = id;
         entry.newest = now;
+        let name = Arc::clone(&entry.name);
         store.global.push_back((id, name));
         if id % self.settings.clear_every() == 0 {
             let size = self.settings.backlog_size(opts);
             self.trim(&mut store, channel, id, size);
         }
         // Delivered under the lock so that subscribers see global-id order.
-        self.hub.deliver(Message::new(id, id, channel, data));
+        self.hub
+            .deliver_with(|| Message::new(id, id, channel, data));
         id
     }
 

@@ -3,6 +3,7 @@
 mod backend;
 mod client;
 mod connections;
+mod envelope;
 mod errors;
 mod gvl;
 mod http;
@@ -70,6 +71,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     native.define_module_function("_drain_log", magnus::function!(drain_log, 0))?;
     backend::define(ruby, bus, native)?;
     subscription::define(ruby, native)?;
+    envelope::define(native)?;
     connections::define(ruby, native)?;
     client::define(native)?;
     http::define(native)?;

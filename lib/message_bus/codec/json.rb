@@ -9,8 +9,13 @@ module MessageBus
     # Unlike JSON.dump it refuses NaN and Infinity, which no JSON parser
     # (nor the browser client) would read back.
     class Json < Base
+      # Per fiber: `JSON.generate(obj, opts)` builds and configures a new
+      # generator State on every call, two thirds of its cost for a small
+      # message; a State must not be shared by generations that interleave.
+      STATE_KEY = :message_bus_json_state
+
       def encode(hash)
-        ::JSON.generate(hash, max_nesting: false)
+        (Thread.current[STATE_KEY] ||= ::JSON::State.new(max_nesting: false)).generate(hash)
       end
 
       def decode(payload)
