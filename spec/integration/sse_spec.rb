@@ -4,6 +4,8 @@
 # payload (data: the poll array, id: the positions it covers), resuming
 # with Last-Event-ID with no gap and no duplicate, keepalive comments, and
 # the route turned off.
+require_relative "../support/sse_client"
+
 RSpec.describe "Server-Sent Events through a real Puma", :integration do
   include ServerHelpers
 
@@ -11,9 +13,7 @@ RSpec.describe "Server-Sent Events through a real Puma", :integration do
   let(:server_env) { {} }
 
   def open_stream(client_id, query, headers = {})
-    lines = ["GET /message-bus/#{client_id}/sse?#{query} HTTP/1.1", "Host: 127.0.0.1", "Accept: text/event-stream"]
-    headers.each { |k, v| lines << "#{k}: #{v}" }
-    socket = open_request(server.port, "#{lines.join("\r\n")}\r\n\r\n")
+    socket = open_request(server.port, SseClient.request(client_id, query, headers))
     (@sockets ||= []) << socket
     socket
   end
@@ -21,17 +21,7 @@ RSpec.describe "Server-Sent Events through a real Puma", :integration do
   after { (@sockets || []).each { |s| s.close unless s.closed? } }
 
   # Parsed events (id, data) in `buffer` after the head.
-  def events(buffer)
-    body = buffer.split("\r\n\r\n", 2)[1].to_s
-    body.split("\n\n").filter_map do |block|
-      lines = block.lines(chomp: true)
-      next if lines.all? { |l| l.start_with?(":") }
-
-      id = lines.find { |l| l.start_with?("id: ") }&.delete_prefix("id: ")
-      data = lines.select { |l| l.start_with?("data: ") }.map { |l| l.delete_prefix("data: ") }.join("\n")
-      [id, JSON.parse(data)]
-    end
-  end
+  def events(buffer) = SseClient.events(buffer)
 
   it "streams the backlog, then live messages, each event's id the positions it covers" do
     first = publish_via(server, "/news", "old")

@@ -12,8 +12,12 @@
 #   backlog, Dont-Chunk          (poll from 0: immediate answer)
 #   live and backlog, WebSocket  (subscribed from 0 with the identity's
 #                                 headers, then the same socket moved back to 0)
+#   live, Server-Sent Events     (a stream from now, -1, read until the sentinel)
+#   backlog, Server-Sent Events  (a stream from 0, and one resumed with the live
+#                                 stream's first event id as Last-Event-ID)
 # Seeded from the RSpec seed. Rounds via MB_TARGETING_ROUNDS.
 require_relative "../support/websocket_client"
+require_relative "../support/sse_client"
 
 TargetIdentity = Struct.new(:client_id, :user_id, :group_ids, :site)
 
@@ -138,6 +142,31 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
     end
   end
 
+  # Per identity: what an event stream opened from now (-1) saw live, then
+  # the backlog as two more streams got it: one from 0, one resumed with the
+  # live stream's first event id (Last-Event-ID, as an EventSource reconnects).
+  def sse_views(identities, channel, targets, site)
+    sentinel = ->(events) { events.flat_map(&:last).any? { |x| x["data"] == "sentinel" } }
+    streams = []
+    identities.each do |who|
+      streams << SseClient.open(server.port, who.client_id, form([[channel, "-1"]]), headers: headers_for(who))
+      streams.last.events_until(&:any?) # the status event: the stream is registered
+    end
+    publish_via(server, channel, "secret", targets.merge(site_id: site))
+    %w[a b].each { |s| publish_via(server, channel, "sentinel", site_id: s) }
+    streams.zip(identities).map do |stream, who|
+      live = stream.events_until(&sentinel)
+      resumed = { "Last-Event-ID" => live.first.first } # the status event's id: {channel: 0}
+      backlogs = [[form([[channel, "0"]]), {}], [form([[channel, "-1"]]), resumed]].map do |query, extra|
+        streams << (backlog = SseClient.open(server.port, who.client_id, query, headers: headers_for(who, extra)))
+        backlog.events_until(&sentinel).tap { backlog.close }
+      end
+      [live, *backlogs].map { |events| data_seen(events.map(&:last), channel) }
+    end
+  ensure
+    streams.each(&:close)
+  end
+
   it "delivers a targeted message exactly to the allowed identities of its site, on every path" do
     rounds = Integer(ENV.fetch("MB_TARGETING_ROUNDS", "6"))
     seen_counts = Hash.new(0)
@@ -168,6 +197,15 @@ RSpec.describe "Targeting and site isolation through every transport", :integrat
         expect(live.count("secret")).to eq(expected[i] ? 1 : 0), "#{context}, WebSocket live, #{who.inspect}: #{live}"
         expect(backlog.count("secret")).to eq(expected[i] ? 1 : 0), "#{context}, WebSocket backlog, #{who.inspect}: #{backlog}"
         expect([live.count("sentinel"), backlog.count("sentinel")]).to eq([1, 1]) # its own site's only
+      end
+
+      sse_views(identities, "/t/#{round}/sse", targets, site).each_with_index do |(live, *backlogs), i|
+        who = identities[i]
+        expect(live.count("secret")).to eq(expected[i] ? 1 : 0), "#{context}, SSE live, #{who.inspect}: #{live}"
+        backlogs.each_with_index do |seen, path|
+          expect(seen.count("secret")).to eq(expected[i] ? 1 : 0), "#{context}, SSE backlog #{path}, #{who.inspect}: #{seen}"
+        end
+        expect([live, *backlogs].map { |seen| seen.count("sentinel") }).to eq([1, 1, 1]) # its own site's only
       end
     end
     # The generator must produce both outcomes.
