@@ -133,3 +133,53 @@ pub(crate) fn wait_ready(
         }
     }
 }
+
+/// A process's caller-thread connections of one kind: the idle ones, kept
+/// for the next caller, and how many are open (idle or checked out), at
+/// most the `max` given to `checkout`.
+pub(crate) struct IdleConns<C> {
+    idle: crate::sync::Mutex<Vec<C>>,
+    open: crate::sync::Mutex<usize>,
+}
+
+impl<C> Default for IdleConns<C> {
+    fn default() -> Self {
+        IdleConns {
+            idle: crate::sync::Mutex::new(Vec::new()),
+            open: crate::sync::Mutex::new(0),
+        }
+    }
+}
+
+impl<C> IdleConns<C> {
+    /// An idle connection (`Some(Some)`), leave to open one (`Some(None)`),
+    /// or `None` when `max` are open.
+    pub(crate) fn checkout(&self, max: usize) -> Option<Option<C>> {
+        if let Some(conn) = self.idle.lock().pop() {
+            return Some(Some(conn));
+        }
+        let mut open = self.open.lock();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(None)
+    }
+
+    pub(crate) fn give_back(&self, conn: C) {
+        self.idle.lock().push(conn);
+    }
+
+    /// Gives up a checked-out connection's place (it is closed or gone).
+    pub(crate) fn forget_one(&self) {
+        let mut open = self.open.lock();
+        *open = open.saturating_sub(1);
+    }
+
+    /// Closes the idle connections.
+    pub(crate) fn clear(&self) {
+        let closed = std::mem::take(&mut *self.idle.lock()).len();
+        let mut open = self.open.lock();
+        *open = open.saturating_sub(closed);
+    }
+}

@@ -56,7 +56,7 @@ use tokio_postgres::Config;
 
 use super::sql::{self, NOTIFY_PAYLOAD_LIMIT};
 use super::{batch, Inner};
-use crate::backend::direct::{wait_ready, Wait};
+use crate::backend::direct::{wait_ready, IdleConns, Wait};
 use crate::backend::per_process::{PerProcess, ProcessLocal};
 use crate::backend::{DirectCall, DirectReply, DirectResult, DirectRun, Settings};
 use crate::error::Error;
@@ -288,7 +288,7 @@ impl Direct {
                 None => Stage::Unconnected,
             }
         } else {
-            match pool.checkout()? {
+            match pool.readers.checkout(MAX_READERS)? {
                 Some(conn) => Stage::Ready(conn, true),
                 None => Stage::Unconnected,
             }
@@ -689,9 +689,7 @@ impl Drop for Conn {
 /// The direct connections of one process.
 #[derive(Default)]
 pub(super) struct Pool {
-    idle: Mutex<Vec<Conn>>,
-    /// Read connections open (idle or checked out).
-    readers: Mutex<usize>,
+    readers: IdleConns<Conn>,
     /// The publish connection, when idle (only the holder of `batch::claim`
     /// takes it).
     publisher: Mutex<Option<Conn>>,
@@ -703,25 +701,8 @@ impl ProcessLocal for Pool {
     }
 
     fn shut_down(&self) {
-        let closed = std::mem::take(&mut *self.idle.lock()).len();
-        let mut readers = self.readers.lock();
-        *readers = readers.saturating_sub(closed);
+        self.readers.clear();
         self.publisher.lock().take();
-    }
-}
-
-impl Pool {
-    /// An idle read connection, or leave to open one; `None`: the pool is full.
-    fn checkout(&self) -> Option<Option<Conn>> {
-        if let Some(conn) = self.idle.lock().pop() {
-            return Some(Some(conn));
-        }
-        let mut readers = self.readers.lock();
-        if *readers >= MAX_READERS {
-            return None;
-        }
-        *readers += 1;
-        Some(None)
     }
 }
 
@@ -933,7 +914,7 @@ impl PgRun<'_> {
         if self.publisher {
             *self.pool.publisher.lock() = Some(conn);
         } else {
-            self.pool.idle.lock().push(conn);
+            self.pool.readers.give_back(conn);
         }
     }
 
@@ -941,8 +922,7 @@ impl PgRun<'_> {
     fn lose(&mut self, outcome: Outcome) -> Outcome {
         self.stage = Stage::Done;
         if !self.publisher {
-            let mut readers = self.pool.readers.lock();
-            *readers = readers.saturating_sub(1);
+            self.pool.readers.forget_one();
         }
         outcome
     }

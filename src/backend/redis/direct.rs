@@ -15,10 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::Mutex;
 use ::redis::{cmd, Cmd, ConnectionAddr, ConnectionInfo, Parser, RedisError, Value};
 
-use crate::backend::direct::{wait_ready, Wait};
+use crate::backend::direct::{wait_ready, IdleConns, Wait};
 
 /// Connections kept per process. A caller finding none idle and the pool
 /// full uses the multiplexed connection (which pipelines concurrent calls).
@@ -159,40 +158,26 @@ impl DirectConn {
 /// builds its own and never touches the parent's sockets).
 #[derive(Default)]
 pub struct DirectPool {
-    idle: Mutex<Vec<DirectConn>>,
-    /// Connections open (idle or checked out).
-    open: Mutex<usize>,
+    conns: IdleConns<DirectConn>,
 }
 
 impl DirectPool {
-    /// An idle connection, or leave to open one; `None` when the pool is full.
     fn checkout(&self) -> Option<Option<DirectConn>> {
-        if let Some(conn) = self.idle.lock().pop() {
-            return Some(Some(conn));
-        }
-        let mut open = self.open.lock();
-        if *open >= MAX_CONNECTIONS {
-            return None;
-        }
-        *open += 1;
-        Some(None)
+        self.conns.checkout(MAX_CONNECTIONS)
     }
 
     fn give_back(&self, conn: DirectConn) {
-        self.idle.lock().push(conn);
+        self.conns.give_back(conn);
     }
 
     fn forget_one(&self) {
-        let mut open = self.open.lock();
-        *open = open.saturating_sub(1);
+        self.conns.forget_one();
     }
 
     /// Closes the idle connections (after READONLY: they may point at a
     /// former primary).
     pub fn clear(&self) {
-        let closed = std::mem::take(&mut *self.idle.lock()).len();
-        let mut open = self.open.lock();
-        *open = open.saturating_sub(closed);
+        self.conns.clear();
     }
 
     /// Starts one command. `None`: the pool is full, use the shared connection.
