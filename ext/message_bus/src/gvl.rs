@@ -78,7 +78,28 @@ unsafe extern "C" fn unblock(data: *mut c_void) {
     cancel.request();
 }
 
-fn without_gvl<F, T>(cancel: &Cancel, func: F) -> Result<T>
+/// The unblocking function of calls that watch only the flag (direct
+/// calls, which look at it between short `poll` slices): one atomic store,
+/// async-signal-safe, so Ruby may call it from its signal handler. Passed
+/// with `RB_NOGVL_UBF_ASYNC_SAFE`; without that flag Ruby starts and joins
+/// a helper native thread around every blocking call of a lone main thread
+/// (measured: a PostgreSQL `last_id` at a third of ruby-pg's rate).
+unsafe extern "C" fn unblock_flag_only(data: *mut c_void) {
+    // SAFETY: `data` is the `Cancel` owned by `blocking`, alive while the call runs.
+    let cancel = unsafe { &*(data as *const Cancel) };
+    cancel.requested.store(true, Ordering::SeqCst);
+}
+
+/// How Ruby may interrupt a call made without the GVL.
+#[derive(Clone, Copy)]
+enum Unblock {
+    /// Sets the flag, wakes the `cancelled()` future and the subscription.
+    Full,
+    /// Sets the flag only (see [`unblock_flag_only`]).
+    FlagOnly,
+}
+
+fn without_gvl<F, T>(cancel: &Cancel, unblock_by: Unblock, func: F) -> Result<T>
 where
     F: FnOnce() -> Result<T>,
 {
@@ -86,20 +107,29 @@ where
         func: Some(func),
         result: None,
     };
-    // The `2` variant: it does not handle Ruby's pending interrupts after
-    // `func` returns. The plain one does, and an exception raised there
-    // (Timeout, Thread#kill) unwinds past our frames without running their
-    // destructors: an abandoned call's connection and place (and a
-    // publish's slot) were never given back. Here the interrupts are
-    // handled by `blocking`, under protect. (If one is pending before the
-    // call, `func` is not called: `result` stays `None`, an interrupt.)
+    // `RB_NOGVL_INTR_FAIL` (as `rb_thread_call_without_gvl2`): Ruby's
+    // pending interrupts are not handled after `func` returns. Handled
+    // there, an exception (Timeout, Thread#kill) would unwind past our
+    // frames without running their destructors: an abandoned call's
+    // connection and place (and a publish's slot) were never given back.
+    // Here the interrupts are handled by `blocking`, under protect. (If one
+    // is pending before the call, `func` is not called: `result` stays
+    // `None`, an interrupt.)
+    let (ubf, flags): (unsafe extern "C" fn(*mut c_void), u32) = match unblock_by {
+        Unblock::Full => (unblock, rb_sys::RB_NOGVL_INTR_FAIL),
+        Unblock::FlagOnly => (
+            unblock_flag_only,
+            rb_sys::RB_NOGVL_INTR_FAIL | rb_sys::RB_NOGVL_UBF_ASYNC_SAFE,
+        ),
+    };
     // SAFETY: both pointers outlive the call; the callbacks only use them as above.
     unsafe {
-        rb_sys::rb_thread_call_without_gvl2(
+        rb_sys::rb_nogvl(
             Some(run_call::<F, T>),
             &mut call as *mut Call<F, T> as *mut c_void,
-            Some(unblock),
+            Some(ubf),
             cancel as *const Cancel as *mut c_void,
+            flags as _,
         );
     }
     call.result.unwrap_or(Err(Error::Interrupted))
@@ -111,6 +141,15 @@ where
 pub fn blocking<T>(
     ruby: &Ruby,
     subscription: Option<Arc<Subscription>>,
+    func: impl FnMut(&Cancel) -> Result<T>,
+) -> std::result::Result<T, magnus::Error> {
+    blocking_with(ruby, subscription, Unblock::Full, func)
+}
+
+fn blocking_with<T>(
+    ruby: &Ruby,
+    subscription: Option<Arc<Subscription>>,
+    unblock_by: Unblock,
     mut func: impl FnMut(&Cancel) -> Result<T>,
 ) -> std::result::Result<T, magnus::Error> {
     loop {
@@ -118,7 +157,7 @@ pub fn blocking<T>(
             subscription: subscription.clone(),
             ..Cancel::default()
         };
-        match without_gvl(&cancel, || func(&cancel)) {
+        match without_gvl(&cancel, unblock_by, || func(&cancel)) {
             Err(Error::Interrupted) => ruby.thread_check_ints()?,
             other => return other.map_err(|e| crate::errors::to_ruby(ruby, e)),
         }
@@ -173,7 +212,8 @@ where
     T: TryFrom<DirectReply>,
 {
     let mut fallback = false;
-    let result = blocking(ruby, None, |cancel| {
+    // A direct call watches only the flag.
+    let result = blocking_with(ruby, None, Unblock::FlagOnly, |cancel| {
         match run.run(&|| cancel.is_requested()) {
             None => Err(Error::Interrupted),
             Some(DirectResult::Fallback) => {
