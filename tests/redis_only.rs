@@ -431,15 +431,22 @@ fn read_only_publishes_are_queued_and_flushed_in_order() {
     wait_until("the flush", || b.queued_publishes() == 0);
     let got = receive(&sub, 3);
     let data: Vec<&str> = got.iter().map(|m| m.data.as_str()).collect();
-    assert_eq!(data, vec!["q1", "q2", "q3"]);
+    // q3 dropped the oldest entry not being published: q0, or q1 when the
+    // flusher was publishing q0 at that moment (q0 may have been stored;
+    // a publish counted as dropped must never arrive).
+    let q0_was_being_sent = data == ["q0", "q2", "q3"];
+    assert!(data == ["q1", "q2", "q3"] || q0_was_being_sent, "{data:?}");
     // The replica took the (empty) primary's data: ids restarted.
     assert_eq!(global_ids(&got), vec![1, 2, 3]);
-    let ttl: i64 = rcon.ttl("__mb_backlog_n_/kept").unwrap();
-    assert!(
-        (490..=500).contains(&ttl),
-        "per-message age kept, got {ttl}"
-    );
-    assert_eq!(publish(&b, "/a", "direct"), Some(3));
+    if !q0_was_being_sent {
+        let ttl: i64 = rcon.ttl("__mb_backlog_n_/kept").unwrap();
+        assert!(
+            (490..=500).contains(&ttl),
+            "per-message age kept, got {ttl}"
+        );
+    }
+    let on_a = if q0_was_being_sent { 4 } else { 3 };
+    assert_eq!(publish(&b, "/a", "direct"), Some(on_a));
     block(b.destroy());
 }
 

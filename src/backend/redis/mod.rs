@@ -821,8 +821,8 @@ async fn flush(inner: Arc<Inner>, proc: Arc<ProcState>) {
     loop {
         let head = {
             let mut queue = proc.queue.lock();
-            match queue.front() {
-                Some(head) => head.clone(),
+            match queue.start_sending() {
+                Some(head) => head,
                 None => {
                     queue.flushing = false;
                     return;
@@ -833,20 +833,22 @@ async fn flush(inner: Arc<Inner>, proc: Arc<ProcState>) {
             queue_in_memory: Some(false),
             ..head.opts.clone()
         };
-        match inner
+        let outcome = inner
             .publish_now(&proc, &head.channel, &head.data, &opts)
-            .await
-        {
-            Ok(_) => {
-                proc.queue.lock().pop_if(head.seq);
-                delay = FLUSH_MIN_DELAY;
-            }
-            Err(e) if is_transient(&e) => {
+            .await;
+        // The attempt ends and, unless Redis may take the entry later, the
+        // entry leaves the queue, under one lock: the bound must not drop
+        // (and count) a publish that was stored.
+        let retry = matches!(&outcome, Err(e) if is_transient(e));
+        let removed = proc.queue.lock().finish_sending(head.seq, !retry);
+        match outcome {
+            Ok(_) => delay = FLUSH_MIN_DELAY,
+            Err(_) if retry => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(FLUSH_MAX_DELAY);
             }
             Err(e) => {
-                if proc.queue.lock().pop_if(head.seq) {
+                if removed {
                     inner.dropped.fetch_add(1, Ordering::Relaxed);
                     log::warn(format!(
                         "message_bus: dropping undeliverable message to {}: {}",

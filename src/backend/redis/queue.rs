@@ -21,6 +21,10 @@ pub struct PublishQueue {
     next_seq: u64,
     /// A flush task is running for this queue.
     pub flushing: bool,
+    /// The entry the flush task is publishing now. The bound never drops
+    /// it: it may be stored already, and a message counted as dropped must
+    /// never arrive.
+    sending: Option<u64>,
 }
 
 impl PublishQueue {
@@ -43,15 +47,36 @@ impl PublishQueue {
         let bound = usize::try_from(bound.max(0)).unwrap_or(usize::MAX);
         let mut dropped = Vec::new();
         while self.items.len() > bound {
-            if let Some(oldest) = self.items.pop_front() {
-                dropped.push(oldest);
+            let oldest = usize::from(
+                self.items
+                    .front()
+                    .is_some_and(|q| Some(q.seq) == self.sending),
+            );
+            match self.items.remove(oldest) {
+                Some(entry) => dropped.push(entry),
+                None => break,
             }
         }
         dropped
     }
 
-    pub fn front(&self) -> Option<&Queued> {
+    #[cfg(test)]
+    fn front(&self) -> Option<&Queued> {
         self.items.front()
+    }
+
+    /// The head, marked as being published (until `sent`).
+    pub fn start_sending(&mut self) -> Option<Queued> {
+        let head = self.items.front()?.clone();
+        self.sending = Some(head.seq);
+        Some(head)
+    }
+
+    /// Ends the attempt begun by `start_sending`; with `remove`, takes the
+    /// entry off the queue (true if it was still there).
+    pub fn finish_sending(&mut self, seq: u64, remove: bool) -> bool {
+        self.sending = None;
+        remove && self.pop_if(seq)
     }
 
     /// Removes the head if it is entry `seq`.
@@ -113,6 +138,25 @@ mod tests {
         q.push("/a", "2", &opts, 1); // drops "1"
         assert!(!q.pop_if(head));
         assert_eq!(q.front().unwrap().data, "2");
+    }
+
+    #[test]
+    fn the_entry_being_sent_is_never_dropped() {
+        let mut q = PublishQueue::default();
+        let opts = PublishOptions::default();
+        q.push("/a", "1", &opts, 2);
+        q.push("/a", "2", &opts, 2);
+        let head = q.start_sending().unwrap();
+        let dropped = q.push("/a", "3", &opts, 2);
+        assert_eq!(
+            dropped.iter().map(|d| d.data.as_str()).collect::<Vec<_>>(),
+            ["2"]
+        );
+        assert!(q.finish_sending(head.seq, true));
+        assert_eq!(q.front().unwrap().data, "3");
+        // With the attempt over, the bound drops the oldest again.
+        q.push("/a", "4", &opts, 1);
+        assert_eq!(q.front().unwrap().data, "4");
     }
 
     #[test]
