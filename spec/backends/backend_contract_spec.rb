@@ -124,7 +124,7 @@ RSpec.describe "The backend contract" do
     5.times { |i| backend.publish("/forked", "after #{i}") }
     expected = Array.new(5) { |i| "before #{i}" } + Array.new(5) { |i| "after #{i}" }
     results = readers.map do |pid, reader|
-      out = reader.read
+      out = SpecHelpers.read_child(reader, pid)
       Process.wait(pid)
       JSON.parse(out)
     end

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "io/wait"
 require "logger"
 require "open3"
 require "stringio"
@@ -9,6 +10,20 @@ require "stringio"
 module SpecHelpers
   def self.backend_name
     (ENV["MESSAGE_BUS_BACKEND"] || "memory").to_sym
+  end
+
+  # What a forked child wrote to `reader` once it closed it; a child still
+  # silent after `seconds` fails the example with its native stacks (gdb,
+  # when installed), so that a hang names where it is.
+  def self.read_child(reader, pid, seconds: 40)
+    return reader.read if reader.wait_readable(seconds)
+
+    stacks = begin
+      Open3.capture2e("gdb", "-p", pid.to_s, "-batch", "-ex", "thread apply all bt 30").first
+    rescue Errno::ENOENT
+      "(gdb not installed)"
+    end
+    raise "forked child #{pid} wrote nothing in #{seconds} s; its threads:\n#{stacks}"
   end
 
   # Backend configuration for a fresh, empty store of the selected backend.
