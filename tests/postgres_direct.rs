@@ -3,7 +3,6 @@
 //! `postgres`). Each test creates its own database and drops it at the end.
 //! PostgreSQL must be running: these tests fail, not skip, without it.
 
-use std::future::Future;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,73 +14,29 @@ use message_bus_core::backend::{
 };
 use message_bus_core::subscription::Batch;
 use message_bus_core::Error;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-fn block<F: Future>(f: F) -> F::Output {
-    message_bus_core::runtime::runtime().unwrap().block_on(f)
-}
+mod harness;
+use harness::{block, done, never, pg_connect, PgDb as Db};
 
-async fn connect(db: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port=5432 user=postgres dbname={db}"),
-        NoTls,
-    )
-    .await
-    .expect("PostgreSQL must be running on 127.0.0.1:5432");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// A database of its own, dropped at the end.
-struct Db {
-    name: String,
-    client: Client,
-}
-
-impl Db {
-    fn new() -> Db {
-        let name = format!(
-            "mb_direct_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        block(async {
-            let admin = connect("postgres").await;
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
-            let client = connect(&name).await;
-            Db { name, client }
-        })
-    }
-
-    fn backend(&self) -> PostgresBackend {
-        PostgresBackend::new(
-            &format!(
-                "host=127.0.0.1 port=5432 user=postgres dbname={}",
-                self.name
-            ),
-            "_message_bus_0",
-        )
-        .unwrap()
-    }
-
+/// The test database, with what these tests also ask of it.
+trait DirectDb {
     /// A second connection of the test's (to hold locks on).
+    fn other(&self) -> Client;
+    fn count(&self, sql: &str) -> i64;
+    /// Waits until a statement in this database waits for a lock.
+    fn wait_for_a_blocked_statement(&self);
+}
+
+impl DirectDb for Db {
     fn other(&self) -> Client {
-        block(connect(&self.name))
+        block(pg_connect(&self.name))
     }
 
     fn count(&self, sql: &str) -> i64 {
         block(self.client.query_one(sql, &[])).unwrap().get(0)
     }
 
-    /// Waits until a statement in this database waits for a lock.
     fn wait_for_a_blocked_statement(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.count(
@@ -92,31 +47,6 @@ impl Db {
             assert!(Instant::now() < deadline, "no statement got blocked");
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        block(async move {
-            let admin = connect("postgres").await;
-            let _ = admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        });
-    }
-}
-
-fn never() -> bool {
-    false
-}
-
-fn done(run: &mut Box<dyn DirectRun + '_>) -> DirectReply {
-    match run.run(&never) {
-        Some(DirectResult::Done(Ok(reply))) => reply,
-        Some(DirectResult::Done(Err(e))) => panic!("direct call failed: {e}"),
-        Some(DirectResult::Fallback) => panic!("direct call fell back"),
-        None => panic!("direct call interrupted"),
     }
 }
 

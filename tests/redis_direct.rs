@@ -12,6 +12,9 @@ use message_bus_core::backend::{
 };
 use message_bus_core::Error;
 
+mod harness;
+use harness::{done, never};
+
 const DB: u8 = 15;
 
 /// One database for every test here: they take turns.
@@ -45,19 +48,6 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         let _ = redis::cmd("FLUSHDB").exec(&mut self.con);
-    }
-}
-
-fn never() -> bool {
-    false
-}
-
-fn done(run: &mut Box<dyn DirectRun + '_>) -> DirectReply {
-    match run.run(&never) {
-        Some(DirectResult::Done(Ok(reply))) => reply,
-        Some(DirectResult::Done(Err(e))) => panic!("direct call failed: {e}"),
-        Some(DirectResult::Fallback) => panic!("direct call fell back"),
-        None => panic!("direct call interrupted"),
     }
 }
 

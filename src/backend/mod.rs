@@ -1,6 +1,7 @@
 //! The storage backends. Every method works on *encoded* channel names and
 //! undecoded envelopes (COMPAT.md §1.12).
 
+mod caller_socket;
 pub mod direct;
 pub mod epoch;
 mod firehose;

@@ -18,12 +18,28 @@ use std::time::{Duration, Instant};
 use message_bus_core::backend::memory::MemoryBackend;
 use message_bus_core::backend::postgres::PostgresBackend;
 use message_bus_core::backend::redis::RedisBackend;
-use message_bus_core::backend::{Backend, PublishOptions};
+use message_bus_core::backend::{Backend, DirectReply, DirectResult, DirectRun, PublishOptions};
 use message_bus_core::subscription::{Batch, Subscription};
 use message_bus_core::Message;
 
 pub fn block<F: Future>(f: F) -> F::Output {
     message_bus_core::runtime::runtime().unwrap().block_on(f)
+}
+
+/// An interrupt check that never fires.
+pub fn never() -> bool {
+    false
+}
+
+/// Drives a direct call to its reply (panics if it fails, falls back or
+/// stops).
+pub fn done(run: &mut Box<dyn DirectRun + '_>) -> DirectReply {
+    match run.run(&never) {
+        Some(DirectResult::Done(Ok(reply))) => reply,
+        Some(DirectResult::Done(Err(e))) => panic!("direct call failed: {e}"),
+        Some(DirectResult::Fallback) => panic!("direct call fell back"),
+        None => panic!("direct call interrupted"),
+    }
 }
 
 pub fn free_port() -> u16 {

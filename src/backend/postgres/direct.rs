@@ -56,6 +56,7 @@ use tokio_postgres::Config;
 
 use super::sql::{self, NOTIFY_PAYLOAD_LIMIT};
 use super::{batch, Inner};
+use crate::backend::caller_socket::CallerSocket;
 use crate::backend::direct::{wait_ready, IdleConns, Wait};
 use crate::backend::per_process::{PerProcess, ProcessLocal};
 use crate::backend::{DirectCall, DirectReply, DirectResult, DirectRun, Settings};
@@ -306,9 +307,9 @@ impl Direct {
         }))
     }
 
-    fn open(&self, deadline: Instant) -> io::Result<Stream> {
+    fn open(&self, deadline: Instant) -> io::Result<CallerSocket> {
         match &self.addr {
-            Addr::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+            Addr::Unix(path) => Ok(CallerSocket::Unix(UnixStream::connect(path)?)),
             Addr::Tcp {
                 host,
                 port,
@@ -328,7 +329,7 @@ impl Direct {
                         Ok(s) => {
                             s.set_nodelay(true)?;
                             set_keepalive(s.as_raw_fd());
-                            return Ok(Stream::Tcp(s));
+                            return Ok(CallerSocket::Tcp(s));
                         }
                         Err(e) => last = Some(e),
                     }
@@ -488,52 +489,6 @@ fn set_keepalive(fd: RawFd) {
     }
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        }
-    }
-
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(true),
-            Stream::Unix(s) => s.set_nonblocking(true),
-        }
-    }
-
-    /// A write that never raises SIGPIPE (the server may have closed).
-    fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: a valid socket and buffer.
-        let n = unsafe {
-            libc::send(
-                self.fd(),
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
 /// Why an exchange with the server stopped.
 enum Stop {
     Interrupted,
@@ -556,7 +511,7 @@ impl std::fmt::Display for Stop {
 /// One synchronous connection (non-blocking socket), with nothing
 /// outstanding when idle.
 struct Conn {
-    stream: Stream,
+    stream: CallerSocket,
     /// Bytes received and not parsed yet.
     received: BytesMut,
     scratch: Box<[u8]>,
@@ -567,7 +522,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: Stream) -> Conn {
+    fn new(stream: CallerSocket) -> Conn {
         Conn {
             stream,
             received: BytesMut::with_capacity(8192),
@@ -581,7 +536,7 @@ impl Conn {
     fn send(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
         let mut rest = bytes;
         while !rest.is_empty() {
-            match self.stream.write(rest) {
+            match self.stream.send(rest) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -681,7 +636,7 @@ impl Drop for Conn {
         if self.pid == std::process::id() {
             let mut out = BytesMut::new();
             frontend::terminate(&mut out);
-            let _ = self.stream.write(&out);
+            let _ = self.stream.send(&out);
         }
     }
 }

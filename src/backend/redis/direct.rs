@@ -8,73 +8,24 @@
 //! be interrupted (a `poll(2)` loop that checks the caller's flag) and then
 //! resumed on the same socket, never sending the command again.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::{cmd, Cmd, ConnectionAddr, ConnectionInfo, Parser, RedisError, Value};
 
+use crate::backend::caller_socket::CallerSocket;
 use crate::backend::direct::{wait_ready, IdleConns, Wait};
 
 /// Connections kept per process. A caller finding none idle and the pool
 /// full uses the multiplexed connection (which pipelines concurrent calls).
 const MAX_CONNECTIONS: usize = 4;
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        }
-    }
-
-    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => {
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))
-            }
-            Stream::Unix(s) => {
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))
-            }
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// One synchronous connection, with no reply outstanding when idle.
 pub struct DirectConn {
-    stream: Stream,
+    stream: CallerSocket,
     parser: Parser,
 }
 
@@ -113,9 +64,9 @@ impl DirectConn {
                     }
                 };
                 s.set_nodelay(true)?;
-                Stream::Tcp(s)
+                CallerSocket::Tcp(s)
             }
-            ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+            ConnectionAddr::Unix(path) => CallerSocket::Unix(UnixStream::connect(path)?),
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
