@@ -32,11 +32,18 @@ class PrivateRedis
     self
   end
 
+  # Stops the server process (SIGSTOP): it answers nothing until `thaw`,
+  # however long a test takes.
+  def freeze = Process.kill(:STOP, @pid)
+
+  def thaw = Process.kill(:CONT, @pid)
+
   # SIGTERM (or SIGKILL with `signal: :KILL`), waiting for the process to end.
   def stop(signal: :TERM)
     return unless @pid
 
     begin
+      Process.kill(:CONT, @pid) # a frozen server would never handle the TERM
       Process.kill(signal, @pid)
     rescue Errno::ESRCH
       nil
