@@ -3,7 +3,11 @@
 //! and allocations each one keeps (counted by a wrapping allocator) and the
 //! RSS growth per connection.
 //!
-//! `ulimit -n 20000; cargo run --release -p longpoll-bench --bin park_memory [N]`
+//! `ulimit -n 20000; cargo run --release -p longpoll-bench --bin park_memory [N] [--websocket]`
+//!
+//! `--websocket`: the connections are idle WebSockets instead (after the
+//! `101`, each client subscribes to one channel with a masked text frame and
+//! gets its backlog answer), as `bench/longpoll --websocket` holds them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use message_bus_core::envelope::Identity;
 use message_bus_core::fanout::Fanout;
 use message_bus_core::gate::Gate;
 use message_bus_core::http::connection::{park, Session, View};
+use message_bus_core::http::stream::{self, StreamSession, Transport};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,10 +57,41 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A masked client text frame (payload under 126 bytes).
+fn client_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let mut out = vec![0x81, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads the client's side until the backlog answer of its subscription
+/// (the `/__status` frame) arrived, up to a deadline.
+fn await_backlog(client: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        match client.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if seen.windows(8).any(|w| w == b"__status") {
+            return;
+        }
+    }
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let websocket = args.iter().any(|a| a == "--websocket");
+    let n: usize = args
+        .iter()
+        .find_map(|v| v.parse().ok())
         .unwrap_or(8000)
         .max(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -91,6 +127,20 @@ fn main() {
                 client_id: format!("client-{}-{i}", rss.len()),
                 ..Identity::default()
             };
+            if websocket {
+                let session = StreamSession {
+                    identity: who,
+                    transport: Transport::WebSocket,
+                    head: b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+                    subscriptions: Vec::new(),
+                    keepalive: Duration::from_secs(25),
+                    max_channels: 1000,
+                };
+                let _g = rt.enter();
+                stream::open(fd, session, Arc::clone(&fanout), Arc::clone(&backend))
+                    .expect("an open WebSocket");
+                continue;
+            }
             let session = Session {
                 seq: 1,
                 identity: who,
@@ -104,6 +154,17 @@ fn main() {
             let _g = rt.enter();
             park(fd, session, Arc::clone(&fanout), Arc::clone(&backend))
                 .expect("a parked connection");
+        }
+        if websocket {
+            use std::io::Write;
+            let frame = client_text_frame(br#"{"subscribe":{"/bench":-1}}"#);
+            let from = (round - 1) * (n / 2);
+            for client in &mut clients[from..from + n / 2] {
+                client.write_all(&frame).expect("a subscribe frame written");
+            }
+            for client in &mut clients[from..from + n / 2] {
+                await_backlog(client);
+            }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while fanout.parked() < n / 2 * round && std::time::Instant::now() < deadline {
