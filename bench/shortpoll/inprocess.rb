@@ -2,7 +2,9 @@
 
 # The bench's short poll (`%2Fbench=-1&__seq=1`, `?dlp=t`) through
 # `MessageBus::Rack::Middleware#call` in this process, without Puma:
-#   MESSAGE_BUS_BACKEND=redis ruby bench/shortpoll/inprocess.rb [requests]
+#   MESSAGE_BUS_BACKEND=redis ruby bench/shortpoll/inprocess.rb [requests] [poll|pending]
+# `pending`: the same request as a non-chunked long poll of a hijackable
+# server (`Connections#_poll_pending`), answered at once (`/__status`).
 # Uses the spec configuration (Redis database 9) and resets it.
 $LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
 require "message_bus"
@@ -14,10 +16,13 @@ MessageBus.reset!
 MessageBus.publish("/bench", { n: 0 })
 app = MessageBus::Rack::Middleware.new(->(_env) { [404, {}, ["not found"]] })
 BODY = "%2Fbench=-1&__seq=1"
+PENDING = ARGV[1] == "pending"
 request = lambda do
-  { "REQUEST_METHOD" => "POST", "PATH_INFO" => "/message-bus/x/poll", "QUERY_STRING" => "dlp=t",
-    "CONTENT_TYPE" => "application/x-www-form-urlencoded", "rack.input" => StringIO.new(BODY.dup),
-    "CONTENT_LENGTH" => BODY.bytesize.to_s }
+  env = { "REQUEST_METHOD" => "POST", "PATH_INFO" => "/message-bus/x/poll", "QUERY_STRING" => PENDING ? "" : "dlp=t",
+          "CONTENT_TYPE" => "application/x-www-form-urlencoded", "rack.input" => StringIO.new(BODY.dup),
+          "CONTENT_LENGTH" => BODY.bytesize.to_s }
+  env.merge!("HTTP_DONT_CHUNK" => "true", "rack.hijack" => -> { raise "not hijacked" }) if PENDING
+  env
 end
 puts app.call(request.call)[2].first
 sleep 0.3 # the firehose subscribes
@@ -26,6 +31,7 @@ n = Integer(ARGV[0] || 20_000)
   started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
   n.times { app.call(request.call) }
   elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
-  puts format("%<backend>s: %<us>.1f us/request", backend: SpecHelpers.backend_name, us: elapsed / n * 1e6)
+  puts format("%<backend>s%<path>s: %<us>.1f us/request", backend: SpecHelpers.backend_name,
+                                                          path: PENDING ? " (pending)" : "", us: elapsed / n * 1e6)
 end
 MessageBus.destroy
