@@ -325,12 +325,9 @@ mod tests {
     use crate::backend::memory::MemoryBackend;
     use crate::backend::PublishOptions;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime")
+    /// The process runtime, as in production.
+    fn runtime() -> Arc<tokio::runtime::Runtime> {
+        crate::runtime::runtime().expect("the runtime")
     }
 
     fn endpoint(rt: &tokio::runtime::Runtime) -> WebEndpoint {
@@ -397,34 +394,43 @@ mod tests {
 
     #[test]
     fn a_websocket_or_event_stream_request_becomes_a_stream_session() {
-        let ws = stream_session(request(WebTransport::WebSocket {
+        let websocket = WebTransport::WebSocket {
             accept: "k=".into(),
             keepalive: Duration::from_secs(20),
             max_channels: 7,
-        }))
-        .expect("a WebSocket session");
-        assert_eq!(ws.transport, stream::Transport::WebSocket);
-        let head = String::from_utf8(ws.head).expect("an ASCII head");
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        assert!(head.contains("sec-websocket-accept: k=\r\n"), "{head}");
-        assert_eq!(
-            (ws.keepalive, ws.max_channels),
-            (Duration::from_secs(20), 7)
-        );
-
-        let sse = stream_session(request(WebTransport::Sse {
+        };
+        let sse = WebTransport::Sse {
             keepalive: Duration::from_secs(15),
             max_channels: 9,
-        }))
-        .expect("an SSE session");
-        assert_eq!(sse.transport, stream::Transport::Sse);
-        let head = String::from_utf8(sse.head).expect("an ASCII head");
-        assert!(head.contains("text/event-stream"), "{head}");
-        assert_eq!(sse.subscriptions, vec![("/a".to_string(), Some(0))]);
-        assert_eq!(
-            (sse.keepalive, sse.max_channels),
-            (Duration::from_secs(15), 9)
-        );
+        };
+        for (transport, kind, head_start, in_head, keepalive, max_channels) in [
+            (
+                websocket,
+                stream::Transport::WebSocket,
+                "HTTP/1.1 101 ",
+                "sec-websocket-accept: k=\r\n",
+                20,
+                7,
+            ),
+            (
+                sse,
+                stream::Transport::Sse,
+                "HTTP/1.1 200 ",
+                "text/event-stream",
+                15,
+                9,
+            ),
+        ] {
+            let session = stream_session(request(transport)).expect("a stream session");
+            assert_eq!(session.transport, kind);
+            let head = String::from_utf8(session.head).expect("an ASCII head");
+            assert!(head.starts_with(head_start), "{head}");
+            assert!(head.contains(in_head), "{head}");
+            assert!(head.contains("x-test: 1\r\n"), "{head}");
+            assert_eq!(session.subscriptions, vec![("/a".to_string(), Some(0))]);
+            assert_eq!(session.keepalive, Duration::from_secs(keepalive));
+            assert_eq!(session.max_channels, max_channels);
+        }
     }
 
     #[test]
