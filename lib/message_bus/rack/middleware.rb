@@ -218,13 +218,13 @@ module MessageBus
       # poll is registered for live messages before its backlog is read, so
       # parking it needs no second read.
       def poll_then_park(env, connections, request, headers, takeover)
-        body, pending = connections._poll_pending(request.as_long_poll(headers, false, @bus.long_polling_interval))
+        body, pending = connections._poll_pending(request.as_poll)
         with_epoch(headers)
         return [200, headers, [body]] unless pending
 
         begin
           taken_over(env, takeover, request, headers) do |fd|
-            # Built again: the headers now carry the epoch read after the ids.
+            # The headers now carry the epoch read after the answer's ids.
             connections._attach(pending, fd, request.as_long_poll(headers, false, @bus.long_polling_interval))
           end
         ensure
