@@ -68,6 +68,7 @@ pub struct PendingPoll {
     positions: Vec<(String, i64)>,
 }
 
+/// The web clients of one middleware, fed straight from its backend's hub.
 pub struct WebEndpoint {
     backend: Arc<dyn Backend>,
     fanout: Arc<Fanout>,
@@ -101,7 +102,8 @@ impl WebEndpoint {
 
     /// Like `poll`, but registered for live messages before the backlog is
     /// read: the body, and when it has nothing to answer the poll that
-    /// `attach` parks (no second read).
+    /// `attach` parks (no second read). The request's transport and headers
+    /// are not used here (`attach` gets them).
     pub async fn poll_pending(
         &self,
         request: &WebRequest,

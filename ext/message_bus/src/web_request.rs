@@ -1,9 +1,8 @@
 //! `MessageBus::Native::WebRequest`: the one shape in which a web request
 //! crosses the native line, a Struct whose members are listed here (once)
-//! and read by index. `MessageBus::Rack::PollRequest` is a subclass (the
-//! parsed request is its own native shape), every `Native::Connections`
-//! entry point takes it, and [`web_request`] converts it into the core's
-//! `WebRequest`.
+//! and read by index. `MessageBus::Rack::PollRequest#native` builds it (the
+//! only place), every `Native::Connections` entry point takes it, and
+//! [`web_request`] converts it into the core's `WebRequest`.
 
 use std::sync::OnceLock;
 use std::time::Duration;

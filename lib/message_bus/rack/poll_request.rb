@@ -7,13 +7,7 @@ module MessageBus
   module Rack
     # One poll request, parsed and checked (COMPAT.md §3.2 steps 7-12, §3.3).
     # Bad input raises BadRequest, answered with a 4xx and a message.
-    #
-    # It is itself the one shape in which a request crosses the native line:
-    # a MessageBus::Native::WebRequest, the Struct whose members
-    # ext/message_bus/src/web_request.rs lists. The parsed values are its
-    # members; #as_poll, #as_long_poll and #as_stream fill in the transport
-    # and return it, so nothing is copied to call Rust.
-    class PollRequest < MessageBus::Native::WebRequest
+    class PollRequest
       class BadRequest < StandardError
         attr_reader :status
 
@@ -37,7 +31,7 @@ module MessageBus
       EMPTY_LIST_JSON = "[]"
       EMPTY = [].freeze
 
-      attr_reader :user_id, :group_ids
+      attr_reader :client_id, :site_id, :seq, :channels, :user_json, :groups_json, :user_id, :group_ids
 
       # `source: :query` reads the subscriptions from the query string (an
       # event stream's), positions in a `Last-Event-ID` header winning.
@@ -45,18 +39,14 @@ module MessageBus
         @env = env
         @source = source
         @bus = bus
-        super() # every member nil
-        self.client_id = check_client_id(client_id)
+        @client_id = check_client_id(client_id)
         @user_id = user_id = bus.user_id_lookup&.call(env)
         @group_ids = group_ids = bus.group_ids_lookup&.call(env) || []
-        self.site_id = encoding_site(bus.site_id_lookup)
-        self.user_json = user_id.nil? ? NULL_JSON : JSON.generate(user_id)
-        no_groups = group_ids.nil? || group_ids == EMPTY
-        self.groups_json = no_groups ? EMPTY_LIST_JSON : JSON.generate(Array(group_ids))
-        self.seq = 0
-        self.channels = read_channels
-        self.headers = EMPTY
-        self.max_channels = MAX_CHANNELS
+        @site_id = encoding_site(bus.site_id_lookup)
+        @user_json = user_id.nil? ? NULL_JSON : JSON.generate(user_id)
+        @groups_json = group_ids.nil? || group_ids == EMPTY ? EMPTY_LIST_JSON : JSON.generate(Array(group_ids))
+        @seq = 0
+        @channels = read_channels
       end
 
       # HTTP/1.1, no Dont-Chunk header, chunking enabled (§3.2 step 12). The
@@ -67,34 +57,36 @@ module MessageBus
           !@env.key?("HTTP_DONT_CHUNK") && @bus.chunked_encoding_enabled?
       end
 
-      # This request as a poll answered at once (also what a poll that may
-      # be parked, `_poll_pending`, is asked with: its headers come later).
+      # This request as a poll answered at once (see #native); also what a
+      # poll that may be parked (`_poll_pending`) is asked with, its headers
+      # coming later.
       def as_poll
-        self.transport = :poll
-        self
+        native(:poll, EMPTY, 0, 0, nil)
       end
 
-      # This request as a long poll parked for `timeout_ms`: one response, or
-      # `chunked`, with these response headers.
+      # This request as a long poll parked for `timeout_ms`: one response,
+      # or `chunked`, with these response headers.
       def as_long_poll(headers, chunked, timeout_ms)
-        self.transport = chunked ? :streaming : :long_poll
-        self.headers = headers.to_a
-        self.timeout_ms = Integer(timeout_ms)
-        self
+        native(chunked ? :streaming : :long_poll, headers.to_a, Integer(timeout_ms), 0, nil)
       end
 
       # This request as a WebSocket (`accept`: its Sec-WebSocket-Accept
       # value) or an event stream, pinged (or sent a comment) every
       # `keepalive_seconds`.
       def as_stream(headers, transport, keepalive_seconds, accept: nil)
-        self.transport = transport
-        self.headers = headers.to_a
-        self.keepalive_ms = (Float(keepalive_seconds) * 1000).round.clamp(10, 2**40)
-        self.accept = accept
-        self
+        keepalive_ms = (Float(keepalive_seconds) * 1000).round.clamp(10, 2**40)
+        native(transport, headers.to_a, 0, keepalive_ms, accept)
       end
 
       private
+
+      # The one shape of a request on the native line, whatever its
+      # transport: a MessageBus::Native::WebRequest (its members are listed
+      # in ext/message_bus/src/web_request.rs), built here only.
+      def native(transport, headers, timeout_ms, keepalive_ms, accept)
+        MessageBus::Native::WebRequest.new(client_id, site_id, user_json, groups_json, seq, channels, headers,
+                                           transport, timeout_ms, keepalive_ms, accept, MAX_CHANNELS)
+      end
 
       # The site this client's channel names are encoded with (COMPAT.md §2),
       # nil without a site_id_lookup. When the lookup has no site for this
@@ -126,7 +118,7 @@ module MessageBus
 
       def read_channels
         if (forced = @env["message_bus.channels"])
-          self.seq = to_seq(@env["message_bus.seq"]) if @env.key?("message_bus.seq")
+          @seq = to_seq(@env["message_bus.seq"]) if @env.key?("message_bus.seq")
           return forced.map { |channel, id| [check_channel(channel.to_s), to_last_id(channel, id)] }
         end
 
@@ -138,7 +130,7 @@ module MessageBus
         channels = {}
         pairs.each do |key, value|
           if key == "__seq"
-            self.seq = to_seq(value)
+            @seq = to_seq(value)
           else
             channels[check_channel(key)] = to_last_id(key, value)
           end
