@@ -6,24 +6,15 @@
 # `pending`: the same request as a non-chunked long poll of a hijackable
 # server (`Connections#_poll_pending`), answered at once (`/__status`).
 # Uses the spec configuration (Redis database 9) and resets it.
-$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
-require "message_bus"
-require "stringio"
+require_relative "request"
 require_relative "../../spec/support/spec_helpers"
 
 MessageBus.configure(SpecHelpers.backend_config.merge(keepalive_interval: 0))
 MessageBus.reset!
 MessageBus.publish("/bench", { n: 0 })
 app = MessageBus::Rack::Middleware.new(->(_env) { [404, {}, ["not found"]] })
-BODY = "%2Fbench=-1&__seq=1"
 PENDING = ARGV[1] == "pending"
-request = lambda do
-  env = { "REQUEST_METHOD" => "POST", "PATH_INFO" => "/message-bus/x/poll", "QUERY_STRING" => PENDING ? "" : "dlp=t",
-          "CONTENT_TYPE" => "application/x-www-form-urlencoded", "rack.input" => StringIO.new(BODY.dup),
-          "CONTENT_LENGTH" => BODY.bytesize.to_s }
-  env.merge!("HTTP_DONT_CHUNK" => "true", "rack.hijack" => -> { raise "not hijacked" }) if PENDING
-  env
-end
+request = -> { ShortPollRequest.env(pending: PENDING) }
 puts app.call(request.call)[2].first
 sleep 0.3 # the firehose subscribes
 n = Integer(ARGV[0] || 20_000)

@@ -7,24 +7,15 @@
 #     ruby bench/shortpoll/instructions.rb
 # per request = (total Ir at N - total Ir at N=0) / N. `pending`: a
 # non-chunked long poll of a hijackable server (`_poll_pending`), answered at once.
-$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
-require "message_bus"
+require_relative "request"
 require "logger"
-require "stringio"
 
 bus = MessageBus::Instance.new
 bus.configure(backend: :memory, logger: Logger.new(nil), keepalive_interval: 0)
 bus.publish("/bench", { n: 0 })
 app = MessageBus::Rack::Middleware.new(->(_env) { [404, {}, ["not found"]] }, message_bus: bus)
-BODY = "%2Fbench=-1&__seq=1"
-PENDING = ENV.fetch("MODE", "poll") == "pending"
-request = lambda do
-  env = { "REQUEST_METHOD" => "POST", "PATH_INFO" => "/message-bus/x/poll", "QUERY_STRING" => PENDING ? "" : "dlp=t",
-          "CONTENT_TYPE" => "application/x-www-form-urlencoded", "rack.input" => StringIO.new(BODY.dup),
-          "CONTENT_LENGTH" => BODY.bytesize.to_s }
-  env.merge!("HTTP_DONT_CHUNK" => "true", "rack.hijack" => -> { raise "not hijacked" }) if PENDING
-  env
-end
+pending = ENV.fetch("MODE", "poll") == "pending"
+request = -> { ShortPollRequest.env(pending: pending) }
 body = app.call(request.call)[2].first
 abort "unexpected answer #{body}" unless body.include?("/__status")
 200.times { app.call(request.call) }

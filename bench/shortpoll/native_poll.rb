@@ -5,19 +5,14 @@
 # in: one MessageBus::Native::WebRequest (the PollRequest), or before issue 15
 # positional arguments (copy this file into such a checkout to compare):
 #   MESSAGE_BUS_BACKEND=memory ruby bench/shortpoll/native_poll.rb [calls]
-$LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
-require "message_bus"
-require "stringio"
+require_relative "request"
 require_relative "../../spec/support/spec_helpers"
 
 MessageBus.configure(SpecHelpers.backend_config.merge(keepalive_interval: 0))
 MessageBus.reset!
 MessageBus.publish("/bench", { n: 0 })
 conns = MessageBus::Native::Connections.new(MessageBus.backend_instance.native)
-body = "%2Fbench=-1&__seq=1"
-env = { "REQUEST_METHOD" => "POST", "CONTENT_TYPE" => "application/x-www-form-urlencoded",
-        "rack.input" => StringIO.new(body), "CONTENT_LENGTH" => body.bytesize.to_s }
-r = MessageBus::Rack::PollRequest.new(env, MessageBus, "x")
+r = MessageBus::Rack::PollRequest.new(ShortPollRequest.env, MessageBus, "x")
 new_api = MessageBus::Native.const_defined?(:WebRequest)
 poll = if new_api
          -> { conns._poll(r.as_poll) }
