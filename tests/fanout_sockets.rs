@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use message_bus_core::backend::memory::MemoryBackend;
 use message_bus_core::backend::{Backend, PublishOptions};
 use message_bus_core::envelope::Identity;
-use message_bus_core::fanout::{CloseReason, Fanout, QUEUE_BYTES_BOUND};
-use message_bus_core::gate::Gate;
-use message_bus_core::http::connection::{park, Session, View};
+use message_bus_core::fanout::{CloseReason, QUEUE_BYTES_BOUND};
+use message_bus_core::http::endpoint::{WebEndpoint, WebRequest, WebTransport};
 
 /// De-chunks an HTTP/1.1 body; returns the payloads between separators.
 fn records(body: &[u8]) -> Vec<String> {
@@ -43,11 +42,11 @@ fn records(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// A fan-out fed by a memory backend, on its own runtime.
+/// A web endpoint on a memory backend, on its own runtime.
 struct Bus {
     rt: tokio::runtime::Runtime,
     backend: Arc<dyn Backend>,
-    fanout: Arc<Fanout>,
+    endpoint: WebEndpoint,
 }
 
 impl Bus {
@@ -58,15 +57,14 @@ impl Bus {
             .build()
             .expect("a runtime");
         let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-        let fanout = {
+        let endpoint = {
             let _guard = rt.enter();
-            Fanout::new(Gate::new()).expect("the fan-out threads")
+            WebEndpoint::new(Arc::clone(&backend)).expect("the fan-out threads")
         };
-        backend.hub().add_sink(Arc::clone(&fanout) as _);
         Bus {
             rt,
             backend,
-            fanout,
+            endpoint,
         }
     }
 
@@ -78,28 +76,22 @@ impl Bus {
         let mut client = std::net::TcpStream::connect(listener.local_addr().expect("an address"))
             .expect("connect");
         let (server, _) = listener.accept().expect("accept");
-        let session = Session {
-            seq: 1,
+        let request = WebRequest {
             identity: Identity {
                 client_id: client_id.into(),
                 ..Identity::default()
             },
+            seq: 1,
             subscriptions: vec![("/big".into(), None)],
-            view: View {
+            headers: Vec::new(),
+            transport: WebTransport::LongPoll {
                 chunked: true,
-                head_prefix: Arc::from(&b"HTTP/1.1 200 OK\r\n"[..]),
                 timeout,
             },
         };
         {
             let _guard = self.rt.enter();
-            park(
-                server.into(),
-                session,
-                Arc::clone(&self.fanout),
-                Arc::clone(&self.backend),
-            )
-            .expect("parked");
+            self.endpoint.open(server.into(), request).expect("parked");
         }
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -132,7 +124,7 @@ impl Bus {
     fn wait_for_close(&self, reason: CloseReason, count: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.fanout.stats().closed(reason) >= count {
+            if self.endpoint.stats().closed(reason) >= count {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -177,7 +169,7 @@ fn a_stalled_reader_gets_every_message_in_order_once_it_reads_again() {
         (1..=count as i64).collect::<Vec<_>>()
     );
     assert!(bus.wait_for_close(CloseReason::Timeout, 1));
-    assert_eq!(bus.fanout.stats().slow_closed(), 0);
+    assert_eq!(bus.endpoint.stats().slow_closed(), 0);
 }
 
 #[test]
@@ -191,8 +183,8 @@ fn a_reader_that_never_reads_is_cut_by_the_outbox_bounds() {
         bus.publish(n, 64 * 1024);
     }
     assert!(bus.wait_for_close(CloseReason::SlowConsumer, 1));
-    assert_eq!(bus.fanout.stats().parked, 0);
-    assert_eq!(bus.fanout.stats().closed(CloseReason::WriteTimeout), 0);
+    assert_eq!(bus.endpoint.stats().parked, 0);
+    assert_eq!(bus.endpoint.stats().closed(CloseReason::WriteTimeout), 0);
 }
 
 #[test]
@@ -231,5 +223,5 @@ fn a_client_that_keeps_sending_is_cut_after_a_small_bound() {
     }
     assert!(sent < 64 * 1024 * 1024, "the server kept reading");
     assert!(bus.wait_for_close(CloseReason::UnexpectedInput, 1));
-    assert_eq!(bus.fanout.stats().parked, 0);
+    assert_eq!(bus.endpoint.stats().parked, 0);
 }

@@ -175,7 +175,7 @@ module MessageBus
     end
 
     def deliver_to_view(msg)
-      @view[0]._deliver_to(client_id.to_s, @view[1], msg.global_id, msg.message_id, msg.channel, JSON.generate(msg.data))
+      @view[0]._deliver_to(client_id.to_s, @view[1], msg, JSON.generate(msg.data))
     end
 
     def user_json

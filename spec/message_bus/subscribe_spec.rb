@@ -172,7 +172,8 @@ RSpec.describe "MessageBus subscriptions" do
   it "hands warnings of the Rust core to the logger" do
     bus.subscribe("/chan") { nil }
     bus.backend_instance.publish("/chan", "not an envelope")
-    MessageBus::Native::Connections.new(bus.backend_instance.native)._poll("c", nil, "null", "[]", [["/chan", 0]])
+    request = MessageBus::Native::WebRequest.new("c", nil, "null", "[]", 0, [["/chan", 0]], [], :poll)
+    MessageBus::Native::Connections.new(bus.backend_instance.native)._poll(request)
     wait_for(message: "the core's warning in the log") { log_output.string.include?("skipping message") }
   end
 end

@@ -30,8 +30,8 @@ use crate::http::writer;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Everything a parked connection needs, gathered by the middleware.
-pub struct Session {
+/// Everything a parked connection needs (from a `WebRequest`).
+pub(crate) struct Session {
     pub seq: i64,
     pub identity: Identity,
     pub subscriptions: Vec<Requested>,
@@ -39,7 +39,7 @@ pub struct Session {
 }
 
 /// How a parked connection answers.
-pub struct View {
+pub(crate) struct View {
     pub chunked: bool,
     /// Status line and headers (see `frame::head_prefix`).
     /// Shared by the connections of one middleware with the same headers.
@@ -106,7 +106,7 @@ fn register(
 
 /// Takes over `fd` (a connected stream socket), registers the client and
 /// spawns its task on the current runtime. Must be called within the runtime.
-pub fn park(
+pub(crate) fn park(
     fd: OwnedFd,
     session: Session,
     fanout: Arc<Fanout>,
@@ -127,14 +127,14 @@ pub fn park(
 
 /// A poll registered for live messages while its backlog is read: answered
 /// at once when the backlog has anything, parked (`attach`) otherwise.
-pub struct Pending {
+pub(crate) struct Pending {
     parked: Option<Arc<Parked>>,
     fanout: Arc<Fanout>,
 }
 
 impl Pending {
     /// Registers under a provisional key (not counted as parked).
-    pub fn new(
+    pub(crate) fn new(
         identity: &Identity,
         seq: i64,
         subscriptions: &[Requested],
@@ -150,7 +150,12 @@ impl Pending {
 
     /// Parks the connection on `fd` with the positions its (empty) backlog
     /// answer covered, as `park` would have. Must be called within the runtime.
-    pub fn attach(mut self, fd: OwnedFd, view: View, positions: Vec<(String, i64)>) -> Result<()> {
+    pub(crate) fn attach(
+        mut self,
+        fd: OwnedFd,
+        view: View,
+        positions: Vec<(String, i64)>,
+    ) -> Result<()> {
         let stream = ClientSocket::take_over(fd)?;
         let Some(parked) = self.parked.take() else {
             return Err(Error::Connection("poll already parked".into()));

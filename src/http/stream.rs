@@ -57,8 +57,8 @@ impl Transport {
     }
 }
 
-/// Everything a streaming connection needs, gathered by the middleware.
-pub struct StreamSession {
+/// Everything a streaming connection needs (from a `WebRequest`).
+pub(crate) struct StreamSession {
     pub identity: Identity,
     pub transport: Transport,
     /// The `101` response or the event stream's head, written first.
@@ -143,7 +143,7 @@ fn registration(fanout: &Fanout, identity: Identity, channels: Vec<String>) -> A
 /// Takes over `fd` (a connected stream socket whose request was checked),
 /// replaces any connection of the client id and spawns the connection's
 /// task on the current runtime. Must be called within the runtime.
-pub fn open(
+pub(crate) fn open(
     fd: OwnedFd,
     session: StreamSession,
     fanout: Arc<Fanout>,

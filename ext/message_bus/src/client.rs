@@ -10,9 +10,9 @@ use message_bus_core::envelope::Envelope;
 use message_bus_core::{Error, Message};
 
 use crate::backend::{rstring, NativeBackend};
-use crate::connections::{identity, subscriptions};
 use crate::errors::to_ruby;
 use crate::gvl::block_on;
+use crate::web_request::{identity, subscriptions};
 
 type RbResult<T> = Result<T, magnus::Error>;
 

@@ -5,7 +5,7 @@
 use magnus::{RArray, RString, Ruby};
 use message_bus_core::http::frame;
 
-use crate::connections::headers as pairs;
+use crate::web_request::headers as pairs;
 
 type RbResult<T> = Result<T, magnus::Error>;
 

@@ -9,6 +9,7 @@ mod gvl;
 mod http;
 mod metrics;
 mod subscription;
+mod web_request;
 
 use magnus::{prelude::*, Ruby};
 
@@ -72,6 +73,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     backend::define(ruby, bus, native)?;
     subscription::define(ruby, native)?;
     envelope::define(native)?;
+    web_request::define(ruby, native)?;
     connections::define(ruby, native)?;
     client::define(native)?;
     http::define(native)?;

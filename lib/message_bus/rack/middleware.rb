@@ -19,7 +19,7 @@ module MessageBus
 
       TEAPOT = [418, {}, ["I'm a teapot, undefined in spec"]].freeze
       NOT_FOUND = [404, {}, ["not found"]].freeze
-      STREAMS = { "ws" => "websocket", "sse" => "sse" }.freeze
+      STREAMS = { "ws" => :websocket, "sse" => :sse }.freeze
       # The middlewares of this process: at exit, their connections get their
       # close output (a WebSocket's 1001 "server stopping") before the
       # process goes, not a bare FIN.
@@ -194,8 +194,7 @@ module MessageBus
         return park(env, connections, request, headers, takeover) if takeover && chunked
         return poll_then_park(env, connections, request, headers, takeover) if takeover
 
-        body, = connections._poll(request.client_id, request.site_id, request.user_json, request.groups_json,
-                                  request.channels)
+        body = connections._poll(request.as_poll)
         [200, with_epoch(headers), [body]]
       end
 
@@ -211,7 +210,7 @@ module MessageBus
 
       def park(env, connections, request, headers, takeover)
         taken_over(env, takeover, request, headers) do |fd|
-          connections._park(fd, request.park_params(headers.to_a, true, @bus.long_polling_interval))
+          connections._open(fd, request.as_long_poll(headers, true, @bus.long_polling_interval))
         end
       end
 
@@ -219,14 +218,14 @@ module MessageBus
       # poll is registered for live messages before its backlog is read, so
       # parking it needs no second read.
       def poll_then_park(env, connections, request, headers, takeover)
-        body, pending = connections._poll_pending(request.client_id, request.site_id, request.user_json,
-                                                  request.groups_json, request.channels, request.seq)
+        body, pending = connections._poll_pending(request.as_poll)
         with_epoch(headers)
         return [200, headers, [body]] unless pending
 
         begin
           taken_over(env, takeover, request, headers) do |fd|
-            connections._attach(pending, fd, request.park_params(headers.to_a, false, @bus.long_polling_interval))
+            # The headers now carry the epoch read after the answer's ids.
+            connections._attach(pending, fd, request.as_long_poll(headers, false, @bus.long_polling_interval))
           end
         ensure
           pending._cancel

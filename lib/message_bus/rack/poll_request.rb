@@ -57,23 +57,36 @@ module MessageBus
           !@env.key?("HTTP_DONT_CHUNK") && @bus.chunked_encoding_enabled?
       end
 
-      # What a WebSocket or an event stream crosses the native line with.
-      def stream_params(headers, transport, keepalive_seconds, accept: nil)
-        park_params(headers, true, 0).merge(
-          "transport" => transport, "accept" => accept, "max_channels" => MAX_CHANNELS,
-          "keepalive_ms" => (Float(keepalive_seconds) * 1000).round.clamp(10, 2**40)
-        )
+      # This request as a poll answered at once (see #native); also what a
+      # poll that may be parked (`_poll_pending`) is asked with, its headers
+      # coming later.
+      def as_poll
+        native(:poll, EMPTY, 0, 0, nil)
       end
 
-      def park_params(headers, chunked, timeout_ms)
-        {
-          "client_id" => client_id, "site_id" => site_id, "user_json" => user_json, "groups_json" => groups_json,
-          "seq" => seq, "channels" => channels, "chunked" => chunked, "headers" => headers,
-          "timeout_ms" => Integer(timeout_ms)
-        }
+      # This request as a long poll parked for `timeout_ms`: one response,
+      # or `chunked`, with these response headers.
+      def as_long_poll(headers, chunked, timeout_ms)
+        native(chunked ? :streaming : :long_poll, headers.to_a, Integer(timeout_ms), 0, nil)
+      end
+
+      # This request as a WebSocket (`accept`: its Sec-WebSocket-Accept
+      # value) or an event stream, pinged (or sent a comment) every
+      # `keepalive_seconds`.
+      def as_stream(headers, transport, keepalive_seconds, accept: nil)
+        keepalive_ms = (Float(keepalive_seconds) * 1000).round.clamp(10, 2**40)
+        native(transport, headers.to_a, 0, keepalive_ms, accept)
       end
 
       private
+
+      # The one shape of a request on the native line, whatever its
+      # transport: a MessageBus::Native::WebRequest (its members are listed
+      # in ext/message_bus/src/web_request.rs), built here only.
+      def native(transport, headers, timeout_ms, keepalive_ms, accept)
+        MessageBus::Native::WebRequest.new(client_id, site_id, user_json, groups_json, seq, channels, headers,
+                                           transport, timeout_ms, keepalive_ms, accept, MAX_CHANNELS)
+      end
 
       # The site this client's channel names are encoded with (COMPAT.md §2),
       # nil without a site_id_lookup. When the lookup has no site for this

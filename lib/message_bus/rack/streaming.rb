@@ -22,28 +22,28 @@ module MessageBus
         return refusal if refusal
 
         accept = nil
-        if transport == "websocket"
+        if transport == :websocket
           accept, problem = MessageBus::Native::Connections._websocket_accept(
             env["HTTP_SEC_WEBSOCKET_VERSION"], env["HTTP_SEC_WEBSOCKET_KEY"]
           )
           return refuse(problem[0], problem[1], problem[0] == 426 ? { "sec-websocket-version" => "13" } : {}) if problem
         end
 
-        source = transport == "sse" ? :query : :body
+        source = transport == :sse ? :query : :body
         request = PollRequest.new(env, @bus, client_id, source: source)
         connections = @connections && @pid == Process.pid ? @connections : start_listener
         return refuse(400, "#{name_of(transport)} needs a built-in backend: long poll instead") unless connections
 
         @gate.sync(connections)
         release_active_record_connections
-        interval = transport == "sse" ? @bus.sse_keepalive_interval : @bus.websocket_ping_interval
+        interval = transport == :sse ? @bus.sse_keepalive_interval : @bus.websocket_ping_interval
         stream_over_socket(env, transport) do |fd|
-          connections._stream(fd, request.stream_params(headers.to_a, transport, interval, accept: accept))
+          connections._open(fd, request.as_stream(headers, transport, interval, accept: accept))
         end
       end
 
       def stream_refusal(env, transport)
-        refusal = transport == "websocket" ? websocket_refusal(env) : sse_refusal(env)
+        refusal = transport == :websocket ? websocket_refusal(env) : sse_refusal(env)
         return refusal if refusal
 
         # As long polls become polls past max_active_clients, streams are
@@ -74,7 +74,7 @@ module MessageBus
       end
 
       def name_of(transport)
-        transport == "websocket" ? "WebSocket" : "an event stream"
+        transport == :websocket ? "WebSocket" : "an event stream"
       end
 
       def refuse(status, message, extra = {})

@@ -15,10 +15,7 @@ use std::time::Duration;
 use message_bus_core::backend::memory::MemoryBackend;
 use message_bus_core::backend::Backend;
 use message_bus_core::envelope::Identity;
-use message_bus_core::fanout::Fanout;
-use message_bus_core::gate::Gate;
-use message_bus_core::http::connection::{park, Session, View};
-use message_bus_core::http::stream::{self, StreamSession, Transport};
+use message_bus_core::http::endpoint::{WebEndpoint, WebRequest, WebTransport};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,12 +99,10 @@ fn main() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port on 127.0.0.1");
     let addr = listener.local_addr().expect("the listener's address");
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let fanout = {
+    let endpoint = {
         let _g = rt.enter();
-        Fanout::new(Gate::new()).expect("the fan-out threads")
+        WebEndpoint::new(Arc::clone(&backend)).expect("the fan-out threads")
     };
-    backend.hub().add_sink(Arc::clone(&fanout) as _);
-    let head: Arc<[u8]> = Arc::from(&b"HTTP/1.1 200 OK\r\n"[..]);
     // Client sockets first, so their (tiny) userland cost is in the baseline.
     let mut clients = Vec::new();
     let mut servers = Vec::new();
@@ -127,33 +122,33 @@ fn main() {
                 client_id: format!("client-{}-{i}", rss.len()),
                 ..Identity::default()
             };
-            if websocket {
-                let session = StreamSession {
-                    identity: who,
-                    transport: Transport::WebSocket,
-                    head: b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
-                    subscriptions: Vec::new(),
+            let transport = if websocket {
+                WebTransport::WebSocket {
+                    accept: "bench".into(),
                     keepalive: Duration::from_secs(25),
                     max_channels: 1000,
-                };
-                let _g = rt.enter();
-                stream::open(fd, session, Arc::clone(&fanout), Arc::clone(&backend))
-                    .expect("an open WebSocket");
-                continue;
-            }
-            let session = Session {
-                seq: 1,
-                identity: who,
-                subscriptions: vec![("/bench".into(), Some(-1))],
-                view: View {
+                }
+            } else {
+                WebTransport::LongPoll {
                     chunked: true,
-                    head_prefix: Arc::clone(&head),
                     timeout: Duration::from_secs(60),
+                }
+            };
+            let request = WebRequest {
+                identity: who,
+                seq: 1,
+                // A WebSocket subscribes with its first frame, below.
+                subscriptions: if websocket {
+                    Vec::new()
+                } else {
+                    vec![("/bench".into(), Some(-1))]
                 },
+                // Parked connections share the head of equal headers.
+                headers: Vec::new(),
+                transport,
             };
             let _g = rt.enter();
-            park(fd, session, Arc::clone(&fanout), Arc::clone(&backend))
-                .expect("a parked connection");
+            endpoint.open(fd, request).expect("an open connection");
         }
         if websocket {
             use std::io::Write;
@@ -167,7 +162,7 @@ fn main() {
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while fanout.parked() < n / 2 * round && std::time::Instant::now() < deadline {
+        while endpoint.parked() < n / 2 * round && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(500));
