@@ -1,11 +1,12 @@
 # frozen_string_literal: true
 
-# One side of bench/compare: runs the request/response workload on one backend
-# with the gem found at MB_LIB (this project's lib/ or the reference's) and
-# prints one JSON object, call name => calls per second. Not meant to be run by
-# hand; bench/compare starts it once per (gem, backend) and prints the ratios.
+# One side of bench/compare: the request/response workload on one backend
+# with the gem found at MB_LIB (this project's lib/ or the reference's). It
+# stays up and answers bench/compare on stdin: a line `<cell> <seconds>` runs
+# that cell for about that long and prints one JSON line {"rate": calls/s};
+# `quit` cleans up. Not meant to be run by hand.
 #
-#   MB_LIB=lib MESSAGE_BUS_BACKEND=redis CELL_SECONDS=1 ruby bench/compare_worker.rb
+#   MB_LIB=lib MESSAGE_BUS_BACKEND=redis MB_SIDE=ours ruby bench/compare_worker.rb
 
 $LOAD_PATH.unshift(File.expand_path(ENV.fetch("MB_LIB")))
 require "message_bus"
@@ -13,7 +14,8 @@ require "logger"
 require "json"
 
 backend = ENV.fetch("MESSAGE_BUS_BACKEND").to_sym
-cell_seconds = Float(ENV.fetch("CELL_SECONDS", "1"))
+# Sides share one Redis db / PostgreSQL database: each uses channels of its own.
+side = ENV.fetch("MB_SIDE")
 config = { backend: backend, logger: Logger.new(nil), keepalive_interval: 0 }
 case backend
 when :redis
@@ -25,14 +27,18 @@ end
 
 bus = MessageBus::Instance.new
 bus.configure(config)
-bus.reset!
 bus.backend_instance.max_backlog_size = 100
 bus.backend_instance.max_global_backlog_size = 1000
+if ENV["MB_RESET"] # bench/compare empties the storage once before the sides start
+  bus.reset!
+  bus.destroy
+  exit
+end
 
 def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
 # Calls per second of the block over about `seconds`, spread over `threads`
-# Ruby threads (each checks the clock every 20 calls, so a round is bounded).
+# Ruby threads (each checks the clock every 20 calls, so a slice is bounded).
 def rate(seconds, threads: 1)
   yield 0, 0 # warm: first connection, script load, prepared statements
   count = 0
@@ -49,18 +55,34 @@ def rate(seconds, threads: 1)
   count / (now - started)
 end
 
-results = {}
-results["publish"] = rate(cell_seconds) { |_t, n| bus.publish("/cmp/#{n % 10}", "hello") }
-unless backend == :memory
-  results["publish, 4 threads"] = rate(cell_seconds, threads: 4) { |t, n| bus.publish("/cmp/#{t}/#{n % 10}", "hello") }
-end
-bus.publish("/cmp/one", "hello")
-results["last_id"] = rate(cell_seconds) { bus.last_id("/cmp/one") }
-channels = Array.new(10) { |i| "/cmp/#{i}" }
-results["last_ids (10 channels)"] = rate(cell_seconds) { bus.last_ids(*channels) } unless backend == :memory
-10.times { |i| bus.publish("/cmp/read", { "n" => i, "text" => "a chat message" }) }
-results["backlog (10 messages)"] = rate(cell_seconds) { bus.backlog("/cmp/read") }
+prefix = "/cmp/#{side}"
+channels = Array.new(10) { |i| "#{prefix}/#{i}" }
+# What a read cell reads is published right before its first slice: the
+# publish cells (every side's, before) trim the global backlog, which in the
+# memory and PostgreSQL backends removes old messages of every channel.
+setups = {
+  "last_id" => -> { bus.publish("#{prefix}/one", "hello") },
+  "backlog (10 messages)" => lambda {
+    10.times { |i| bus.publish("#{prefix}/read", { "n" => i, "text" => "a chat message" }) }
+    count = bus.backlog("#{prefix}/read").size
+    raise "the backlog cell reads #{count} messages, not 10" unless count == 10
+  }
+}
 
-bus.reset!
+cells = {
+  "publish" => ->(s) { rate(s) { |_t, n| bus.publish("#{prefix}/#{n % 10}", "hello") } },
+  "publish, 4 threads" => ->(s) { rate(s, threads: 4) { |t, n| bus.publish("#{prefix}/#{t}/#{n % 10}", "hello") } },
+  "last_id" => ->(s) { rate(s) { bus.last_id("#{prefix}/one") } },
+  "last_ids (10 channels)" => ->(s) { rate(s) { bus.last_ids(*channels) } },
+  "backlog (10 messages)" => ->(s) { rate(s) { bus.backlog("#{prefix}/read") } }
+}
+$stdout.sync = true
+puts JSON.generate(ready: true)
+$stdin.each_line do |line|
+  cell, seconds = line.chomp.split("\t")
+  break if cell == "quit"
+
+  setups.delete(cell)&.call
+  puts JSON.generate(rate: cells.fetch(cell).call(Float(seconds)))
+end
 bus.destroy
-puts JSON.generate(results)
