@@ -8,7 +8,10 @@
 //! longpoll --port P --clients N --messages M [--interval-ms I] [--no-chunk]
 //!          [--server-pid PID] [--deadline S] [--callback-interval-ms C]
 //!          [--publishers K] [--duration S] [--external-publishers]
-//!          [--slow-readers R] [--fill B] [--websocket]
+//!          [--slow-readers R] [--fill B] [--websocket] [--sources A]
+//!
+//! `--sources A`: client i connects from 127.0.0.(1 + i mod A), so that more
+//! clients than one source address has ephemeral ports can connect.
 //!
 //! `--websocket`: each client holds a WebSocket
 //! (`/message-bus/ws<N>/ws`) instead of polling: it subscribes with its
@@ -63,6 +66,9 @@ struct Options {
     fill: usize,
     /// Clients hold WebSockets instead of polling.
     websocket: bool,
+    /// Clients connect from this many loopback addresses, 127.0.0.1 up
+    /// (one source address runs out of ephemeral ports near 28,000).
+    sources: u8,
 }
 
 fn options() -> Result<Options, String> {
@@ -96,7 +102,22 @@ fn options() -> Result<Options, String> {
         slow_readers: number("--slow-readers", 0)? as usize,
         fill: number("--fill", 0)? as usize,
         websocket: args.iter().any(|a| a == "--websocket"),
+        sources: u8::try_from(number("--sources", 1)?.clamp(1, 250))
+            .map_err(|_| "--sources out of range".to_string())?,
     })
+}
+
+/// A connection to the server from the client's source address.
+async fn connect(opts: &Options, client: usize) -> std::io::Result<TcpStream> {
+    if opts.sources == 1 {
+        return TcpStream::connect(("127.0.0.1", opts.port)).await;
+    }
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (client % opts.sources as usize) as u8);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    socket
+        .connect((std::net::Ipv4Addr::LOCALHOST, opts.port).into())
+        .await
 }
 
 fn now_micros() -> u64 {
@@ -235,7 +256,7 @@ async fn poll_once(
     stats: &Stats,
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(("127.0.0.1", opts.port)).await?;
+    let mut stream = connect(opts, client).await?;
     stream
         .write_all(&request(client, state.last_id, opts.chunked, opts.port))
         .await?;
@@ -334,7 +355,7 @@ async fn websocket_once(
     stats: &Stats,
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(("127.0.0.1", opts.port)).await?;
+    let mut stream = connect(opts, client).await?;
     let upgrade = format!(
         "GET /message-bus/ws{client}/ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
