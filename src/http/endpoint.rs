@@ -198,7 +198,12 @@ impl WebEndpoint {
 
     /// Whether `conn_id` is the connection parked under `client_id`.
     pub fn is_parked(&self, client_id: &str, conn_id: u64) -> bool {
-        self.lookup(client_id).is_some_and(|p| p.conn_id == conn_id)
+        self.parked_as(client_id, conn_id).is_some()
+    }
+
+    /// The connection parked under `client_id`, if it is `conn_id`.
+    fn parked_as(&self, client_id: &str, conn_id: u64) -> Option<Arc<Parked>> {
+        self.lookup(client_id).filter(|p| p.conn_id == conn_id)
     }
 
     /// Parked connections (pending polls not counted).
@@ -215,10 +220,8 @@ impl WebEndpoint {
     /// Writes one message (already judged) to the connection `conn_id` of
     /// `client_id`; false if it was not handed over.
     pub fn deliver_to(&self, client_id: &str, conn_id: u64, message: OutMessage) -> bool {
-        match self.lookup(client_id) {
-            Some(parked) if parked.conn_id == conn_id => self.fanout.deliver_to(&parked, message),
-            _ => false,
-        }
+        self.parked_as(client_id, conn_id)
+            .is_some_and(|parked| self.fanout.deliver_to(&parked, message))
     }
 
     /// Hands a message to every parked connection that may see it: its
@@ -241,7 +244,7 @@ impl WebEndpoint {
 
     /// Adds this endpoint's web clients to a scrape.
     pub fn add_to(&self, snapshot: &mut Snapshot) {
-        snapshot.web.add(&self.fanout.stats());
+        snapshot.web.add(&self.stats());
         self.fanout
             .add_delivery_latency(&mut snapshot.delivery_latency);
     }
