@@ -3,7 +3,8 @@
 # One side of bench/compare: the request/response workload on one backend
 # with the gem found at MB_LIB (this project's lib/ or the reference's). It
 # stays up and answers bench/compare on stdin: a line `<cell> <seconds>` runs
-# that cell for about that long and prints one JSON line {"rate": calls/s};
+# that cell for about that long and prints one JSON line {"rate": calls/s,
+# "cpu_us": CPU microseconds of the whole process (every thread) per call};
 # `quit` cleans up. Not meant to be run by hand.
 #
 #   MB_LIB=lib MESSAGE_BUS_BACKEND=redis MB_SIDE=ours ruby bench/compare_worker.rb
@@ -36,13 +37,16 @@ if ENV["MB_RESET"] # bench/compare empties the storage once before the sides sta
 end
 
 def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+def cpu_now = Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID)
 
 # Calls per second of the block over about `seconds`, spread over `threads`
-# Ruby threads (each checks the clock every 20 calls, so a slice is bounded).
+# Ruby threads (each checks the clock every 20 calls, so a slice is bounded),
+# and the process's CPU time per call.
 def rate(seconds, threads: 1)
   yield 0, 0 # warm: first connection, script load, prepared statements
   count = 0
   lock = Mutex.new
+  cpu_started = cpu_now
   started = now
   deadline = started + seconds
   Array.new(threads) do |t|
@@ -52,7 +56,7 @@ def rate(seconds, threads: 1)
       lock.synchronize { count += n }
     end
   end.each(&:join)
-  count / (now - started)
+  { rate: count / (now - started), cpu_us: (cpu_now - cpu_started) * 1e6 / count }
 end
 
 prefix = "/cmp/#{side}"
@@ -83,6 +87,6 @@ $stdin.each_line do |line|
   break if cell == "quit"
 
   setups.delete(cell)&.call
-  puts JSON.generate(rate: cells.fetch(cell).call(Float(seconds)))
+  puts JSON.generate(cells.fetch(cell).call(Float(seconds)))
 end
 bus.destroy
