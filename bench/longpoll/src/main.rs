@@ -133,6 +133,44 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The server's established connections on `port`, counted by the client's
+/// address (from /proc/net/tcp: shows `--sources` in use, as the server sees it).
+fn connections_by_source(port: u16) -> String {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return "unknown".into();
+    };
+    let mut by_source = std::collections::BTreeMap::<std::net::Ipv4Addr, usize>::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(remote), Some(&"01")) =
+            (fields.get(1), fields.get(2), fields.get(3))
+        else {
+            continue;
+        };
+        let local_port = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        let remote_ip = remote
+            .split(':')
+            .next()
+            .and_then(|ip| u32::from_str_radix(ip, 16).ok());
+        if let (Some(local_port), Some(ip)) = (local_port, remote_ip) {
+            if local_port == port {
+                // /proc/net/tcp prints the address in host byte order (little-endian here).
+                *by_source
+                    .entry(std::net::Ipv4Addr::from(ip.swap_bytes()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let parts: Vec<String> = by_source
+        .iter()
+        .map(|(ip, n)| format!("{ip} {n}"))
+        .collect();
+    format!("{} sources: {}", by_source.len(), parts.join(", "))
+}
+
 fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
@@ -726,6 +764,10 @@ async fn main() {
         "READY: {} clients connected after {:.1} s; server {usage_start}",
         stats.ready.load(Ordering::Relaxed),
         connected_after.as_secs_f64()
+    );
+    println!(
+        "server's connections by client address: {}",
+        connections_by_source(opts.port)
     );
     let publish_failures = Arc::new(AtomicU64::new(0));
     if opts.external {
