@@ -3,8 +3,8 @@
 require "spec_helper"
 
 # Timeout, Thread#kill and a handled signal interrupt a PostgreSQL call that
-# waits for its answer (on the caller-thread connections, the calling thread
-# waits itself with the GVL released). A psql session of the spec holds a
+# waits for its answer, on the caller-thread connections (the calling thread
+# waits itself with the GVL released) and through the runtime. A psql session of the spec holds a
 # lock the INSERT needs until the spec ends it with pg_terminate_backend, so
 # the publish waits as long as the spec wants, without a timing window. Uses
 # its own database mb_interrupted on the PostgreSQL server of the specs
@@ -77,44 +77,46 @@ RSpec.describe "A PostgreSQL call interrupted while it waits" do
     @holder = nil
   end
 
-  it "lets Timeout end a publish waiting for a lock; the bus works afterwards" do
-    hold_lock
-    expect { Timeout.timeout(0.3) { @bus.publish("/interrupted/timeout", "x") } }.to raise_error(Timeout::Error)
-    expect(@bus.last_id("/interrupted/warmup")).to eq(1) # reads are not held up by the lock
-    release_lock
-    expect(@bus.publish("/interrupted/after", "y")).to be_a(Integer)
-    # The abandoned statement may have committed once the lock went: at most once.
-    expect(@bus.backlog("/interrupted/timeout").length).to be <= 1
-  end
-
-  it "lets Thread#kill end a publish waiting for a lock" do
-    hold_lock
-    @blocked = Thread.new { @bus.publish("/interrupted/killed", "x") }
-    wait_until_blocked
-    @blocked.kill
-    expect(@blocked.join(10)).to eq(@blocked)
-    release_lock
-    3.times { |i| expect(@bus.publish("/interrupted/after", i.to_s)).to be_a(Integer) }
-    expect(@bus.backlog("/interrupted/after").map(&:data)).to eq(%w[0 1 2])
-  end
-
-  it "resumes a publish after a handled signal and stores it once" do
-    hold_lock
-    handled = 0
-    trap("USR2") { handled += 1 }
-    signaller = Thread.new do
-      wait_until_blocked
-      2.times do |i|
-        Process.kill("USR2", Process.pid)
-        wait_for(timeout: 10, message: "signal #{i + 1} handled") { handled > i }
-      end
+  FaultHelpers.on_both_call_paths(self, "MESSAGE_BUS_POSTGRES_DIRECT") do
+    it "lets Timeout end a publish waiting for a lock; the bus works afterwards" do
+      hold_lock
+      expect { Timeout.timeout(0.3) { @bus.publish("/interrupted/timeout", "x") } }.to raise_error(Timeout::Error)
+      expect(@bus.last_id("/interrupted/warmup")).to eq(1) # reads are not held up by the lock
       release_lock
+      expect(@bus.publish("/interrupted/after", "y")).to be_a(Integer)
+      # The abandoned statement may have committed once the lock went: at most once.
+      expect(@bus.backlog("/interrupted/timeout").length).to be <= 1
     end
-    id = @bus.publish("/interrupted/once", "once")
-    signaller.join
-    expect(handled).to eq(2)
-    expect(id).to eq(2)
-    expect(@bus.backlog("/interrupted/once").map(&:data)).to eq(["once"])
-    expect(@bus.last_id("/interrupted/once")).to eq(2)
+
+    it "lets Thread#kill end a publish waiting for a lock" do
+      hold_lock
+      @blocked = Thread.new { @bus.publish("/interrupted/killed", "x") }
+      wait_until_blocked
+      @blocked.kill
+      expect(@blocked.join(10)).to eq(@blocked)
+      release_lock
+      3.times { |i| expect(@bus.publish("/interrupted/after", i.to_s)).to be_a(Integer) }
+      expect(@bus.backlog("/interrupted/after").map(&:data)).to eq(%w[0 1 2])
+    end
+
+    it "resumes a publish after a handled signal and stores it once" do
+      hold_lock
+      handled = 0
+      trap("USR2") { handled += 1 }
+      signaller = Thread.new do
+        wait_until_blocked
+        2.times do |i|
+          Process.kill("USR2", Process.pid)
+          wait_for(timeout: 10, message: "signal #{i + 1} handled") { handled > i }
+        end
+        release_lock
+      end
+      id = @bus.publish("/interrupted/once", "once")
+      signaller.join
+      expect(handled).to eq(2)
+      expect(id).to eq(2)
+      expect(@bus.backlog("/interrupted/once").map(&:data)).to eq(["once"])
+      expect(@bus.last_id("/interrupted/once")).to eq(2)
+    end
   end
 end

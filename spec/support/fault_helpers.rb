@@ -8,6 +8,25 @@ require "open3"
 module FaultHelpers
   PUBLISHER = File.expand_path("../faults/publisher.rb", __dir__)
 
+  # Defines the block's examples twice, for both ways a backend call waits:
+  # on the calling thread's own connection (the default), and through the
+  # runtime with `switch` (MESSAGE_BUS_REDIS_DIRECT / _POSTGRES_DIRECT) set
+  # to 0. The switch is read when the backend is built, in the examples.
+  def self.on_both_call_paths(group, switch, &examples)
+    { "on the calling thread's connection" => nil, "through the runtime (#{switch}=0)" => "0" }.each do |path, value|
+      group.context(path) do
+        around do |example|
+          saved = ENV.fetch(switch, nil)
+          ENV[switch] = value
+          example.run
+        ensure
+          ENV[switch] = saved
+        end
+        class_exec(&examples)
+      end
+    end
+  end
+
   # A running publisher process: its pid, stdin, and the lines it printed.
   class Publisher
     attr_reader :pid, :channel, :lines, :done

@@ -13,20 +13,17 @@ use message_bus_core::backend::{Backend, DirectCall, DirectReply, DirectResult, 
 use message_bus_core::runtime::runtime;
 use message_bus_core::subscription::Subscription;
 use message_bus_core::{Error, Result};
-use tokio::sync::Notify;
 
 /// Set by Ruby's unblocking function (Thread#kill, Thread#raise, signals).
 #[derive(Default)]
 pub struct Cancel {
     requested: AtomicBool,
-    notify: Notify,
     subscription: Option<Arc<Subscription>>,
 }
 
 impl Cancel {
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        self.notify.notify_one();
         if let Some(sub) = &self.subscription {
             sub.interrupt();
         }
@@ -36,14 +33,18 @@ impl Cancel {
         self.requested.load(Ordering::SeqCst)
     }
 
-    /// Resolves once cancellation was requested.
-    pub async fn cancelled(&self) {
-        if self.requested.load(Ordering::SeqCst) {
-            return;
+    /// Resolves once the flag is set, looking at it every `FLAG_CHECK`:
+    /// for calls whose unblocking function only sets the flag.
+    async fn flagged(&self) {
+        while !self.is_requested() {
+            tokio::time::sleep(FLAG_CHECK).await;
         }
-        self.notify.notified().await
     }
 }
+
+/// How often a call interrupted by the flag alone looks at it: the
+/// longest an interrupt (Timeout, Thread#kill, a signal) waits to be seen.
+const FLAG_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
 struct Call<F, T> {
     func: Option<F>,
@@ -79,7 +80,8 @@ unsafe extern "C" fn unblock(data: *mut c_void) {
 }
 
 /// The unblocking function of calls that watch only the flag (direct
-/// calls, which look at it between short `poll` slices): one atomic store,
+/// calls, which look at it between short `poll` slices, and `block_on`,
+/// between short sleeps): one atomic store,
 /// async-signal-safe, so Ruby may call it from its signal handler. Passed
 /// with `RB_NOGVL_UBF_ASYNC_SAFE`; without that flag Ruby starts and joins
 /// a helper native thread around every blocking call of a lone main thread
@@ -93,7 +95,7 @@ unsafe extern "C" fn unblock_flag_only(data: *mut c_void) {
 /// How Ruby may interrupt a call made without the GVL.
 #[derive(Clone, Copy)]
 enum Unblock {
-    /// Sets the flag, wakes the `cancelled()` future and the subscription.
+    /// Sets the flag and wakes the subscription's wait.
     Full,
     /// Sets the flag only (see [`unblock_flag_only`]).
     FlagOnly,
@@ -188,13 +190,15 @@ where
     };
     // The same future across interrupts: a signal handled by Ruby without
     // an exception resumes it, never starts the operation again (a publish
-    // sent twice would be stored twice).
-    blocking(ruby, None, |cancel| {
+    // sent twice would be stored twice). The unblocking function only sets
+    // the flag (async-signal-safe: no helper thread for a lone main thread,
+    // see `unblock_flag_only`); the wait looks at it between short sleeps.
+    blocking_with(ruby, None, Unblock::FlagOnly, |cancel| {
         rt.block_on(async {
             tokio::select! {
                 biased;
                 result = fut.as_mut() => result,
-                _ = cancel.cancelled() => Err(Error::Interrupted),
+                _ = cancel.flagged() => Err(Error::Interrupted),
             }
         })
     })
