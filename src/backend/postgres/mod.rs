@@ -12,7 +12,7 @@
 //! A publish is one statement (insert, NOTIFY and the §4.3.4 trimming as
 //! CTEs: one round trip, one commit, NOTIFY atomic with the row), and its
 //! trimming DELETEs are bounded below the last threshold applied (see
-//! `sql::Statements::publish_all`). Publishes made while another is in
+//! `sql::WriteStatements::publish_all`). Publishes made while another is in
 //! flight share one statement and one commit (group commit, `batch.rs`).
 //!
 //! Oversized payloads: nothing is NOTIFYed for them (a reference listener
@@ -41,7 +41,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
-use self::sql::{Statements, NOTIFY_PAYLOAD_LIMIT};
+use self::sql::{ReadStatements, WriteStatements, NOTIFY_PAYLOAD_LIMIT};
 use super::epoch::{self, EpochCache};
 use super::firehose::FirehoseTask;
 use super::networked::{self, Networked, Position, ProcessState};
@@ -62,7 +62,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One pooled connection and its prepared statements.
 struct Conn {
     client: Client,
-    stmts: Statements,
+    reads: ReadStatements,
+    /// Prepared on the connection's first write.
+    writes: tokio::sync::OnceCell<WriteStatements>,
+}
+
+/// A statement of a connection, by which of its sets it is in.
+#[derive(Clone, Copy)]
+enum Pick {
+    Read(fn(&ReadStatements) -> &tokio_postgres::Statement),
+    Write(fn(&WriteStatements) -> &tokio_postgres::Statement),
+}
+
+impl Conn {
+    async fn statement(
+        &self,
+        pick: Pick,
+    ) -> std::result::Result<&tokio_postgres::Statement, tokio_postgres::Error> {
+        match pick {
+            Pick::Read(pick) => Ok(pick(&self.reads)),
+            Pick::Write(pick) => {
+                let writes = self
+                    .writes
+                    .get_or_try_init(|| WriteStatements::prepare(&self.client))
+                    .await?;
+                Ok(pick(writes))
+            }
+        }
+    }
 }
 
 /// Everything that belongs to one process.
@@ -200,7 +227,7 @@ impl Inner {
         let rows = self
             .run_query(
                 &conn,
-                |s| &s.publish_all,
+                Pick::Write(|s| &s.publish_all),
                 &[
                     &msg.channel,
                     &msg.data,
@@ -241,7 +268,7 @@ impl Inner {
         let rows = self
             .run_query(
                 &conn,
-                |s| &s.publish_batch,
+                Pick::Write(|s| &s.publish_batch),
                 &[
                     &channels,
                     &values,
@@ -443,8 +470,14 @@ impl Inner {
                     .await
                     .map_err(|e| self.to_error(e))?;
             }
-            match Statements::prepare(&client).await {
-                Ok(stmts) => return Ok(Arc::new(Conn { client, stmts })),
+            match ReadStatements::prepare(&client).await {
+                Ok(reads) => {
+                    return Ok(Arc::new(Conn {
+                        client,
+                        reads,
+                        writes: tokio::sync::OnceCell::new(),
+                    }))
+                }
                 Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) && attempts < 5 => {
                     attempts += 1;
                 }
@@ -481,7 +514,7 @@ impl Inner {
     /// missing (dropped by a concurrent reset), recreates it and retries once.
     async fn query(
         &self,
-        pick: fn(&Statements) -> &tokio_postgres::Statement,
+        pick: Pick,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let conn = self.conn().await?;
@@ -494,17 +527,19 @@ impl Inner {
     async fn run_query(
         &self,
         conn: &Conn,
-        pick: fn(&Statements) -> &tokio_postgres::Statement,
+        pick: Pick,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> std::result::Result<Vec<tokio_postgres::Row>, Failure> {
-        match conn.client.query(pick(&conn.stmts), params).await {
+        let attempt = async { conn.client.query(conn.statement(pick).await?, params).await };
+        match attempt.await {
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
                 conn.client
                     .batch_execute(&sql::create_schema_sql())
                     .await
                     .map_err(Failure::Pg)?;
+                let statement = conn.statement(pick).await.map_err(Failure::Pg)?;
                 conn.client
-                    .query(pick(&conn.stmts), params)
+                    .query(statement, params)
                     .await
                     .map_err(Failure::Pg)
             }
@@ -513,7 +548,7 @@ impl Inner {
     }
 
     async fn max_id(&self) -> Result<i64> {
-        let rows = self.query(|s| &s.max_id, &[]).await?;
+        let rows = self.query(Pick::Read(|s| &s.max_id), &[]).await?;
         let Some(row) = rows.first() else {
             return Ok(0);
         };
@@ -524,7 +559,9 @@ impl Inner {
     }
 
     async fn global_backlog(&self, last_id: i64) -> Result<Vec<Message>> {
-        let rows = self.query(|s| &s.global_backlog, &[&last_id]).await?;
+        let rows = self
+            .query(Pick::Read(|s| &s.global_backlog), &[&last_id])
+            .await?;
         rows.iter().map(|r| self.row_message(r)).collect()
     }
 
@@ -667,7 +704,7 @@ impl Backend for PostgresBackend {
         let (id, oversized, notify_error) = if tail.len() + 2 * 20 < NOTIFY_PAYLOAD_LIMIT {
             let rows = inner
                 .query(
-                    |s| &s.insert_and_notify,
+                    Pick::Write(|s| &s.insert_and_notify),
                     &[&channel, &data, &inner.notify_channel, &tail],
                 )
                 .await?;
@@ -680,7 +717,7 @@ impl Backend for PostgresBackend {
         } else {
             // Maybe too large to NOTIFY: store, then NOTIFY if it fits.
             let rows = inner
-                .query(|s| &s.insert_message, &[&channel, &data])
+                .query(Pick::Write(|s| &s.insert_message), &[&channel, &data])
                 .await?;
             let id: i64 = rows
                 .first()
@@ -691,13 +728,14 @@ impl Backend for PostgresBackend {
             let oversized = payload.len() >= NOTIFY_PAYLOAD_LIMIT;
             let mut notify_error = None;
             if !oversized {
-                let conn = inner.conn().await?;
-                if let Err(e) = conn
-                    .client
-                    .execute(&conn.stmts.publish, &[&inner.notify_channel, &payload])
+                if let Err(e) = inner
+                    .query(
+                        Pick::Write(|s| &s.publish),
+                        &[&inner.notify_channel, &payload],
+                    )
                     .await
                 {
-                    notify_error = Some(err(e));
+                    notify_error = Some(e);
                 }
             }
             (id, oversized, notify_error)
@@ -713,7 +751,7 @@ impl Backend for PostgresBackend {
             };
             inner
                 .query(
-                    |s| &s.trim,
+                    Pick::Write(|s| &s.trim),
                     &[
                         &global_floor,
                         &format!("{age} seconds"),
@@ -740,7 +778,9 @@ impl Backend for PostgresBackend {
 
     async fn last_id(&self, channel: &str) -> Result<i64> {
         let inner = &self.inner;
-        let rows = inner.query(|s| &s.max_channel_id, &[&channel]).await?;
+        let rows = inner
+            .query(Pick::Read(|s| &s.max_channel_id), &[&channel])
+            .await?;
         let Some(row) = rows.first() else {
             return Ok(0);
         };
@@ -755,7 +795,9 @@ impl Backend for PostgresBackend {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
-        let rows = inner.query(|s| &s.max_channel_ids, &[&channels]).await?;
+        let rows = inner
+            .query(Pick::Read(|s| &s.max_channel_ids), &[&channels])
+            .await?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for r in &rows {
             let channel: String = r.try_get(0).map_err(|e| inner.to_error(e))?;
@@ -771,7 +813,7 @@ impl Backend for PostgresBackend {
     async fn backlog(&self, channel: &str, last_id: i64) -> Result<Vec<Message>> {
         let inner = &self.inner;
         let rows = inner
-            .query(|s| &s.channel_backlog, &[&channel, &last_id])
+            .query(Pick::Read(|s| &s.channel_backlog), &[&channel, &last_id])
             .await?;
         rows.iter()
             .map(|r| {
@@ -788,7 +830,7 @@ impl Backend for PostgresBackend {
     async fn get_message(&self, channel: &str, message_id: i64) -> Result<Option<Message>> {
         let inner = &self.inner;
         let rows = inner
-            .query(|s| &s.get_message, &[&channel, &message_id])
+            .query(Pick::Read(|s| &s.get_message), &[&channel, &message_id])
             .await?;
         rows.first()
             .map(|r| inner.channel_message(r, 0, message_id, channel))

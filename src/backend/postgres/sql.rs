@@ -74,7 +74,7 @@ pub fn parse_epoch(comment: Option<&str>) -> Option<&str> {
 }
 
 /// A whole publish (§4.3.4) in one statement (the `publish_all` of
-/// [`Statements`], and the direct path's publish). The trimming parts run on
+/// [`WriteStatements`], and the direct path's publish). The trimming parts run on
 /// the statement's snapshot, without the new row: the channel keeps the new
 /// row and the `keep - 1` newest before it. $1 channel, $2 value, $3 NOTIFY
 /// channel, $4 payload after the ids, $5 clear_every, $6 global size, $7 age,
@@ -113,28 +113,53 @@ pub const MAX_CHANNEL_IDS: &str =
 pub const CHANNEL_BACKLOG: &str =
     "SELECT id, value FROM message_bus WHERE channel = $1::text AND id > $2::bigint ORDER BY id";
 
-/// The prepared statements of one pooled connection.
-pub struct Statements {
-    pub insert_message: Statement,
-    pub insert_and_notify: Statement,
-    pub trim: Statement,
-    pub publish_all: Statement,
-    pub publish_batch: Statement,
-    pub clear_global_backlog: Statement,
-    pub clear_channel_backlog: Statement,
+/// The read statements of one pooled connection, prepared when it opens.
+/// Preparing a statement takes the locks its execution will (parse
+/// analysis): a write's would make a read wait behind a lock on the table.
+pub struct ReadStatements {
     pub channel_backlog: Statement,
     pub global_backlog: Statement,
-    pub expire: Statement,
     pub get_message: Statement,
     pub max_channel_id: Statement,
     pub max_channel_ids: Statement,
     pub max_id: Statement,
+}
+
+impl ReadStatements {
+    pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(ReadStatements {
+            channel_backlog: client.prepare(CHANNEL_BACKLOG).await?,
+            global_backlog: client
+                .prepare(
+                    "SELECT id, channel, value FROM message_bus WHERE id > $1::bigint ORDER BY id",
+                )
+                .await?,
+            get_message: client
+                .prepare(
+                    "SELECT value FROM message_bus WHERE channel = $1::text AND id = $2::bigint",
+                )
+                .await?,
+            max_channel_id: client.prepare(MAX_CHANNEL_ID).await?,
+            max_channel_ids: client.prepare(MAX_CHANNEL_IDS).await?,
+            max_id: client.prepare("SELECT max(id) FROM message_bus").await?,
+        })
+    }
+}
+
+/// The write statements of one pooled connection, prepared on its first
+/// write (see [`ReadStatements`]).
+pub struct WriteStatements {
+    pub insert_message: Statement,
+    pub insert_and_notify: Statement,
+    pub publish_all: Statement,
+    pub publish_batch: Statement,
+    pub trim: Statement,
     pub publish: Statement,
 }
 
-impl Statements {
+impl WriteStatements {
     pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        Ok(Statements {
+        Ok(WriteStatements {
             insert_message: client
                 .prepare("INSERT INTO message_bus (channel, value) VALUES ($1::text, $2::text) RETURNING id")
                 .await?,
@@ -218,31 +243,6 @@ impl Statements {
                      SELECT 1",
                 )
                 .await?,
-            clear_global_backlog: client
-                .prepare("DELETE FROM message_bus WHERE id <= $1::bigint")
-                .await?,
-            clear_channel_backlog: client
-                .prepare(
-                    "DELETE FROM message_bus WHERE channel = $1::text AND id <= \
-                     (SELECT id FROM message_bus WHERE channel = $1::text AND id <= $2::bigint \
-                      ORDER BY id DESC LIMIT 1 OFFSET $3::bigint)",
-                )
-                .await?,
-            channel_backlog: client.prepare(CHANNEL_BACKLOG).await?,
-            global_backlog: client
-                .prepare("SELECT id, channel, value FROM message_bus WHERE id > $1::bigint ORDER BY id")
-                .await?,
-            expire: client
-                .prepare(
-                    "DELETE FROM message_bus WHERE added_at < CURRENT_TIMESTAMP - ($1::text)::interval",
-                )
-                .await?,
-            get_message: client
-                .prepare("SELECT value FROM message_bus WHERE channel = $1::text AND id = $2::bigint")
-                .await?,
-            max_channel_id: client.prepare(MAX_CHANNEL_ID).await?,
-            max_channel_ids: client.prepare(MAX_CHANNEL_IDS).await?,
-            max_id: client.prepare("SELECT max(id) FROM message_bus").await?,
             publish: client
                 .prepare("SELECT pg_notify($1::text, $2::text)")
                 .await?,
