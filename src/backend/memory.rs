@@ -23,9 +23,9 @@ type Tick = Duration;
 
 /// The monotonic clock at the kernel tick's resolution (a few
 /// milliseconds, far below the seconds of `max_backlog_age`): Linux reads
-/// it without the hardware clock. `Instant::now` (CLOCK_MONOTONIC) took 7%
-/// of a publish's time on a virtual machine, where reading the clock is
-/// dear, for 30 instructions.
+/// it without the hardware clock. `Instant::now` (CLOCK_MONOTONIC) here
+/// was about 3% of a memory publish's wall time on a virtual machine
+/// (`perf record`), for a few dozen instructions.
 fn now() -> Tick {
     #[cfg(target_os = "linux")]
     {
