@@ -459,6 +459,45 @@ mod tests {
     }
 
     #[test]
+    fn channel_and_global_trimming_keep_what_both_limits_allow() {
+        let b = MemoryBackend::new();
+        Settings::set(&b.settings.max_backlog_size, 3);
+        Settings::set(&b.settings.max_global_backlog_size, 5);
+        let names = ["/a", "/b", "/c"];
+        let mut published: Vec<(i64, &str)> = Vec::new();
+        for n in 0..40u32 {
+            // An uneven order: runs on one channel, others left alone.
+            let name = names[((n * 7 + n / 5) % 3) as usize];
+            let id = publish(&b, name, &n.to_string());
+            published.push((id, name));
+            for name in names {
+                // The model: the channel's last 3 messages with an id above
+                // the global window.
+                let mine: Vec<i64> = published
+                    .iter()
+                    .filter(|(_, c)| *c == name)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let expected: Vec<i64> = mine[mine.len().saturating_sub(3)..]
+                    .iter()
+                    .copied()
+                    .filter(|i| *i > id - 5)
+                    .collect();
+                assert_eq!(
+                    ids(&block(b.backlog(name, 0)).unwrap()),
+                    expected,
+                    "{name} after {id}"
+                );
+            }
+            let global = ids(&block(b.global_backlog(0)).unwrap());
+            assert!(
+                global.iter().all(|i| *i > id - 5),
+                "global after {id}: {global:?}"
+            );
+        }
+    }
+
+    #[test]
     fn clear_every_delays_trimming_and_per_publish_size_overrides() {
         let b = MemoryBackend::new();
         Settings::set(&b.settings.max_backlog_size, 1);
