@@ -341,9 +341,15 @@ module MessageBus
       # may land on either side of it either way.
       raise MessageBus::BusDestroyed if @destroyed
 
-      check_channel!(channel)
-      # The common publish has no options: no Hash or Array made for it.
-      return backend_instance.publish(encode_channel_name(channel), encode_envelope(data, nil, nil, nil)) unless opts
+      check_channel!(channel) unless channel.is_a?(String)
+      # The common publish has no options: no Hash or Array made for it, and
+      # no method call that only answers "nothing to do" (no site lookup, the
+      # backend already built).
+      unless opts
+        name = @config[:site_id_lookup] ? encode_channel_name(channel) : channel
+        backend = @config[:backend_instance] || backend_instance
+        return backend.publish(name, encode_envelope(data, nil, nil, nil))
+      end
 
       user_ids, group_ids, client_ids, site_id = opts.values_at(:user_ids, :group_ids, :client_ids, :site_id)
       if (user_ids || group_ids) && channel.start_with?(GLOBAL_PREFIX)
@@ -613,15 +619,20 @@ module MessageBus
     end
 
     def encode_envelope(data, user_ids, group_ids, client_ids)
-      codec = transport_codec
+      codec = @config[:transport_codec] || transport_codec
+      # The default codec and no targets: the envelope's fixed parts around
+      # the data's JSON, the same bytes as generating the whole Hash; the
+      # extension writes it (a String, no check needed) when the data is of
+      # plain types.
+      untargeted = !user_ids && !group_ids && !client_ids && codec.instance_of?(MessageBus::Codec::Json)
+      if untargeted && (envelope = MessageBus::Native._untargeted_envelope(data))
+        return envelope
+      end
+
       begin
         encoded =
-          if !user_ids && !group_ids && !client_ids && codec.instance_of?(MessageBus::Codec::Json)
-            # The default codec and no targets: the envelope's fixed parts
-            # around the data's JSON, the same bytes as generating the whole
-            # Hash (written by the extension when the data is of plain types).
-            MessageBus::Native._untargeted_envelope(data) ||
-              "#{UNTARGETED_ENVELOPE_HEAD}#{codec.encode(data)}#{UNTARGETED_ENVELOPE_TAIL}"
+          if untargeted
+            "#{UNTARGETED_ENVELOPE_HEAD}#{codec.encode(data)}#{UNTARGETED_ENVELOPE_TAIL}"
           else
             codec.encode({ "data" => data, "user_ids" => user_ids, "group_ids" => group_ids, "client_ids" => client_ids })
           end

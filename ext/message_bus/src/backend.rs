@@ -16,7 +16,7 @@ use message_bus_core::metrics::{BackendKind, Metered};
 use message_bus_core::{Error, Message};
 
 use crate::errors::to_ruby;
-use crate::gvl::{block_on, request};
+use crate::gvl::{block_on, immediate, request, request_not_immediate};
 use crate::subscription::NativeSubscription;
 
 type RbResult<T> = Result<T, magnus::Error>;
@@ -26,8 +26,17 @@ pub struct NativeBackend(pub Arc<dyn Backend>);
 
 pub fn rstring(ruby: &Ruby, value: RString, what: &str) -> RbResult<String> {
     // SAFETY: the bytes are copied before any other Ruby call.
-    let bytes = unsafe { value.as_slice() }.to_vec();
-    String::from_utf8(bytes).map_err(|_| {
+    unsafe { borrowed_str(ruby, &value, what) }.map(str::to_owned)
+}
+
+/// The bytes of a Ruby String as text, not copied.
+///
+/// # Safety
+/// The caller uses them only while no Ruby code runs and the GVL is held
+/// (Ruby code could change the string; a GC could move or free its bytes).
+pub unsafe fn borrowed_str<'a>(ruby: &Ruby, value: &'a RString, what: &str) -> RbResult<&'a str> {
+    // SAFETY: as the caller promises.
+    std::str::from_utf8(unsafe { value.as_slice() }).map_err(|_| {
         to_ruby(
             ruby,
             Error::InvalidMessage(format!(
@@ -180,26 +189,46 @@ impl NativeBackend {
         max_backlog_size: Option<i64>,
         queue_in_memory: Option<bool>,
     ) -> RbResult<Option<i64>> {
-        let channel = rstring(ruby, channel, "channel")?;
-        let data = rstring(ruby, data, "encoded message")?;
         let opts = PublishOptions {
             max_backlog_age,
             max_backlog_size,
             queue_in_memory,
         };
+        // SAFETY: the strings are borrowed for the immediate call only, in
+        // which no Ruby code runs; the other ways copy them first.
+        let (channel, data) = unsafe {
+            (
+                borrowed_str(ruby, &channel, "channel")?,
+                borrowed_str(ruby, &data, "encoded message")?,
+            )
+        };
+        let call = DirectCall::Publish {
+            channel,
+            data,
+            opts: &opts,
+        };
+        if let Some(done) = immediate(ruby, &*rb_self.0, call) {
+            return done;
+        }
+        let (channel, data) = (channel.to_owned(), data.to_owned());
         let call = DirectCall::Publish {
             channel: &channel,
             data: &data,
             opts: &opts,
         };
-        request(ruby, &*rb_self.0, call, || {
+        request_not_immediate(ruby, &*rb_self.0, call, || {
             rb_self.0.publish(&channel, &data, &opts)
         })
     }
 
     fn last_id(ruby: &Ruby, rb_self: &Self, channel: RString) -> RbResult<i64> {
-        let channel = rstring(ruby, channel, "channel")?;
-        request(ruby, &*rb_self.0, DirectCall::LastId(&channel), || {
+        // SAFETY: borrowed for the immediate call only (see `publish`).
+        let borrowed = unsafe { borrowed_str(ruby, &channel, "channel")? };
+        if let Some(done) = immediate(ruby, &*rb_self.0, DirectCall::LastId(borrowed)) {
+            return done;
+        }
+        let channel = borrowed.to_owned();
+        request_not_immediate(ruby, &*rb_self.0, DirectCall::LastId(&channel), || {
             rb_self.0.last_id(&channel)
         })
     }
@@ -219,11 +248,19 @@ impl NativeBackend {
     }
 
     fn backlog(ruby: &Ruby, rb_self: &Self, channel: RString, last_id: i64) -> RbResult<RArray> {
-        let channel = rstring(ruby, channel, "channel")?;
-        let call = DirectCall::Backlog(&channel, last_id);
-        let messages: Vec<Message> = request(ruby, &*rb_self.0, call, || {
-            rb_self.0.backlog(&channel, last_id)
-        })?;
+        // SAFETY: borrowed for the immediate call only (see `publish`).
+        let borrowed = unsafe { borrowed_str(ruby, &channel, "channel")? };
+        let messages: Vec<Message> =
+            match immediate(ruby, &*rb_self.0, DirectCall::Backlog(borrowed, last_id)) {
+                Some(done) => done?,
+                None => {
+                    let channel = borrowed.to_owned();
+                    let call = DirectCall::Backlog(&channel, last_id);
+                    request_not_immediate(ruby, &*rb_self.0, call, || {
+                        rb_self.0.backlog(&channel, last_id)
+                    })?
+                }
+            };
         messages_to_ruby(ruby, &messages)
     }
 

@@ -243,13 +243,43 @@ where
     T: TryFrom<DirectReply>,
     Fut: Future<Output = Result<T>>,
 {
+    if let Some(done) = immediate(ruby, backend, call) {
+        return done;
+    }
+    request_not_immediate(ruby, backend, call, on_runtime)
+}
+
+/// The call answered at once with the GVL held, when the backend can
+/// (`None`: it cannot; nothing was done). No Ruby code runs in it, so the
+/// call may borrow the bytes of Ruby strings.
+pub fn immediate<T>(
+    ruby: &Ruby,
+    backend: &dyn Backend,
+    call: DirectCall<'_>,
+) -> Option<std::result::Result<T, magnus::Error>>
+where
+    T: TryFrom<DirectReply>,
+{
     let now = catch_unwind(AssertUnwindSafe(|| backend.immediate(call)))
         .unwrap_or_else(|p| Some(Err(panicked(p))));
-    if let Some(done) = now {
-        return done
-            .and_then(DirectReply::into_answer)
-            .map_err(|e| crate::errors::to_ruby(ruby, e));
-    }
+    now.map(|done| {
+        done.and_then(DirectReply::into_answer)
+            .map_err(|e| crate::errors::to_ruby(ruby, e))
+    })
+}
+
+/// [`request`] for a call the backend did not answer at once: on this
+/// thread without the GVL, else by the async method on the runtime.
+pub fn request_not_immediate<T, Fut>(
+    ruby: &Ruby,
+    backend: &dyn Backend,
+    call: DirectCall<'_>,
+    on_runtime: impl FnOnce() -> Fut,
+) -> std::result::Result<T, magnus::Error>
+where
+    T: TryFrom<DirectReply>,
+    Fut: Future<Output = Result<T>>,
+{
     if let Some(done) = backend.direct(call).and_then(|run| run_direct(ruby, run)) {
         return done;
     }

@@ -72,7 +72,7 @@ module MessageBus
       end
 
       def publish(channel, data, opts = nil)
-        return native!(:publish)._publish(channel, data, nil, nil, nil) unless opts
+        return (@native || native!(:publish))._publish(channel, data, nil, nil, nil) unless opts
 
         queue = opts.key?(:queue_in_memory) ? opts[:queue_in_memory] != false : nil
         native!(:publish)._publish(channel, data, int_or_nil(opts[:max_backlog_age]),
