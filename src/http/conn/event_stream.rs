@@ -6,7 +6,6 @@
 use super::stream::Stream;
 use super::{read_input, BoxFuture, Discard, End, Input, Link, Reaction, Transport};
 use crate::fanout::{self, CloseReason, Out};
-use crate::http::limits::INPUT_BOUND;
 use crate::http::sse;
 use crate::http::writer::Cut;
 
@@ -37,10 +36,7 @@ impl Transport for EventStream {
     }
 
     fn on_readable<'a>(&'a mut self, link: &'a mut Link) -> Reaction<'a> {
-        let mut sink = Discard {
-            discarded: &mut self.discarded,
-            bound: INPUT_BOUND,
-        };
+        let mut sink = Discard(&mut self.discarded);
         match read_input(&link.socket, &mut sink) {
             Input::Drained => Reaction::Wait,
             Input::Ended | Input::Failed => Reaction::End(End::Drop(CloseReason::PeerClosed)),

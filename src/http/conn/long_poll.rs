@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fanout::{self, Admission, CloseReason, Fanout, Framing, Out, Parked};
 use crate::http::frame;
 use crate::http::json::payload;
-use crate::http::limits::{limits, INPUT_BOUND};
+use crate::http::limits::limits;
 use crate::http::socket::ClientSocket;
 use crate::http::writer::{self, Cut};
 
@@ -314,10 +314,7 @@ impl Transport for LongPoll {
     /// Reads and drops what the client sent after its request (it means
     /// nothing on a long poll).
     fn on_readable<'a>(&'a mut self, link: &'a mut Link) -> Reaction<'a> {
-        let mut sink = Discard {
-            discarded: &mut self.discarded,
-            bound: INPUT_BOUND,
-        };
+        let mut sink = Discard(&mut self.discarded);
         match read_input(&link.socket, &mut sink) {
             Input::Drained => {}
             Input::Ended => self.reading = false,

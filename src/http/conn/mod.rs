@@ -36,6 +36,7 @@ use std::task::Poll;
 
 use crate::envelope::Identity;
 use crate::fanout::{self, CloseReason, Fanout, Next, Out, Outbox, Parked};
+use crate::http::limits::INPUT_BOUND;
 use crate::http::socket::ClientSocket;
 use crate::http::writer::{self, Cut, Rest};
 
@@ -345,11 +346,9 @@ pub(crate) trait Sink {
 }
 
 /// Input that means nothing (after a long poll's request, from an event
-/// stream's client): counted and dropped, up to `bound` bytes.
-pub(crate) struct Discard<'a> {
-    pub discarded: &'a mut usize,
-    pub bound: usize,
-}
+/// stream's client): counted (in the `usize`) and dropped, up to
+/// `INPUT_BOUND` bytes.
+pub(crate) struct Discard<'a>(pub &'a mut usize);
 
 impl Sink for Discard<'_> {
     fn room(&self) -> usize {
@@ -357,8 +356,8 @@ impl Sink for Discard<'_> {
     }
 
     fn take(&mut self, bytes: &[u8]) -> bool {
-        *self.discarded += bytes.len();
-        *self.discarded <= self.bound
+        *self.0 += bytes.len();
+        *self.0 <= INPUT_BOUND
     }
 }
 
