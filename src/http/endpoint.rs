@@ -1,9 +1,10 @@
 //! The web endpoint: the native side of one middleware. It owns the
 //! backend, the fan-out its hub feeds and the head prefix its parked long
 //! polls share, and takes every request in one shape, [`WebRequest`]. The
-//! sessions of the per-connection tasks (`connection::Session`,
-//! `stream::StreamSession`) are derived from a request here, so the binding
-//! only converts a Ruby request into a `WebRequest` and calls one method.
+//! sessions of the per-connection tasks (`conn::long_poll::Session`,
+//! `conn::stream::StreamSession`) are derived from a request here, so the
+//! binding only converts a Ruby request into a `WebRequest` and calls one
+//! method.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use crate::envelope::{Envelope, Identity};
 use crate::error::{Error, Result};
 use crate::fanout::{Fanout, Parked, WebClientStats};
 use crate::gate::Gate;
-use crate::http::connection::{self, Pending, Session, View};
+use crate::http::conn::long_poll::{self, Pending, Session, View};
+use crate::http::conn::stream::{self, StreamSession};
 use crate::http::frame::head_prefix;
 use crate::http::json::{payload, OutMessage};
-use crate::http::stream::{self, StreamSession};
 use crate::http::{sse, ws_codec};
 use crate::metrics::Snapshot;
 use crate::sync::Mutex;
@@ -148,7 +149,7 @@ impl WebEndpoint {
         let backend = Arc::clone(&self.backend);
         match request.transport {
             WebTransport::LongPoll { .. } => {
-                connection::park(fd, self.session(request)?, fanout, backend)
+                long_poll::park(fd, self.session(request)?, fanout, backend)
             }
             WebTransport::WebSocket { .. } | WebTransport::Sse { .. } => {
                 stream::open(fd, stream_session(request)?, fanout, backend)
@@ -288,13 +289,13 @@ impl Drop for WebEndpoint {
 
 /// A WebSocket's or an event stream's session: the head it writes first.
 fn stream_session(request: WebRequest) -> Result<StreamSession> {
-    let (transport, head, keepalive, max_channels) = match request.transport {
+    let (kind, head, keepalive, max_channels) = match request.transport {
         WebTransport::WebSocket {
             ref accept,
             keepalive,
             max_channels,
         } => (
-            stream::Transport::WebSocket,
+            stream::Kind::WebSocket,
             ws_codec::upgrade_head(accept, &request.headers),
             keepalive,
             max_channels,
@@ -303,7 +304,7 @@ fn stream_session(request: WebRequest) -> Result<StreamSession> {
             keepalive,
             max_channels,
         } => (
-            stream::Transport::Sse,
+            stream::Kind::Sse,
             sse::head(&request.headers),
             keepalive,
             max_channels,
@@ -312,7 +313,7 @@ fn stream_session(request: WebRequest) -> Result<StreamSession> {
     };
     Ok(StreamSession {
         identity: request.identity,
-        transport,
+        kind,
         head,
         subscriptions: request.subscriptions,
         keepalive,
@@ -411,7 +412,7 @@ mod tests {
         for (transport, kind, head_start, in_head, keepalive, max_channels) in [
             (
                 websocket,
-                stream::Transport::WebSocket,
+                stream::Kind::WebSocket,
                 "HTTP/1.1 101 ",
                 "sec-websocket-accept: k=\r\n",
                 20,
@@ -419,7 +420,7 @@ mod tests {
             ),
             (
                 sse,
-                stream::Transport::Sse,
+                stream::Kind::Sse,
                 "HTTP/1.1 200 ",
                 "text/event-stream",
                 15,
@@ -427,7 +428,7 @@ mod tests {
             ),
         ] {
             let session = stream_session(request(transport)).expect("a stream session");
-            assert_eq!(session.transport, kind);
+            assert_eq!(session.kind, kind);
             let head = String::from_utf8(session.head).expect("an ASCII head");
             assert!(head.starts_with(head_start), "{head}");
             assert!(head.contains(in_head), "{head}");

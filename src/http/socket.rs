@@ -182,17 +182,13 @@ impl ClientSocket {
         self.owner == std::process::id()
     }
 
-    /// The socket as a blocking-capable std stream (to shut it down), or
-    /// `None` in a process that inherited it.
-    pub fn into_std(self) -> Option<std::net::TcpStream> {
-        let mut this = ManuallyDrop::new(self);
-        if !this.owned_here() {
-            return None;
+    /// Half-closes: a FIN after what was written (nothing in a process
+    /// that inherited the socket: the parent still serves its client).
+    pub fn shutdown_write(&self) {
+        if self.owned_here() {
+            // SAFETY: a shutdown of the descriptor this socket owns.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
         }
-        forget(this.fd);
-        // SAFETY: taken once; `this` is never dropped.
-        let stream = unsafe { ManuallyDrop::take(&mut this.stream) };
-        stream.into_std().ok()
     }
 }
 
