@@ -2,9 +2,12 @@
 //! is decoded and encoded once, then written by fan-out threads, each owning
 //! a shard of the clients, straight to every permitted client's socket
 //! (COMPAT.md §3.10). A connection's task only wakes for what a socket did
-//! not take at once, for its timeout and for its peer closing.
+//! not take at once, for its timeout (`timeouts`) or keepalive
+//! (`keepalive`), both kept by one task for all connections, and for its
+//! peer.
 
 mod counters;
+mod keepalive;
 mod outbox;
 mod timeouts;
 
@@ -27,7 +30,9 @@ use crate::message::Message;
 
 use crate::metrics::{Histogram, HistogramValues};
 pub use counters::{CloseReason, Transport, TransportStats, WebClientCounters, WebClientStats};
-pub use outbox::{Framing, Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
+pub use keepalive::bounded as keepalive_interval;
+use keepalive::Keepalives;
+pub use outbox::{Framing, News, Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
 use timeouts::Timeouts;
 
 /// A live message, encoded once for all clients: its JSON once, and once
@@ -196,6 +201,7 @@ pub struct Fanout {
     next_conn_id: AtomicU64,
     counters: Arc<WebClientCounters>,
     timeouts: Arc<Timeouts>,
+    keepalives: Arc<Keepalives>,
     /// The process whose threads serve this fan-out: in a forked child it
     /// is inert (its threads do not exist there, its locks may be held).
     pid: u32,
@@ -237,6 +243,7 @@ impl Fanout {
         }
         let (judged, queue) = mpsc::unbounded_channel();
         let timeouts = Timeouts::start();
+        let keepalives = Keepalives::start(shards.clone());
         let fanout = Arc::new(Fanout {
             shards,
             queues,
@@ -245,6 +252,7 @@ impl Fanout {
             next_conn_id: AtomicU64::default(),
             counters,
             timeouts,
+            keepalives,
             pid: std::process::id(),
         });
         tokio::spawn(Self::judge_in_order(Arc::downgrade(&fanout), queue));
@@ -281,6 +289,13 @@ impl Fanout {
     /// Closes `parked` at `at` (the end of its long-polling interval).
     pub fn close_at(&self, at: tokio::time::Instant, parked: &Arc<Parked>) {
         self.timeouts.add(at, parked);
+    }
+
+    /// Arms the keepalive of `parked` (a streaming connection) an
+    /// `interval` from now (see `keepalive_interval`): its task then gets
+    /// `News::Keepalive`, and arms the next.
+    pub fn arm_keepalive(&self, parked: &Parked, interval: std::time::Duration) {
+        self.keepalives.arm(&parked.outbox, interval);
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -327,14 +342,15 @@ impl Fanout {
     }
 
     /// Puts `new` (other subscriptions of the same connection) in the place
-    /// of `old`, in one step; false if `old` is no longer registered
-    /// (replaced, stopped, closed as too slow).
+    /// of `old`, in one step, with its keepalive; false if `old` is no
+    /// longer registered (replaced, stopped, closed as too slow).
     pub fn swap(&self, old: &Parked, new: Arc<Parked>) -> bool {
         let client_id = &old.identity.client_id;
         let mut reg = self.shard(client_id).registry.lock();
         if !reg.remove_conn(client_id, old.conn_id) {
             return false;
         }
+        new.outbox.carry_keepalive(&old.outbox);
         reg.insert(client_id.clone(), new);
         true
     }
@@ -516,6 +532,7 @@ impl Fanout {
 impl Drop for Fanout {
     fn drop(&mut self) {
         self.timeouts.stop();
+        self.keepalives.stop();
     }
 }
 

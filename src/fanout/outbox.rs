@@ -3,10 +3,14 @@
 //! queued) a fan-out thread writes a live message straight to the socket
 //! without waking the task; what cannot be written at once is queued, in
 //! order, for the task to finish writing.
+//!
+//! A streaming connection's outbox also keeps when its keepalive (a
+//! WebSocket ping, an SSE comment) is due, on the fan-out's keepalive clock:
+//! the fan-out's one sweep (`keepalive`) tells the task when it is, as news.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
@@ -134,6 +138,8 @@ struct State {
     close_requested: Option<CloseReason>,
     killed: Option<CloseReason>,
     finished: bool,
+    /// The keepalive is due (set by the sweep, taken by the task).
+    keepalive: bool,
     /// The connection's task, waiting for any of the above to change.
     waker: Option<Waker>,
 }
@@ -249,12 +255,32 @@ impl State {
     }
 }
 
+/// What woke the task, by `poll_news`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum News {
+    /// Something to write, or the end: see `next`.
+    Work,
+    /// The keepalive is due (taken: reported once).
+    Keepalive,
+}
+
+/// `Outbox::keepalive_at` of a connection with no keepalive (a long poll,
+/// a stream not yet open).
+const UNARMED: u32 = 0;
+/// `Outbox::keepalive_at` of a keepalive the sweep reported as due, until
+/// the task arms the next one.
+const FIRED: u32 = 1;
+
 #[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
     /// The `Transport` of `State::framing`, readable by the fan-out's
     /// counters without the lock.
     transport: AtomicU8,
+    /// When the keepalive is due, in milliseconds on the fan-out's
+    /// keepalive clock (wrapping; never `UNARMED` or `FIRED`), or one of
+    /// those two. (Beside `transport`, in room the outbox has anyway.)
+    keepalive_at: AtomicU32,
 }
 
 /// Wakes the task (outside the lock).
@@ -295,18 +321,72 @@ impl Outbox {
             .collect();
     }
 
-    /// Ready when the task has something to do; otherwise the task is woken
-    /// when it does.
-    pub fn poll_news(&self, cx: &mut Context<'_>) -> bool {
+    /// What the task has to do, if anything; otherwise the task is woken
+    /// when it has. A due keepalive is reported once, after any other news.
+    pub fn poll_news(&self, cx: &mut Context<'_>) -> Option<News> {
         let mut s = self.state.lock();
         if s.has_news() {
-            return true;
+            return Some(News::Work);
+        }
+        if s.keepalive {
+            s.keepalive = false;
+            return Some(News::Keepalive);
         }
         match &s.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => s.waker = Some(cx.waker().clone()),
         }
-        false
+        None
+    }
+
+    /// The next keepalive is due at `at` (on the fan-out's keepalive clock).
+    pub fn arm_keepalive(&self, at: u32) {
+        // The two marks are two milliseconds of 49 days: late by one or two.
+        self.keepalive_at.store(at.max(FIRED + 1), Ordering::SeqCst);
+    }
+
+    /// For the sweep, at `now` (under the registry's lock): `Some(0)` when
+    /// the keepalive is due (now marked as reported: the caller reports it
+    /// with `keepalive_due`), `Some(ms)` when it is due in `ms`, `None`
+    /// when none is armed.
+    pub fn claim_keepalive(&self, now: u32) -> Option<u32> {
+        let at = self.keepalive_at.load(Ordering::SeqCst);
+        if at == UNARMED || at == FIRED {
+            return None;
+        }
+        // Wrapping: armed keepalives are within a day of `now` (the sweep
+        // looks at every one at least every second).
+        let left = at.wrapping_sub(now) as i32;
+        if left > 0 {
+            return Some(left as u32);
+        }
+        // Lost to the task arming the next one: that is not due.
+        match self
+            .keepalive_at
+            .compare_exchange(at, FIRED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => Some(0),
+            Err(_) => None,
+        }
+    }
+
+    /// Tells the task its keepalive is due.
+    pub fn keepalive_due(&self) {
+        let mut s = self.state.lock();
+        s.keepalive = true;
+        wake(s);
+    }
+
+    /// Takes over the keepalive of `old`, the registration this one
+    /// replaces (under the registry's lock, so that the sweep sees one or
+    /// the other): when it is due, a keepalive the sweep reported to `old`
+    /// (whose news its task no longer reads) is reported here.
+    pub fn carry_keepalive(&self, old: &Outbox) {
+        let at = old.keepalive_at.load(Ordering::SeqCst);
+        self.keepalive_at.store(at, Ordering::SeqCst);
+        if at == FIRED {
+            self.state.lock().keepalive = true;
+        }
     }
 
     /// The reason once killed; registers the task otherwise.

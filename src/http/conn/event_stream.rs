@@ -1,7 +1,7 @@
 //! The Server-Sent Events transport: the client has nothing to say (its
-//! bytes are discarded up to a bound, its FIN ends the stream); the timer
-//! writes a keepalive comment; the close output has no frame of its own
-//! (see `stream`).
+//! bytes are discarded up to a bound, its FIN ends the stream); the
+//! keepalive (due by the fan-out's sweep) writes a comment; the close output
+//! has no frame of its own (see `stream`).
 
 use super::stream::Stream;
 use super::{read_input, BoxFuture, Discard, End, Input, Link, Reaction, Transport};
@@ -25,8 +25,6 @@ impl EventStream {
 }
 
 impl Transport for EventStream {
-    type Timer = tokio::time::Sleep;
-
     fn counted(&self) -> fanout::Transport {
         fanout::Transport::Sse
     }
@@ -44,13 +42,9 @@ impl Transport for EventStream {
         }
     }
 
-    fn timer(&self) -> Self::Timer {
-        self.stream.timer()
-    }
-
-    fn on_timer(&mut self, link: &Link) -> Option<End> {
+    fn on_keepalive(&mut self, link: &Link) -> Option<End> {
         link.outbox().push_owned(sse::KEEPALIVE.to_vec());
-        self.stream.rearm();
+        self.stream.rearm(link);
         None
     }
 

@@ -297,8 +297,6 @@ async fn write(link: &Link, bytes: &[u8]) -> std::result::Result<(), CloseReason
 
 impl Transport for LongPoll {
     /// The timeout is the fan-out's (`close_at`).
-    type Timer = std::future::Pending<()>;
-
     fn counted(&self) -> fanout::Transport {
         fanout::Transport::of(self.chunked)
     }
@@ -324,11 +322,8 @@ impl Transport for LongPoll {
         Reaction::Wait
     }
 
-    fn timer(&self) -> Self::Timer {
-        std::future::pending()
-    }
-
-    fn on_timer(&mut self, _link: &Link) -> Option<End> {
+    /// None armed: a long poll's timeout is the fan-out's `close_at`.
+    fn on_keepalive(&mut self, _link: &Link) -> Option<End> {
         None
     }
 

@@ -5,11 +5,13 @@
 //!    head and backlog, a WebSocket's `101` and epoch frame, an event
 //!    stream's head) and opens the registration's `Outbox`: from then on
 //!    the fan-out threads write live messages straight to the idle socket.
-//! 2. Waiting, on the outbox's news (queued, closed, killed, done), the
-//!    socket becoming readable (what input means is the transport's: bytes
-//!    to discard, WebSocket frames and commands) and the transport's timer
-//!    (WebSocket ping and pong timeout, SSE keepalive comment; a long
-//!    poll's timeout is the fan-out's `close_at`).
+//! 2. Waiting, on the outbox's news (queued, closed, killed, done, and a
+//!    streaming connection's keepalive due) and the socket becoming
+//!    readable (what input means is the transport's: bytes to discard,
+//!    WebSocket frames and commands). No timer: a WebSocket's ping and pong
+//!    timeout and an SSE keepalive comment are due by the fan-out's one
+//!    keepalive sweep (`Fanout::arm_keepalive`), a long poll's timeout by
+//!    its one deadline task (`close_at`).
 //! 3. Draining the outbox through the one socket writer (`writer`).
 //! 4. The end: the outbox finished, the registration released, the close
 //!    counted under its reason, the transport's close output (§3.10's
@@ -30,12 +32,12 @@ pub(crate) mod websocket;
 use std::borrow::Cow;
 use std::future::{poll_fn, Future};
 use std::io::ErrorKind;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use crate::envelope::Identity;
-use crate::fanout::{self, CloseReason, Fanout, Next, Out, Outbox, Parked};
+use crate::fanout::{self, CloseReason, Fanout, News, Next, Out, Outbox, Parked};
 use crate::http::limits::INPUT_BOUND;
 use crate::http::socket::ClientSocket;
 use crate::http::writer::{self, Cut, Rest};
@@ -90,9 +92,6 @@ pub(crate) enum Reaction<'a> {
 
 /// The parts of a connection that depend on its transport.
 pub(crate) trait Transport: Send + Sync + Sized + 'static {
-    /// What the transport's timer waits on (`Pending` when it has none).
-    type Timer: Future<Output = ()> + Send;
-
     /// The counters' (and metrics') transport.
     fn counted(&self) -> fanout::Transport;
 
@@ -107,11 +106,8 @@ pub(crate) trait Transport: Send + Sync + Sized + 'static {
     /// The socket is readable.
     fn on_readable<'a>(&'a mut self, link: &'a mut Link) -> Reaction<'a>;
 
-    /// The next firing of the timer.
-    fn timer(&self) -> Self::Timer;
-
-    /// The timer fired.
-    fn on_timer(&mut self, link: &Link) -> Option<End>;
+    /// The keepalive the transport armed is due (it arms the next).
+    fn on_keepalive(&mut self, link: &Link) -> Option<End>;
 
     /// How a connection ends that the fan-out killed, or whose write
     /// failed (`cut`: what it left unwritten).
@@ -176,7 +172,7 @@ enum Woke {
     Outbox,
     Readable,
     Gone,
-    Timer,
+    Keepalive,
 }
 
 /// One step of writing what was queued.
@@ -207,8 +203,8 @@ impl<T: Transport> Conn<T> {
         self.wait().await
     }
 
-    /// Drains the outbox, then waits on its news, the socket's input and
-    /// the timer, until the connection must end.
+    /// Drains the outbox, then waits on its news (a keepalive due among
+    /// them) and the socket's input, until the connection must end.
     async fn wait(&mut self) -> End {
         loop {
             if let Some(end) = self.drain().await {
@@ -227,8 +223,8 @@ impl<T: Transport> Conn<T> {
                         return end;
                     }
                 }
-                Woke::Timer => {
-                    if let Some(end) = self.transport.on_timer(&self.link) {
+                Woke::Keepalive => {
+                    if let Some(end) = self.transport.on_keepalive(&self.link) {
                         return end;
                     }
                 }
@@ -236,25 +232,26 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Woken by the outbox, by the socket becoming readable (while the
-    /// transport reads) or by the transport's timer.
+    /// Woken by the outbox (its keepalive due among its news) or by the
+    /// socket becoming readable (while the transport reads).
     async fn woken(&self) -> Woke {
         let outbox = self.link.outbox();
         let socket = &self.link.socket;
         let reads = self.transport.reads();
-        let mut timer = pin!(self.transport.timer());
         poll_fn(|cx| {
-            if outbox.poll_news(cx) {
-                return Poll::Ready(Woke::Outbox);
+            match outbox.poll_news(cx) {
+                Some(News::Work) => return Poll::Ready(Woke::Outbox),
+                Some(News::Keepalive) => return Poll::Ready(Woke::Keepalive),
+                None => {}
             }
-            if reads {
-                match socket.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => return Poll::Ready(Woke::Readable),
-                    Poll::Ready(Err(_)) => return Poll::Ready(Woke::Gone),
-                    Poll::Pending => {}
-                }
+            if !reads {
+                return Poll::Pending;
             }
-            timer.as_mut().poll(cx).map(|()| Woke::Timer)
+            match socket.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Woke::Readable),
+                Poll::Ready(Err(_)) => Poll::Ready(Woke::Gone),
+                Poll::Pending => Poll::Pending,
+            }
         })
         .await
     }

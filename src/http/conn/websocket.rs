@@ -1,9 +1,9 @@
 //! The WebSocket transport: input is the client's frames (RFC 6455,
 //! `ws_codec`): pings are answered, a close is answered with a close
 //! frame, text messages are subscribe / unsubscribe commands
-//! (`ws_command`); the timer pings every keepalive interval and closes a
-//! peer that did not answer the previous ping; the close output is a close
-//! frame (see `stream`).
+//! (`ws_command`); the keepalive (due by the fan-out's sweep) pings every
+//! interval and closes a peer that did not answer the previous ping; the
+//! close output is a close frame (see `stream`).
 
 use std::borrow::Cow;
 
@@ -100,8 +100,6 @@ impl WebSocket {
 }
 
 impl Transport for WebSocket {
-    type Timer = tokio::time::Sleep;
-
     fn counted(&self) -> fanout::Transport {
         fanout::Transport::WebSocket
     }
@@ -114,12 +112,8 @@ impl Transport for WebSocket {
         Reaction::Work(Box::pin(self.on_frames(link)))
     }
 
-    fn timer(&self) -> Self::Timer {
-        self.stream.timer()
-    }
-
     /// A ping, or the close of a peer that did not answer the last one.
-    fn on_timer(&mut self, link: &Link) -> Option<End> {
+    fn on_keepalive(&mut self, link: &Link) -> Option<End> {
         if self.awaiting_pong {
             return Some(End::CloseWith(
                 CloseReason::PingTimeout,
@@ -129,7 +123,7 @@ impl Transport for WebSocket {
         }
         self.awaiting_pong = true;
         link.outbox().push_owned(ws::ping_frame());
-        self.stream.rearm();
+        self.stream.rearm(link);
         None
     }
 
