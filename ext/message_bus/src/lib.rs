@@ -3,6 +3,7 @@
 mod backend;
 mod client;
 mod connections;
+mod decode;
 mod envelope;
 mod errors;
 mod gvl;
@@ -73,6 +74,7 @@ fn init(ruby: &Ruby) -> Result<(), magnus::Error> {
     backend::define(ruby, bus, native)?;
     subscription::define(ruby, native)?;
     envelope::define(native)?;
+    decode::define(native)?;
     web_request::define(ruby, native)?;
     connections::define(ruby, native)?;
     client::define(native)?;

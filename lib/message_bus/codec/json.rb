@@ -18,8 +18,11 @@ module MessageBus
         (Thread.current[STATE_KEY] ||= ::JSON::State.new(max_nesting: false)).generate(hash)
       end
 
+      # The extension reads plain JSON (no floats, not deeply nested) into
+      # the same values as JSON.parse, a few times faster; it answers nil
+      # for the rest, which JSON.parse reads (or refuses) as it always did.
       def decode(payload)
-        ::JSON.parse(payload)
+        MessageBus::Native._decode_json(payload) || ::JSON.parse(payload)
       end
     end
   end
