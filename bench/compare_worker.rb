@@ -23,7 +23,10 @@ when :redis
   config[:redis_config] = { url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/14"), db: 14 }
 when :postgres
   config[:backend_options] = { host: ENV.fetch("PGHOST", "127.0.0.1"), port: Integer(ENV.fetch("PGPORT", "5432")),
-                               user: ENV.fetch("PGUSER", "postgres"), dbname: ENV.fetch("PGDATABASE", "mb_compare") }
+                               user: ENV.fetch("PGUSER", "postgres"), dbname: ENV.fetch("PGDATABASE", "mb_compare"),
+                               # Plain TCP for both gems (and pgbench): libpq's default `prefer` would
+                               # give the reference TLS on loopback, which this gem only makes on `require`.
+                               sslmode: "disable" }
 end
 
 bus = MessageBus::Instance.new
