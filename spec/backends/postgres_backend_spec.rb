@@ -125,6 +125,34 @@ RSpec.describe MessageBus::Backends::Postgres do
     end
   end
 
+  # In a database of its own, so that every connection to it is this backend's.
+  it "uses TLS for every connection with sslmode=require, or says why it cannot" do
+    tls_db = "#{dbname}_tls"
+    psql("CREATE DATABASE #{tls_db}", db: "postgres")
+    tls = described_class.new(backend_options: options.merge(dbname: tls_db, sslmode: "require"))
+    if psql("SHOW ssl", db: "postgres").strip == "on"
+      received = Queue.new
+      thread = Thread.new { tls.global_subscribe { |m| received << m } }
+      deadline = Time.now + 10
+      sleep 0.02 until tls.subscribed || Time.now > deadline
+      expect(tls.publish("/tls", "secret")).to eq(1)
+      expect(tls.last_id("/tls")).to eq(1)
+      expect(tls.backlog("/tls").map(&:data)).to eq(["secret"])
+      expect(Timeout.timeout(10) { received.pop }.data).to eq("secret")
+      ssl = psql("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '#{tls_db}'",
+                 db: "postgres").lines.map(&:strip)
+      expect(ssl.size).to be >= 2 # the LISTEN connection and the one that published
+      expect(ssl.uniq).to eq(["t"])
+      tls.global_unsubscribe
+      expect(thread.join(5)).to be_truthy
+    else
+      expect { tls.publish("/tls", "x") }.to raise_error(MessageBus::ConnectionError, /no TLS connection .*sslmode=require.*does not support TLS/)
+    end
+  ensure
+    tls&.destroy
+    psql("DROP DATABASE IF EXISTS #{tls_db} WITH (FORCE)", db: "postgres")
+  end
+
   it "raises connection errors that say what is wrong" do
     down = described_class.new(backend_options: { host: "127.0.0.1", port: free_port, user: "postgres" })
     expect { down.publish("/a", "xx") }.to raise_error(MessageBus::ConnectionError, /server down/)

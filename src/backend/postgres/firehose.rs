@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::{sql, Delivery, Inner, ProcState};
 use crate::backend::firehose::keep_listening;
@@ -74,21 +74,8 @@ pub(super) async fn run(inner: Arc<Inner>, proc: Arc<ProcState>) {
 async fn listen(inner: &Inner, proc: &ProcState, confirmed: &mut bool) -> Result<()> {
     let mut config = inner.config.clone();
     config.application_name(LISTENER_NAME);
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| inner.to_error(e))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let driver = tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
-        }
-    });
+    let (client, driver) = super::tls::connect(&config, Some(tx), |e| inner.to_error(e)).await?;
     let result = serve(inner, proc, &client, &mut rx, confirmed).await;
     driver.abort();
     result

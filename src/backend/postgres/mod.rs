@@ -27,6 +27,7 @@ mod batch;
 mod direct;
 pub mod firehose;
 pub mod sql;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,7 +40,7 @@ use crate::sync::Mutex;
 use async_trait::async_trait;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use self::sql::{ReadStatements, WriteStatements, NOTIFY_PAYLOAD_LIMIT};
 use super::epoch::{self, EpochCache};
@@ -425,6 +426,11 @@ impl Inner {
             None if e.is_closed() => {
                 Error::Connection(format!("PostgreSQL connection to {target} was closed: {e}"))
             }
+            // tokio-postgres tells a TLS failure only by its text.
+            None if e.to_string().contains("TLS") => Error::Connection(format!(
+                "no TLS connection to PostgreSQL at {target} (sslmode=require): {}",
+                source_chain(&e)
+            )),
             None => Error::Connection(format!(
                 "cannot reach PostgreSQL at {target} (server down or unreachable?): {}",
                 source_chain(&e)
@@ -439,15 +445,8 @@ impl Inner {
     /// than running it. (Not the others: generic plans of the backlog reads
     /// would scan the whole table.)
     async fn connect(&self, publisher: bool) -> Result<Arc<Conn>> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.to_error(e))?;
-        tokio::spawn(async move {
-            // Ends when the client is dropped or the connection breaks.
-            let _ = connection.await;
-        });
+        // Its driver ends when the client is dropped or the connection breaks.
+        let (client, _driver) = tls::connect(&self.config, None, |e| self.to_error(e)).await?;
         if publisher {
             // Since PostgreSQL 12; older servers keep their default.
             let _ = client
