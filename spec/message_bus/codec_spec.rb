@@ -19,6 +19,12 @@ RSpec.describe MessageBus::Codec::Json do
     end
   end
 
+  def expect_read_as_json_parse_does(payload)
+    want = JSON.parse(payload)
+    got = codec.decode(payload)
+    expect(same_value?(got, want)).to be(true), "for #{payload}: #{got.inspect} against #{want.inspect}"
+  end
+
   it "reads random envelopes as JSON.parse does" do
     rng = Random.new(20_261_203)
     chars = ["a", "\u00e9", "\u2028", "\u{1f600}", "\"", "\\", "/", "\u0000", "\u001f", "\n", "\t", "\u007f", " "]
@@ -37,20 +43,14 @@ RSpec.describe MessageBus::Codec::Json do
     end
     payloads = Array.new(400) { JSON.generate({ "data" => value.call(0), "user_ids" => [rng.rand(100)] }) }
     payloads << JSON.generate({ "data" => Array.new(60) { [] }.inject([1]) { |inner, _| [inner] } }) # deep, still valid
-    payloads.each do |payload|
-      want = JSON.parse(payload)
-      got = codec.decode(payload)
-      expect(same_value?(got, want)).to be(true), "for #{payload}: #{got.inspect} against #{want.inspect}"
-    end
+    payloads.each { |payload| expect_read_as_json_parse_does(payload) }
   end
 
   it "reads what JSON.parse reads in edge cases: repeated keys, escapes, whitespace, big numbers" do
     ['{"a":1,"b":2,"a":3}', '{"s":"\\u00e9\\ud83d\\ude00\\/\\b\\f\\n\\r\\t\\"\\\\"}', " \n{ \"a\" : [ 1 , -0 , true ] }\t",
      '{"big":123456789012345678901234567890,"neg":-9223372036854775809,"u":18446744073709551615}',
      '{"f":1E2,"g":-0.0,"h":1e-320}', '{"":null}', "[]", '"text"', "12", "null", "false"].each do |payload|
-      want = JSON.parse(payload)
-      got = codec.decode(payload)
-      expect(same_value?(got, want)).to be(true), "for #{payload}: #{got.inspect} against #{want.inspect}"
+      expect_read_as_json_parse_does(payload)
     end
   end
 

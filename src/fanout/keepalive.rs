@@ -141,6 +141,7 @@ impl Keepalives {
 mod tests {
     use super::*;
     use crate::envelope::Identity;
+    use crate::fanout::paused_runtime;
     use crate::fanout::{Fanout, News};
     use crate::gate::Gate;
     use std::task::{Context, Waker};
@@ -163,15 +164,6 @@ mod tests {
         parked
             .outbox
             .poll_news(&mut Context::from_waker(Waker::noop()))
-    }
-
-    /// A runtime whose clock only moves when every task waits.
-    fn paused_runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
     }
 
     #[test]

@@ -619,6 +619,17 @@ impl Shard {
     }
 }
 
+/// A runtime whose clock only moves when every task waits (for the
+/// deadline and keepalive tests).
+#[cfg(test)]
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,6 +137,7 @@ impl Timeouts {
 mod tests {
     use super::*;
     use crate::envelope::Identity;
+    use crate::fanout::paused_runtime;
     use crate::fanout::{Next, Outbox};
     use std::time::Duration;
 
@@ -152,15 +153,6 @@ mod tests {
             outbox: Outbox::default(),
             connected_ms: 0,
         })
-    }
-
-    /// A runtime whose clock only moves when every task waits.
-    fn paused_runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
     }
 
     #[test]
