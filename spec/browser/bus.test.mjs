@@ -481,7 +481,11 @@ describe("browser client against the real middleware", { skip }, () => {
         const b = await starts(two);
         return a.length + b.length >= 5 && a.length >= 1 && b.length >= 1 && [a, b];
       },
-      { timeout: 10000, message: "polls from both tabs" },
+      // Generous: Chromium aligns a background page's timers to whole
+      // seconds, so each tab's poll, its 100 ms callback interval and its
+      // 0.5-1 s wait for the other tab's spacing can take about a second
+      // each; 5 polls took more than 10 s on a loaded machine.
+      { timeout: 30000, message: "polls from both tabs" },
     );
     // Without the shared spacing, two tabs at 100 ms would poll ~20 times a second.
     const all = gaps([...a, ...b].map((r) => r.t).sort((x, y) => x - y));
