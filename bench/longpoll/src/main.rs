@@ -220,7 +220,6 @@ fn request(client: usize, last_id: i64, chunked: bool, port: u16) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Handles one JSON array from the server; returns false when it is not JSON.
 /// One entry of an answer or frame, as the driver reads it (typed: the
 /// driver's parsing competes with the server for the same 2 cores).
 #[derive(serde::Deserialize)]
@@ -251,7 +250,8 @@ fn data_of(entry: &Entry) -> Data {
 
 /// Counts the bench's messages in one answer or frame, read at `arrived`
 /// (microseconds: taken when its bytes were read, as `tcp_floor` takes its
-/// arrivals, so that the driver's own parsing is not counted as latency).
+/// arrivals, so that the driver's own parsing is not counted as latency);
+/// false when it is not a JSON array of entries.
 async fn handle_payload(json: &[u8], arrived: u64, state: &mut ClientState, stats: &Stats) -> bool {
     let Ok(messages) = serde_json::from_slice::<Vec<Entry>>(json) else {
         return false;
