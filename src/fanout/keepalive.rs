@@ -45,7 +45,7 @@ pub struct Keepalives {
 }
 
 /// A keepalive interval as the sweep takes it.
-pub fn bounded(interval: Duration) -> Duration {
+fn bounded(interval: Duration) -> Duration {
     interval.clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 

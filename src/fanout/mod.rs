@@ -30,7 +30,6 @@ use crate::message::Message;
 
 use crate::metrics::{Histogram, HistogramValues};
 pub use counters::{CloseReason, Transport, TransportStats, WebClientCounters, WebClientStats};
-pub use keepalive::bounded as keepalive_interval;
 use keepalive::Keepalives;
 pub use outbox::{Framing, News, Next, Out, Outbox, Push, QUEUE_BOUND, QUEUE_BYTES_BOUND};
 use timeouts::Timeouts;
@@ -292,7 +291,7 @@ impl Fanout {
     }
 
     /// Arms the keepalive of `parked` (a streaming connection) an
-    /// `interval` from now (see `keepalive_interval`): its task then gets
+    /// `interval` (kept within 10 ms and 24 hours) from now: its task then gets
     /// `News::Keepalive`, and arms the next.
     pub fn arm_keepalive(&self, parked: &Parked, interval: std::time::Duration) {
         self.keepalives.arm(&parked.outbox, interval);

@@ -296,7 +296,6 @@ async fn write(link: &Link, bytes: &[u8]) -> std::result::Result<(), CloseReason
 }
 
 impl Transport for LongPoll {
-    /// The timeout is the fan-out's (`close_at`).
     fn counted(&self) -> fanout::Transport {
         fanout::Transport::of(self.chunked)
     }
@@ -320,11 +319,6 @@ impl Transport for LongPoll {
             Input::Failed => return Reaction::End(End::Drop(CloseReason::PeerClosed)),
         }
         Reaction::Wait
-    }
-
-    /// None armed: a long poll's timeout is the fan-out's `close_at`.
-    fn on_keepalive(&mut self, _link: &Link) -> Option<End> {
-        None
     }
 
     /// Too slow, or the peer is gone: no close output.

@@ -106,8 +106,11 @@ pub(crate) trait Transport: Send + Sync + Sized + 'static {
     /// The socket is readable.
     fn on_readable<'a>(&'a mut self, link: &'a mut Link) -> Reaction<'a>;
 
-    /// The keepalive the transport armed is due (it arms the next).
-    fn on_keepalive(&mut self, link: &Link) -> Option<End>;
+    /// The keepalive the transport armed is due (it arms the next). Only
+    /// streams arm one: a long poll's timeout is the fan-out's `close_at`.
+    fn on_keepalive(&mut self, _link: &Link) -> Option<End> {
+        None
+    }
 
     /// How a connection ends that the fan-out killed, or whose write
     /// failed (`cut`: what it left unwritten).

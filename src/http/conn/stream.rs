@@ -30,7 +30,7 @@ use crate::bus::SITE_TOKEN;
 use crate::client::{self, ClientBacklog, Requested};
 use crate::envelope::Identity;
 use crate::error::Result;
-use crate::fanout::{self, CloseReason, Fanout, Framing, Out};
+use crate::fanout::{CloseReason, Fanout, Framing, Out};
 use crate::http::json::payload;
 use crate::http::limits::limits;
 use crate::http::socket::ClientSocket;
@@ -91,7 +91,7 @@ pub(crate) fn open(
             Kind::Sse => Framing::Sse,
         },
         backend,
-        keepalive: fanout::keepalive_interval(session.keepalive),
+        keepalive: session.keepalive,
         max_channels: session.max_channels,
         opening: Some(Box::new((session.head, session.subscriptions))),
     };
